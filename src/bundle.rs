@@ -1,0 +1,209 @@
+//! The model bundle: a self-contained folder with the weights (Burn's burnpack record) and a
+//! `bundle.json` describing how to use them. predict and serve load it without the dataset or
+//! the run store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::{Tensor, TensorData, activation::softmax};
+use serde::{Deserialize, Serialize};
+
+use crate::device;
+use crate::imaging::Normalization;
+use crate::model::{Arch, Classifier};
+
+/// Version of the bundle layout; a bundle of another version is refused.
+pub const BUNDLE_FORMAT: u32 = 1;
+/// Weights file name inside a bundle.
+pub const WEIGHTS_FILE: &str = "model.bpk";
+/// Metadata file name inside a bundle.
+pub const META_FILE: &str = "bundle.json";
+
+/// What a bundle says about its model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BundleMeta {
+    pub format: u32,
+    pub flora_version: String,
+    pub arch: Arch,
+    pub image_size: u32,
+    /// Class names in output-index order.
+    pub classes: Vec<String>,
+    pub normalization: Normalization,
+    pub dropout: f64,
+    pub run_id: Option<String>,
+    pub run_name: Option<String>,
+    pub data_fingerprint: String,
+    /// Best validation metrics (`val_accuracy`, `val_loss`, `best_epoch`).
+    pub metrics: BTreeMap<String, f64>,
+    /// Per-class facts from `[class_info.<name>]` in flora.toml.
+    #[serde(default)]
+    pub class_info: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A loaded model, ready for inference.
+#[derive(Debug, Clone)]
+pub struct ModelBundle {
+    pub meta: BundleMeta,
+    pub model: Classifier,
+}
+
+/// One class with its probability.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Scored {
+    pub class: String,
+    pub confidence: f32,
+}
+
+impl ModelBundle {
+    /// Writes the bundle into a new folder `dir` (written beside it, then renamed into place).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            bail!(
+                "cannot write model bundle: {} already exists",
+                dir.display()
+            );
+        }
+        let parent = dir.parent().context("bundle folder has no parent")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = crate::fsutil::temp_sibling(dir);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let result = self.write_files(&tmp).and_then(|()| {
+            std::fs::rename(&tmp, dir)
+                .with_context(|| format!("moving bundle into {}", dir.display()))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        crate::fsutil::sync_dir(parent);
+        result
+    }
+
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        let weights = dir.join(WEIGHTS_FILE);
+        self.model
+            .clone()
+            .save_file(&weights)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("writing {}", weights.display()))?;
+        if let Ok(f) = std::fs::File::open(&weights) {
+            let _ = f.sync_all();
+        }
+        let json = serde_json::to_vec_pretty(&self.meta)?;
+        crate::fsutil::write_atomic(&dir.join(META_FILE), &json)
+    }
+
+    /// Reads only a bundle's metadata, checking that flora can use it.
+    pub fn read_meta(dir: &Path) -> Result<BundleMeta> {
+        let path = dir.join(META_FILE);
+        if !dir.is_dir() {
+            bail!("model bundle {} does not exist", dir.display());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is {} a model bundle?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let meta: BundleMeta = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt or not a flora bundle", path.display()))?;
+        if meta.format != BUNDLE_FORMAT {
+            bail!(
+                "{} has bundle format {} (written by flora {}); this flora reads format {}",
+                path.display(),
+                meta.format,
+                meta.flora_version,
+                BUNDLE_FORMAT
+            );
+        }
+        if meta.classes.len() < 2 {
+            bail!(
+                "{} lists {} classes; a bundle needs at least 2",
+                path.display(),
+                meta.classes.len()
+            );
+        }
+        Ok(meta)
+    }
+
+    /// Loads a bundle folder onto the inference device.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let meta = Self::read_meta(dir)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            bail!(
+                "model bundle {} has no weights file {}",
+                dir.display(),
+                WEIGHTS_FILE
+            );
+        }
+        let device = device::inference();
+        let model = Classifier::new(meta.arch, meta.classes.len(), meta.dropout, &device)
+            .try_load_file(&weights)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| {
+                format!(
+                    "loading weights {} ({} classes, arch {}): the file is corrupt or does not match bundle.json",
+                    weights.display(),
+                    meta.classes.len(),
+                    meta.arch.as_str()
+                )
+            })?
+            .valid();
+        Ok(Self { meta, model })
+    }
+
+    /// Values per image: `3 * size * size`.
+    pub fn image_len(&self) -> usize {
+        (3 * self.meta.image_size * self.meta.image_size) as usize
+    }
+
+    /// Class probabilities for a batch of preprocessed RGB8 images (`size`×`size` each).
+    pub fn predict_pixels(&self, images: &[&[u8]]) -> Vec<Vec<f32>> {
+        if images.is_empty() {
+            return Vec::new();
+        }
+        let side = self.meta.image_size as usize;
+        let per = self.image_len();
+        let mut input = vec![0f32; images.len() * per];
+        for (img, out) in images.iter().zip(input.chunks_mut(per)) {
+            self.meta.normalization.write_chw(img, side, false, out);
+        }
+        self.predict_tensor(input, images.len())
+    }
+
+    /// Class probabilities for `n` images already normalised into CHW floats.
+    pub fn predict_tensor(&self, input: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
+        let side = self.meta.image_size as usize;
+        let device = device::inference();
+        let x = Tensor::<4>::from_data(TensorData::new(input, [n, 3, side, side]), &device);
+        let probs = softmax(self.model.forward(x), 1).into_data();
+        let flat: Vec<f32> = probs.as_slice::<f32>().expect("f32 probabilities").to_vec();
+        flat.chunks(self.meta.classes.len())
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    /// The `k` most likely classes, most likely first.
+    pub fn top_k(&self, probs: &[f32], k: usize) -> Vec<Scored> {
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        idx.into_iter()
+            .take(k.max(1))
+            .map(|i| Scored {
+                class: self.meta.classes[i].clone(),
+                confidence: probs[i],
+            })
+            .collect()
+    }
+}
+
+/// The path of the bundle inside a run's artifacts.
+pub fn run_bundle_dir(artifacts: &Path) -> PathBuf {
+    artifacts.join("model")
+}

@@ -1,0 +1,80 @@
+//! Command-line arguments (clap derive). Each subcommand maps to one function in [`crate::cmd`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::Arch;
+
+/// flora: train, evaluate, serve and retrain an image classifier, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "flora", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file; its folder is the base of every relative path in it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented default flora.toml and the project folders.
+    Init(InitArgs),
+    /// Train a model on a folder-per-class dataset and log the run.
+    Train(TrainArgs),
+    /// List the runs in the run store, newest first.
+    Runs(RunsArgs),
+}
+
+/// `flora init`
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Project folder (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// `flora train`: every flag overrides the `[data]`/`[train]` key of the same name.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset folder (data.dir).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Number of epochs (train.epochs).
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Model input size in pixels (data.image_size).
+    #[arg(long, value_name = "PX")]
+    pub image_size: Option<u32>,
+    /// Batch size (train.batch_size).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Learning rate (train.learning_rate).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Architecture (train.arch).
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// Seed for split, shuffling, augmentation and init (data.seed).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Early-stopping patience in epochs, 0 = off (train.patience).
+    #[arg(long, value_name = "N")]
+    pub patience: Option<usize>,
+    /// Turn augmentation off (data.augment = false).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Run name (default: <arch>-<date>-<time>).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `flora runs`
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,25 @@
+//! One function per subcommand: turn parsed arguments into library calls and print the result.
+//! Each returns the process exit code.
+
+pub mod init;
+pub mod runs;
+pub mod train;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::config::Settings;
+
+/// Exit code of a run stopped by Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init(args) => init::run(&args),
+        Command::Train(args) => train::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Runs(args) => runs::run(&Settings::load(cli.config.as_deref())?, &args),
+    }
+}

@@ -1,0 +1,61 @@
+//! `flora train`: applies the flag overrides, trains, prints the summary; Ctrl-C exits 130.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+
+use crate::cli::TrainArgs;
+use crate::config::Settings;
+use crate::store::RunStatus;
+
+/// Trains with the config plus the flags; exit 0 when FINISHED, 130 when interrupted.
+pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
+    let mut settings = settings.clone();
+    let (d, t) = (&mut settings.config.data, &mut settings.config.train);
+    if let Some(p) = &args.data {
+        // A flag path is relative to the current folder, not to the config file.
+        d.dir = std::path::absolute(p)?;
+    }
+    if let Some(v) = args.image_size {
+        d.image_size = v;
+    }
+    if let Some(v) = args.seed {
+        d.seed = v;
+    }
+    if args.no_augment {
+        d.augment = false;
+    }
+    if let Some(v) = args.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = args.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        t.learning_rate = v;
+    }
+    if let Some(v) = args.arch {
+        t.arch = v;
+    }
+    if let Some(v) = args.patience {
+        t.patience = v;
+    }
+    settings.config.validate()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(super::EXIT_INTERRUPTED as i32);
+        }
+        eprintln!("\ninterrupt: stopping after this batch (Ctrl-C again to quit at once)");
+    })?;
+    let outcome = crate::train::train(&settings, args.name.as_deref(), &stop)?;
+    println!("{}", crate::train::summary(&outcome));
+    Ok(match outcome.status {
+        RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
+        _ => ExitCode::SUCCESS,
+    })
+}

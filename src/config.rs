@@ -1,0 +1,391 @@
+//! `flora.toml`: every setting flora reads, with its default, validation and path resolution.
+//!
+//! All paths in the file are relative to the folder that holds the file. Unknown keys and bad
+//! values are errors that name the key and the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The default config file name, looked up in the current folder.
+pub const DEFAULT_CONFIG: &str = "flora.toml";
+
+/// The whole configuration, as read from `flora.toml` (missing keys take their defaults).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub project: ProjectConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    pub paths: PathsConfig,
+    pub serve: ServeConfig,
+    /// Free key/values per class (a Latin name, a description...), copied into the model bundle.
+    pub class_info: BTreeMap<String, BTreeMap<String, toml::Value>>,
+}
+
+/// `[project]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Project name; also the name of the experiment in the run store.
+    pub name: String,
+}
+
+impl Default for ProjectConfig {
+    fn default() -> Self {
+        Self {
+            name: "flora".into(),
+        }
+    }
+}
+
+/// `[data]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Folder-per-class dataset.
+    pub dir: PathBuf,
+    /// Side of the square model input, in pixels.
+    pub image_size: u32,
+    /// Share of each class held out for validation when the dataset has no `val/` folder.
+    pub val_fraction: f64,
+    /// Seed for the split, the shuffling, the augmentation and the weight init.
+    pub seed: u64,
+    /// Random resized crop and horizontal flip while training.
+    pub augment: bool,
+    /// Smallest share of the image area that a random resized crop keeps.
+    pub crop_scale_min: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: "dataset".into(),
+            image_size: 64,
+            val_fraction: 0.2,
+            seed: 42,
+            augment: true,
+            crop_scale_min: 0.7,
+        }
+    }
+}
+
+/// `[train]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model architecture: `cnn` or `mobilenet_v2`.
+    pub arch: crate::model::Arch,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Learning-rate schedule: `cosine` (to 1% of the start, per step) or `constant`.
+    pub lr_schedule: LrSchedule,
+    /// L2 weight decay added by Adam (0 disables it).
+    pub weight_decay: f64,
+    /// Dropout before the classifier layer.
+    pub dropout: f64,
+    /// Stop after this many epochs without a better validation accuracy (0 disables it).
+    pub patience: usize,
+    /// Worker threads for the CPU backend and decoding (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            arch: crate::model::Arch::Cnn,
+            epochs: 10,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            lr_schedule: LrSchedule::Cosine,
+            weight_decay: 0.0,
+            dropout: 0.3,
+            patience: 5,
+            threads: 0,
+        }
+    }
+}
+
+/// How the learning rate moves over the run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Cosine decay, step by step, from the start value to 1% of it.
+    Cosine,
+    /// The same value throughout.
+    Constant,
+}
+
+impl LrSchedule {
+    /// The learning rate at `step` of `total` steps.
+    pub fn at(self, base: f64, step: usize, total: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let min = base * 0.01;
+                let t = step as f64 / total.max(1) as f64;
+                min + 0.5 * (base - min) * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+/// `[paths]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Run store (MLflow file-store layout).
+    pub runs: PathBuf,
+    /// Blue/green model slots.
+    pub models: PathBuf,
+    /// Where `flora serve` saves uploads.
+    pub collected_data: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            runs: "runs".into(),
+            models: "models".into(),
+            collected_data: "collected_data".into(),
+        }
+    }
+}
+
+/// `[serve]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Save every upload under `collected_data/YYYY-MM-DD/`.
+    pub collect: bool,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Bearer token for the admin endpoints (`FLORA_ADMIN_TOKEN` wins over it).
+    pub admin_token: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            collect: true,
+            max_body_bytes: 10 * 1024 * 1024,
+            admin_token: None,
+        }
+    }
+}
+
+/// A config together with the folder its relative paths are resolved against.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    /// The folder holding the config file (or the current folder when there is none).
+    pub base: PathBuf,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads `path`, or `./flora.toml` when `path` is None. A missing default file means the
+    /// defaults; a missing file that was named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let (file, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        if !file.exists() {
+            if explicit {
+                bail!(
+                    "config file {} does not exist (run `flora init` to create one)",
+                    file.display()
+                );
+            }
+            let base = std::env::current_dir().context("reading the current folder")?;
+            return Ok(Self {
+                config: Config::default(),
+                base,
+                file: None,
+            });
+        }
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading config file {}", file.display()))?;
+        let config =
+            Config::parse(&text).with_context(|| format!("in config file {}", file.display()))?;
+        let abs =
+            std::path::absolute(&file).with_context(|| format!("resolving {}", file.display()))?;
+        let base = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Self {
+            config,
+            base,
+            file: Some(abs),
+        })
+    }
+
+    /// Resolves a config path against the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// The dataset folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.config.data.dir)
+    }
+    /// The run store folder.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.resolve(&self.config.paths.runs)
+    }
+    /// The model slots folder.
+    pub fn models_dir(&self) -> PathBuf {
+        self.resolve(&self.config.paths.models)
+    }
+    /// The folder for collected uploads.
+    pub fn collected_dir(&self) -> PathBuf {
+        self.resolve(&self.config.paths.collected_data)
+    }
+}
+
+impl Config {
+    /// Parses and validates a `flora.toml` text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        let t = &self.train;
+        if !(8..=1024).contains(&d.image_size) {
+            bail!(
+                "data.image_size = {} is out of range: use 8 to 1024 pixels",
+                d.image_size
+            );
+        }
+        if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+            bail!(
+                "data.val_fraction = {} must be between 0 and 1 (exclusive)",
+                d.val_fraction
+            );
+        }
+        if !(d.crop_scale_min > 0.0 && d.crop_scale_min <= 1.0) {
+            bail!(
+                "data.crop_scale_min = {} must be in (0, 1]",
+                d.crop_scale_min
+            );
+        }
+        if t.epochs == 0 {
+            bail!("train.epochs must be at least 1");
+        }
+        if t.batch_size == 0 {
+            bail!("train.batch_size must be at least 1");
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            bail!(
+                "train.learning_rate = {} must be a positive number",
+                t.learning_rate
+            );
+        }
+        if !(0.0..1.0).contains(&t.dropout) {
+            bail!("train.dropout = {} must be in [0, 1)", t.dropout);
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            bail!(
+                "train.weight_decay = {} must be zero or positive",
+                t.weight_decay
+            );
+        }
+        if self.project.name.trim().is_empty() {
+            bail!("project.name must not be empty");
+        }
+        if self.serve.max_body_bytes == 0 {
+            bail!("serve.max_body_bytes must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// The commented default `flora.toml` that `flora init` writes. It parses to `Config::default()`.
+pub const DEFAULT_TOML: &str = r#"# flora configuration. Every path is relative to this file's folder.
+# Every key is optional: the values below are the defaults.
+
+[project]
+name = "flora"                 # also the experiment name in the run store
+
+[data]
+dir = "dataset"                # dataset/<class>/<image>; folders starting with _ or . are skipped
+image_size = 64                # square model input, in pixels
+val_fraction = 0.2             # held out per class, unless dataset/train and dataset/val exist
+seed = 42                      # split, shuffling, augmentation and weight init
+augment = true                 # random resized crop + horizontal flip while training
+crop_scale_min = 0.7           # smallest share of the image a random crop keeps
+
+[train]
+arch = "cnn"                   # cnn | mobilenet_v2
+epochs = 10
+batch_size = 32
+learning_rate = 0.001
+lr_schedule = "cosine"         # cosine | constant
+weight_decay = 0.0
+dropout = 0.3
+patience = 5                   # early stopping on val accuracy (0 = off)
+threads = 0                    # 0 = one per core
+
+[paths]
+runs = "runs"                  # run store, readable by MLflow (MLFLOW_ALLOW_FILE_STORE=true)
+models = "models"              # blue/green slots
+collected_data = "collected_data"
+
+[serve]
+host = "127.0.0.1"
+port = 8000
+collect = true                 # save uploads under collected_data/YYYY-MM-DD/
+max_body_bytes = 10485760      # 10 MB
+# admin_token = "..."          # or set FLORA_ADMIN_TOKEN; without one the admin endpoints answer 403
+
+# Free facts per class, shown by `flora predict` and `flora serve`:
+# [class_info.sunflower]
+# latin = "Helianthus annuus"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default_config() {
+        assert_eq!(Config::parse(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[train]\nepochz = 3\n").unwrap_err();
+        assert!(format!("{err:#}").contains("epochz"), "{err:#}");
+    }
+
+    #[test]
+    fn negative_epochs_is_refused() {
+        let err = Config::parse("[train]\nepochs = -1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("epochs"), "{err:#}");
+    }
+
+    #[test]
+    fn cosine_schedule_ends_low() {
+        let s = LrSchedule::Cosine;
+        assert!((s.at(1.0, 0, 100) - 1.0).abs() < 1e-9);
+        assert!((s.at(1.0, 100, 100) - 0.01).abs() < 1e-9);
+    }
+}

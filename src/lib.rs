@@ -1,0 +1,19 @@
+//! flora: the whole life of an image classifier in one binary. Data flows
+//! train → run store → slots → serve → collected_data → merge → dataset through a few typed
+//! interfaces: [`dataset::DatasetIndex`], [`bundle::ModelBundle`], [`store::RunStore`].
+
+pub mod bundle;
+pub mod cache;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod dataset;
+pub mod device;
+pub mod fingerprint;
+pub mod fsutil;
+pub mod imaging;
+pub mod model;
+pub mod progress;
+pub mod split;
+pub mod store;
+pub mod train;

@@ -1,0 +1,465 @@
+//! The run store: runs under `runs/` in MLflow's file-store layout, so MLflow's own client and
+//! UI read them (`MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri runs`).
+//!
+//! ```text
+//! runs/<exp_id>/meta.yaml
+//! runs/<exp_id>/<run_id>/meta.yaml
+//! runs/<exp_id>/<run_id>/params/<key>     raw value, written once
+//! runs/<exp_id>/<run_id>/metrics/<key>    "<timestamp_ms> <value> <step>" per line
+//! runs/<exp_id>/<run_id>/tags/<key>
+//! runs/<exp_id>/<run_id>/artifacts/
+//! ```
+//! Every write goes through a temp file and a rename.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::fsutil::{append_line_atomic, now_ms, write_atomic};
+
+/// MLflow's run status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running = 1,
+    Scheduled = 2,
+    Finished = 3,
+    Failed = 4,
+    Killed = 5,
+}
+
+impl RunStatus {
+    fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => RunStatus::Running,
+            2 => RunStatus::Scheduled,
+            3 => RunStatus::Finished,
+            4 => RunStatus::Failed,
+            5 => RunStatus::Killed,
+            _ => return None,
+        })
+    }
+
+    /// MLflow's name for the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "RUNNING",
+            RunStatus::Scheduled => "SCHEDULED",
+            RunStatus::Finished => "FINISHED",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Killed => "KILLED",
+        }
+    }
+}
+
+/// A run's `meta.yaml`, plus where it lives.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub run_name: String,
+    pub experiment_id: String,
+    pub user_id: String,
+    pub status: RunStatus,
+    pub start_time: u64,
+    pub end_time: Option<u64>,
+    /// `runs/<exp_id>/<run_id>`.
+    pub dir: PathBuf,
+}
+
+impl RunInfo {
+    /// The run's artifacts folder.
+    pub fn artifacts(&self) -> PathBuf {
+        self.dir.join("artifacts")
+    }
+}
+
+/// A run store rooted at a folder (created on first write).
+#[derive(Debug, Clone)]
+pub struct RunStore {
+    root: PathBuf,
+}
+
+/// A run that can be logged to.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub info: RunInfo,
+}
+
+impl RunStore {
+    /// A store rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The id of the experiment called `name`, created if it does not exist.
+    pub fn experiment(&self, name: &str) -> Result<String> {
+        for (id, meta) in self.experiments()? {
+            if meta.get("name").map(String::as_str) == Some(name) {
+                return Ok(id);
+            }
+        }
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating run store {}", self.root.display()))?;
+        // MLflow's file store gives experiments random integer ids.
+        let id = (u64::from_str_radix(&new_id()[..15], 16).unwrap_or(1) % 900_000_000_000_000_000
+            + 100_000_000_000_000_000)
+            .to_string();
+        let dir = self.root.join(&id);
+        let now = now_ms();
+        let yaml = yaml_map(&[
+            ("artifact_location", quote(&file_uri(&dir)?)),
+            ("creation_time", now.to_string()),
+            ("experiment_id", quote(&id)),
+            ("last_update_time", now.to_string()),
+            ("lifecycle_stage", "active".into()),
+            ("name", quote(name)),
+        ]);
+        write_atomic(&dir.join("meta.yaml"), yaml.as_bytes())?;
+        Ok(id)
+    }
+
+    /// Every experiment: id → meta.yaml fields.
+    fn experiments(&self) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.path().join("meta.yaml");
+            if name.starts_with('.') || !meta.is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&meta)
+                .with_context(|| format!("reading {}", meta.display()))?;
+            out.push((name, parse_yaml_map(&text)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Starts a RUNNING run in experiment `experiment_id`.
+    pub fn create_run(&self, experiment_id: &str, run_name: &str) -> Result<Run> {
+        let run_id = new_id();
+        let dir = self.root.join(experiment_id).join(&run_id);
+        for sub in ["params", "metrics", "tags", "artifacts"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let info = RunInfo {
+            run_id,
+            run_name: run_name.to_string(),
+            experiment_id: experiment_id.to_string(),
+            user_id: current_user(),
+            status: RunStatus::Running,
+            start_time: now_ms(),
+            end_time: None,
+            dir,
+        };
+        let run = Run { info };
+        run.write_meta()?;
+        run.set_tag("mlflow.runName", run_name)?;
+        run.set_tag("mlflow.user", &run.info.user_id)?;
+        run.set_tag("mlflow.source.type", "LOCAL")?;
+        run.set_tag("mlflow.source.name", "flora")?;
+        run.set_tag("flora.version", env!("CARGO_PKG_VERSION"))?;
+        Ok(run)
+    }
+
+    /// Every readable run of every experiment, newest first.
+    pub fn runs(&self) -> Result<Vec<RunInfo>> {
+        let mut runs = Vec::new();
+        for (exp_id, _) in self.experiments()? {
+            let exp_dir = self.root.join(&exp_id);
+            for entry in std::fs::read_dir(&exp_dir)
+                .with_context(|| format!("listing {}", exp_dir.display()))?
+            {
+                let entry = entry?;
+                let meta = entry.path().join("meta.yaml");
+                if meta.is_file() {
+                    runs.push(read_run_meta(&entry.path())?);
+                }
+            }
+        }
+        runs.sort_by(|a, b| {
+            b.start_time
+                .cmp(&a.start_time)
+                .then(b.run_id.cmp(&a.run_id))
+        });
+        Ok(runs)
+    }
+
+    /// The run whose id starts with `key` (unique), or whose name is `key` (newest wins).
+    pub fn find(&self, key: &str) -> Result<RunInfo> {
+        if key.is_empty() {
+            bail!("empty run id or name");
+        }
+        let runs = self.runs()?;
+        if let Some(r) = runs.iter().find(|r| r.run_id == key) {
+            return Ok(r.clone());
+        }
+        let by_prefix: Vec<&RunInfo> = runs.iter().filter(|r| r.run_id.starts_with(key)).collect();
+        match by_prefix.len() {
+            1 => return Ok(by_prefix[0].clone()),
+            n if n > 1 => bail!("run id prefix '{key}' matches {n} runs: give more characters"),
+            _ => {}
+        }
+        runs.into_iter().find(|r| r.run_name == key).ok_or_else(|| {
+            anyhow!(
+                "no run with id or name '{key}' in {} (see `flora runs`)",
+                self.root.display()
+            )
+        })
+    }
+
+    /// The newest FINISHED run, if any.
+    pub fn latest_finished(&self) -> Result<Option<RunInfo>> {
+        Ok(self
+            .runs()?
+            .into_iter()
+            .find(|r| r.status == RunStatus::Finished))
+    }
+}
+
+impl Run {
+    /// Re-opens an existing run for logging.
+    pub fn open(info: RunInfo) -> Self {
+        Self { info }
+    }
+
+    /// The run's artifacts folder.
+    pub fn artifacts(&self) -> PathBuf {
+        self.info.artifacts()
+    }
+
+    /// Logs a parameter. Parameters are never rewritten: a different second value is an error.
+    pub fn log_param(&self, key: &str, value: &str) -> Result<()> {
+        let path = self.info.dir.join("params").join(checked_key(key)?);
+        if let Ok(old) = std::fs::read_to_string(&path) {
+            if old == value {
+                return Ok(());
+            }
+            bail!(
+                "parameter {key} of run {} is already {old:?}; parameters are never rewritten",
+                self.info.run_id
+            );
+        }
+        write_atomic(&path, value.as_bytes())
+    }
+
+    /// Appends one metric value at `step`.
+    pub fn log_metric(&self, key: &str, value: f64, step: u64) -> Result<()> {
+        let path = self.info.dir.join("metrics").join(checked_key(key)?);
+        append_line_atomic(&path, &format!("{} {} {}", now_ms(), value, step))
+    }
+
+    /// Sets (or replaces) a tag.
+    pub fn set_tag(&self, key: &str, value: &str) -> Result<()> {
+        write_atomic(
+            &self.info.dir.join("tags").join(checked_key(key)?),
+            value.as_bytes(),
+        )
+    }
+
+    /// Ends the run with `status`.
+    pub fn end(&mut self, status: RunStatus) -> Result<()> {
+        self.info.status = status;
+        self.info.end_time = Some(now_ms());
+        self.write_meta()
+    }
+
+    fn write_meta(&self) -> Result<()> {
+        let i = &self.info;
+        let yaml = yaml_map(&[
+            ("artifact_uri", quote(&file_uri(&i.artifacts())?)),
+            (
+                "end_time",
+                i.end_time.map_or("null".into(), |t| t.to_string()),
+            ),
+            ("entry_point_name", "''".into()),
+            ("experiment_id", quote(&i.experiment_id)),
+            ("lifecycle_stage", "active".into()),
+            ("run_id", i.run_id.clone()),
+            ("run_name", quote(&i.run_name)),
+            ("run_uuid", i.run_id.clone()),
+            ("source_name", "''".into()),
+            ("source_type", "4".into()),
+            ("source_version", "''".into()),
+            ("start_time", i.start_time.to_string()),
+            ("status", (i.status as i64).to_string()),
+            ("tags", "[]".into()),
+            ("user_id", quote(&i.user_id)),
+        ]);
+        write_atomic(&i.dir.join("meta.yaml"), yaml.as_bytes())
+    }
+}
+
+/// All params of a run.
+pub fn read_params(info: &RunInfo) -> Result<BTreeMap<String, String>> {
+    read_kv_dir(&info.dir.join("params"))
+}
+
+/// All tags of a run.
+pub fn read_tags(info: &RunInfo) -> Result<BTreeMap<String, String>> {
+    read_kv_dir(&info.dir.join("tags"))
+}
+
+/// One metric's history: (timestamp_ms, value, step) per logged value.
+pub fn read_metric(info: &RunInfo, key: &str) -> Result<Vec<(u64, f64, u64)>> {
+    let path = info.dir.join("metrics").join(checked_key(key)?);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let parse = || -> Option<(u64, f64, u64)> {
+                Some((f[0].parse().ok()?, f[1].parse().ok()?, f[2].parse().ok()?))
+            };
+            if f.len() != 3 {
+                return Err(anyhow!("{}: bad metric line {l:?}", path.display()));
+            }
+            parse().ok_or_else(|| anyhow!("{}: bad metric line {l:?}", path.display()))
+        })
+        .collect()
+}
+
+fn read_kv_dir(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") || !entry.path().is_file() {
+            continue;
+        }
+        out.insert(
+            name,
+            std::fs::read_to_string(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads `dir/meta.yaml` into a [`RunInfo`].
+pub fn read_run_meta(dir: &Path) -> Result<RunInfo> {
+    let path = dir.join("meta.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m = parse_yaml_map(&text);
+    let get = |k: &str| {
+        m.get(k)
+            .cloned()
+            .ok_or_else(|| anyhow!("{} has no {k}", path.display()))
+    };
+    let status_code: i64 = get("status")?
+        .parse()
+        .with_context(|| format!("{}: bad status", path.display()))?;
+    Ok(RunInfo {
+        run_id: get("run_id")?,
+        run_name: m.get("run_name").cloned().unwrap_or_default(),
+        experiment_id: get("experiment_id")?,
+        user_id: m.get("user_id").cloned().unwrap_or_default(),
+        status: RunStatus::from_code(status_code)
+            .ok_or_else(|| anyhow!("{}: unknown status {status_code}", path.display()))?,
+        start_time: get("start_time")?
+            .parse()
+            .with_context(|| format!("{}: bad start_time", path.display()))?,
+        end_time: m.get("end_time").and_then(|v| v.parse().ok()),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// A new 32-hex-digit id (MLflow's run id form).
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    crate::fingerprint::hex(&bytes)
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn checked_key(key: &str) -> Result<&str> {
+    let ok = !key.is_empty()
+        && key.len() <= 250
+        && !key.starts_with('.')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c));
+    if ok {
+        Ok(key)
+    } else {
+        bail!("invalid run store key {key:?}")
+    }
+}
+
+fn file_uri(path: &Path) -> Result<String> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    Ok(format!("file://{}", abs.display()))
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn yaml_map(fields: &[(&str, String)]) -> String {
+    fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+}
+
+/// Parses the flat `key: value` YAML that MLflow's meta.yaml files use.
+fn parse_yaml_map(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        if line.starts_with(' ') || line.starts_with('-') {
+            continue;
+        }
+        let v = v.trim();
+        let v = if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') {
+            v[1..v.len() - 1].replace("''", "'")
+        } else if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+            v[1..v.len() - 1].to_string()
+        } else {
+            v.to_string()
+        };
+        out.insert(k.trim().to_string(), v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_round_trip_with_quotes() {
+        let y = yaml_map(&[("name", quote("it's: here")), ("n", "3".into())]);
+        let m = parse_yaml_map(&y);
+        assert_eq!(m["name"], "it's: here");
+        assert_eq!(m["n"], "3");
+    }
+
+    #[test]
+    fn keys_cannot_escape() {
+        assert!(checked_key("../x").is_err());
+        assert!(checked_key("a/b").is_err());
+        assert!(checked_key("val_accuracy").is_ok());
+    }
+}

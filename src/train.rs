@@ -1,0 +1,612 @@
+//! `flora train`: dataset → decode-once cache → split → training loop → model bundle, all
+//! logged to the run store.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_dir};
+use crate::cache::ImageCache;
+use crate::config::Settings;
+use crate::dataset::{DatasetIndex, Subset};
+use crate::imaging::{self, Normalization};
+use crate::model::Classifier;
+use crate::progress;
+use crate::split::{self, SplitRow};
+use crate::store::{Run, RunStatus, RunStore};
+use crate::{device, fsutil};
+
+/// Images per forward pass during validation.
+const EVAL_BATCH: usize = 128;
+
+/// What a finished (or stopped) training run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub run_id: String,
+    pub run_name: String,
+    pub status: RunStatus,
+    pub best_epoch: Option<usize>,
+    pub val_accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub epochs_run: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub bundle_dir: Option<std::path::PathBuf>,
+}
+
+/// One epoch's figures, as logged to the run store and `results.csv`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub learning_rate: f64,
+    pub epoch_seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Data ready for training: decoded pixels with each sample's subset.
+struct Prepared {
+    classes: Vec<String>,
+    cache: ImageCache,
+    train: Vec<usize>,
+    val: Vec<usize>,
+    split_rows: Vec<SplitRow>,
+}
+
+/// Trains a model as `settings` says, logging a run under the run store. `stop` is polled after
+/// every batch (Ctrl-C): the run then ends KILLED with what exists saved.
+pub fn train(
+    settings: &Settings,
+    run_name: Option<&str>,
+    stop: &AtomicBool,
+) -> Result<TrainOutcome> {
+    let cfg = &settings.config;
+    device::set_threads(cfg.train.threads);
+    let data = prepare(settings)?;
+    let store = RunStore::new(settings.runs_dir());
+    let exp = store.experiment(&cfg.project.name)?;
+    let name = run_name
+        .map(str::to_string)
+        .unwrap_or_else(|| default_run_name(cfg.train.arch.as_str()));
+    let mut run = store.create_run(&exp, &name)?;
+    eprintln!(
+        "run {} ({}) in {}",
+        run.info.run_name,
+        run.info.run_id,
+        store.root().display()
+    );
+    let result = log_inputs(settings, &run, &data).and_then(|()| fit(settings, &run, &data, stop));
+    match result {
+        Ok(outcome) => {
+            run.end(outcome.status)?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            let _ = run.end(RunStatus::Failed);
+            Err(e.context(format!("run {} failed", run.info.run_id)))
+        }
+    }
+}
+
+/// Scans, decodes and splits the dataset; every data error is reported here, before a run exists.
+fn prepare(settings: &Settings) -> Result<Prepared> {
+    let cfg = &settings.config;
+    let index = DatasetIndex::scan(&settings.data_dir())?;
+    let cache = ImageCache::build(&index.samples, cfg.data.image_size, "decoding");
+    if let Some(report) = cache.skipped_report() {
+        eprintln!("warning: {report}");
+    }
+    let mut counts = vec![0usize; index.classes.len()];
+    for s in &cache.samples {
+        counts[s.class] += 1;
+    }
+    if let Some(empty) = counts.iter().position(|&c| c == 0) {
+        bail!(
+            "class '{}' has no usable image in {}: add images or remove the folder",
+            index.classes[empty],
+            index.root.join(&index.classes[empty]).display()
+        );
+    }
+    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    if max > 5 * min {
+        eprintln!(
+            "warning: classes are imbalanced: the largest has {max} images, the smallest {min} (more than 5x)"
+        );
+    }
+    let subsets: Vec<Subset> = match &index.fixed_split {
+        Some(fixed) => {
+            let by_path: std::collections::HashMap<&str, Subset> = index
+                .samples
+                .iter()
+                .zip(fixed)
+                .map(|(s, &sub)| (s.rel.as_str(), sub))
+                .collect();
+            cache
+                .samples
+                .iter()
+                .map(|s| by_path[s.rel.as_str()])
+                .collect()
+        }
+        None => {
+            let classes_of: Vec<usize> = cache.samples.iter().map(|s| s.class).collect();
+            split::stratified(
+                &classes_of,
+                index.classes.len(),
+                cfg.data.val_fraction,
+                cfg.data.seed,
+            )
+        }
+    };
+    let train: Vec<usize> = (0..subsets.len())
+        .filter(|&i| subsets[i] == Subset::Train)
+        .collect();
+    let val: Vec<usize> = (0..subsets.len())
+        .filter(|&i| subsets[i] == Subset::Val)
+        .collect();
+    if train.is_empty() || val.is_empty() {
+        bail!(
+            "too few images to train and validate: {} train, {} val (need at least 2 images per class)",
+            train.len(),
+            val.len()
+        );
+    }
+    let split_rows = cache
+        .samples
+        .iter()
+        .zip(&subsets)
+        .map(|(s, sub)| SplitRow {
+            path: s.rel.clone(),
+            class: index.classes[s.class].clone(),
+            subset: sub.as_str().into(),
+        })
+        .collect();
+    eprintln!(
+        "dataset {}: {} classes, {} train / {} val images at {}px",
+        index.root.display(),
+        index.classes.len(),
+        train.len(),
+        val.len(),
+        cfg.data.image_size
+    );
+    Ok(Prepared {
+        classes: index.classes,
+        cache,
+        train,
+        val,
+        split_rows,
+    })
+}
+
+/// Logs every resolved setting, the data fingerprint, the split and the config.
+fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
+    let cfg = &settings.config;
+    let (d, t) = (&cfg.data, &cfg.train);
+    let params: Vec<(&str, String)> = vec![
+        ("project.name", cfg.project.name.clone()),
+        ("data.dir", settings.data_dir().display().to_string()),
+        ("data.image_size", d.image_size.to_string()),
+        ("data.val_fraction", d.val_fraction.to_string()),
+        ("data.seed", d.seed.to_string()),
+        ("data.augment", d.augment.to_string()),
+        ("data.crop_scale_min", d.crop_scale_min.to_string()),
+        ("train.arch", t.arch.as_str().into()),
+        ("train.epochs", t.epochs.to_string()),
+        ("train.batch_size", t.batch_size.to_string()),
+        ("train.learning_rate", t.learning_rate.to_string()),
+        (
+            "train.lr_schedule",
+            format!("{:?}", t.lr_schedule).to_lowercase(),
+        ),
+        ("train.weight_decay", t.weight_decay.to_string()),
+        ("train.dropout", t.dropout.to_string()),
+        ("train.patience", t.patience.to_string()),
+        ("train.threads", t.threads.to_string()),
+        ("num_classes", data.classes.len().to_string()),
+        ("classes", data.classes.join(",")),
+        ("num_train", data.train.len().to_string()),
+        ("num_val", data.val.len().to_string()),
+        ("num_skipped", data.cache.skipped.len().to_string()),
+    ];
+    for (k, v) in params {
+        run.log_param(k, &v)?;
+    }
+    run.set_tag("flora.data_fingerprint", &data.cache.fingerprint)?;
+    split::write_csv(&run.artifacts().join("split.csv"), &data.split_rows)?;
+    let resolved = toml::to_string_pretty(cfg).context("serialising the resolved config")?;
+    fsutil::write_atomic(&run.artifacts().join("config.toml"), resolved.as_bytes())
+}
+
+/// The training loop: Adam, cross-entropy, LR schedule, early stopping, best-epoch weights.
+fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Result<TrainOutcome> {
+    let cfg = &settings.config;
+    let t = &cfg.train;
+    let started = Instant::now();
+    let device = device::training();
+    device.seed(cfg.data.seed);
+    let mut model = Classifier::new(t.arch, data.classes.len(), t.dropout, &device);
+    let mut adam = AdamConfig::new();
+    if t.weight_decay > 0.0 {
+        adam = adam.with_weight_decay(Some(WeightDecayConfig::new(t.weight_decay as f32)));
+    }
+    let mut optim = adam.init();
+    let norm = Normalization::default();
+    let batches_per_epoch = data.train.len().div_ceil(t.batch_size);
+    let total_steps = batches_per_epoch * t.epochs;
+    let mut step = 0usize;
+    let mut history: Vec<EpochStats> = Vec::new();
+    let mut best: Option<(EpochStats, Classifier)> = None;
+    let mut since_best = 0usize;
+    let mut train_images = 0usize;
+    let mut train_seconds = 0f64;
+    let mut stopped = false;
+    let mut order = data.train.clone();
+
+    for epoch in 1..=t.epochs {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        order.shuffle(&mut rng);
+        let bar = progress::epoch_bar(batches_per_epoch as u64, epoch, t.epochs);
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut lr = t.learning_rate;
+        for batch in order.chunks(t.batch_size) {
+            lr = t.lr_schedule.at(t.learning_rate, step, total_steps);
+            let aug_seed = rng.random::<u64>();
+            let input = batch_input(
+                data,
+                batch,
+                &norm,
+                cfg.data.augment,
+                cfg.data.crop_scale_min,
+                aug_seed,
+            );
+            let (images, targets) = to_tensors(input, data, batch, &device);
+            let logits = model.forward(images);
+            let loss = CrossEntropyLoss::new(None, &device).forward(logits.clone(), targets);
+            let loss_value: f32 = loss.clone().into_scalar();
+            if !loss_value.is_finite() {
+                bail!(
+                    "training diverged at epoch {epoch} (loss is {loss_value}): lower the learning rate"
+                );
+            }
+            correct += count_correct(logits, data, batch);
+            loss_sum += loss_value as f64 * batch.len() as f64;
+            seen += batch.len();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = step_optimizer(&mut optim, lr, model, grads);
+            step += 1;
+            let secs = t0.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                seen as f64 / secs.max(1e-9)
+            ));
+            bar.inc(1);
+            if stop.load(Ordering::SeqCst) {
+                stopped = true;
+                break;
+            }
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        if stopped && seen < order.len() {
+            eprintln!("interrupted during epoch {epoch}: saving what exists");
+            break;
+        }
+        train_images += seen;
+        train_seconds += train_secs;
+        let valid = model.valid();
+        let (val_loss, val_accuracy) = evaluate(&valid, data, &norm);
+        let stats = EpochStats {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
+            val_loss,
+            val_accuracy,
+            learning_rate: lr,
+            epoch_seconds: t0.elapsed().as_secs_f64(),
+            images_per_second: seen as f64 / train_secs.max(1e-9),
+        };
+        log_epoch(run, &stats)?;
+        report_epoch(&stats, t.epochs);
+        history.push(stats.clone());
+        write_results(run, &history)?;
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| stats.val_accuracy > b.val_accuracy)
+        {
+            best = Some((stats, valid));
+            since_best = 0;
+        } else {
+            since_best += 1;
+        }
+        if stopped || stop.load(Ordering::SeqCst) {
+            stopped = true;
+            break;
+        }
+        if t.patience > 0 && since_best >= t.patience {
+            eprintln!(
+                "early stopping: no better val accuracy for {} epochs",
+                t.patience
+            );
+            break;
+        }
+    }
+
+    let (best_stats, best_model) = match best {
+        Some((s, m)) => (Some(s), m),
+        None => (None, model.valid()),
+    };
+    let mut metrics = BTreeMap::new();
+    if let Some(s) = &best_stats {
+        metrics.insert("val_accuracy".into(), s.val_accuracy);
+        metrics.insert("val_loss".into(), s.val_loss);
+        metrics.insert("best_epoch".into(), s.epoch as f64);
+        run.log_metric("best_val_accuracy", s.val_accuracy, s.epoch as u64)?;
+    }
+    let bundle = ModelBundle {
+        meta: BundleMeta {
+            format: BUNDLE_FORMAT,
+            flora_version: env!("CARGO_PKG_VERSION").into(),
+            arch: t.arch,
+            image_size: cfg.data.image_size,
+            classes: data.classes.clone(),
+            normalization: norm,
+            dropout: t.dropout,
+            run_id: Some(run.info.run_id.clone()),
+            run_name: Some(run.info.run_name.clone()),
+            data_fingerprint: data.cache.fingerprint.clone(),
+            metrics,
+            class_info: class_info_json(settings)?,
+            created_at_ms: fsutil::now_ms(),
+        },
+        model: best_model,
+    };
+    let bundle_dir = run_bundle_dir(&run.artifacts());
+    bundle.save(&bundle_dir)?;
+    Ok(TrainOutcome {
+        run_id: run.info.run_id.clone(),
+        run_name: run.info.run_name.clone(),
+        status: if stopped {
+            RunStatus::Killed
+        } else {
+            RunStatus::Finished
+        },
+        best_epoch: best_stats.as_ref().map(|s| s.epoch),
+        val_accuracy: best_stats.as_ref().map(|s| s.val_accuracy),
+        val_loss: best_stats.as_ref().map(|s| s.val_loss),
+        epochs_run: history.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        images_per_second: train_images as f64 / train_seconds.max(1e-9),
+        bundle_dir: Some(bundle_dir),
+    })
+}
+
+fn step_optimizer(
+    optim: &mut ModuleOptimizer,
+    lr: f64,
+    model: Classifier,
+    grads: GradientsParams,
+) -> Classifier {
+    optim.step(lr, model, grads)
+}
+
+/// Normalised CHW floats for the batch, augmented when asked. Each image gets its own RNG
+/// (seeded from `seed` and its position), so the result does not depend on thread scheduling.
+fn batch_input(
+    data: &Prepared,
+    batch: &[usize],
+    norm: &Normalization,
+    augment: bool,
+    scale_min: f64,
+    seed: u64,
+) -> Vec<f32> {
+    let side = data.cache.size as usize;
+    let per = 3 * side * side;
+    let mut input = vec![0f32; batch.len() * per];
+    input
+        .par_chunks_mut(per)
+        .zip(batch.par_iter())
+        .enumerate()
+        .for_each(|(k, (out, &i))| {
+            let px = data.cache.pixels(i);
+            if augment {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(k as u64));
+                let img = image::RgbImage::from_raw(side as u32, side as u32, px.to_vec())
+                    .expect("cached image size");
+                let crop = imaging::random_resized_crop(&img, scale_min, &mut rng);
+                norm.write_chw(crop.as_raw(), side, rng.random_bool(0.5), out);
+            } else {
+                norm.write_chw(px, side, false, out);
+            }
+        });
+    input
+}
+
+fn to_tensors(
+    input: Vec<f32>,
+    data: &Prepared,
+    batch: &[usize],
+    device: &Device,
+) -> (Tensor<4>, Tensor<1, Int>) {
+    let side = data.cache.size as usize;
+    let images =
+        Tensor::<4>::from_data(TensorData::new(input, [batch.len(), 3, side, side]), device);
+    let labels: Vec<i64> = batch
+        .iter()
+        .map(|&i| data.cache.samples[i].class as i64)
+        .collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
+    (images, targets)
+}
+
+/// Argmax of each row of `logits` compared with the batch's labels.
+fn count_correct(logits: Tensor<2>, data: &Prepared, batch: &[usize]) -> usize {
+    let n = data.classes.len();
+    let values = logits.into_data();
+    let flat = values.as_slice::<f32>().expect("f32 logits");
+    flat.chunks(n)
+        .zip(batch)
+        .filter(|(row, i)| argmax(row) == data.cache.samples[**i].class)
+        .count()
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Mean cross-entropy and accuracy of `model` (in validation mode) on the val split.
+fn evaluate(model: &Classifier, data: &Prepared, norm: &Normalization) -> (f64, f64) {
+    let device = device::inference();
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    for batch in data.val.chunks(EVAL_BATCH) {
+        let input = batch_input(data, batch, norm, false, 1.0, 0);
+        let (images, targets) = to_tensors(input, data, batch, &device);
+        let logits = model.forward(images);
+        let loss: f32 = CrossEntropyLoss::new(None, &device)
+            .forward(logits.clone(), targets)
+            .into_scalar();
+        loss_sum += loss as f64 * batch.len() as f64;
+        correct += count_correct(logits, data, batch);
+    }
+    (
+        loss_sum / data.val.len() as f64,
+        correct as f64 / data.val.len() as f64,
+    )
+}
+
+fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
+    let step = s.epoch as u64;
+    for (k, v) in [
+        ("train_loss", s.train_loss),
+        ("train_accuracy", s.train_accuracy),
+        ("val_loss", s.val_loss),
+        ("val_accuracy", s.val_accuracy),
+        ("learning_rate", s.learning_rate),
+        ("epoch_seconds", s.epoch_seconds),
+        ("images_per_second", s.images_per_second),
+    ] {
+        run.log_metric(k, v, step)?;
+    }
+    Ok(())
+}
+
+fn report_epoch(s: &EpochStats, epochs: usize) {
+    let line = format!(
+        "epoch {}/{}  train_loss {:.4}  train_acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  lr {:.2e}  {:.1}s  {:.0} img/s",
+        s.epoch,
+        epochs,
+        s.train_loss,
+        100.0 * s.train_accuracy,
+        s.val_loss,
+        100.0 * s.val_accuracy,
+        s.learning_rate,
+        s.epoch_seconds,
+        s.images_per_second
+    );
+    if progress::interactive() {
+        eprintln!("{line}")
+    } else {
+        println!("{line}")
+    }
+}
+
+/// `results.csv`: one human-readable row per epoch, rewritten atomically after each epoch.
+fn write_results(run: &Run, history: &[EpochStats]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for s in history {
+        w.serialize(s)?;
+    }
+    fsutil::write_atomic(
+        &run.artifacts().join("results.csv"),
+        &w.into_inner().context("writing results.csv")?,
+    )
+}
+
+/// `[class_info]` from the config, as JSON values for the bundle.
+fn class_info_json(
+    settings: &Settings,
+) -> Result<BTreeMap<String, BTreeMap<String, serde_json::Value>>> {
+    settings
+        .config
+        .class_info
+        .iter()
+        .map(|(class, kv)| {
+            let inner = kv
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?)))
+                .collect::<Result<BTreeMap<_, _>>>()?;
+            Ok((class.clone(), inner))
+        })
+        .collect()
+}
+
+/// `<arch>-<yyyymmdd>-<hhmmss>` in local time.
+fn default_run_name(arch: &str) -> String {
+    let now = jiff::Zoned::now();
+    format!("{arch}-{}", now.strftime("%Y%m%d-%H%M%S"))
+}
+
+/// The end-of-run summary table.
+pub fn summary(o: &TrainOutcome) -> String {
+    let mut s = String::new();
+    let row = |s: &mut String, k: &str, v: String| {
+        let _ = writeln!(s, "  {k:<16} {v}");
+    };
+    let _ = writeln!(s, "\nrun {} {}", o.run_name, o.status.as_str());
+    row(&mut s, "run id", o.run_id.clone());
+    row(
+        &mut s,
+        "best epoch",
+        o.best_epoch
+            .map_or("-".into(), |e| format!("{e} of {}", o.epochs_run)),
+    );
+    row(
+        &mut s,
+        "val accuracy",
+        o.val_accuracy
+            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+    );
+    row(
+        &mut s,
+        "val loss",
+        o.val_loss.map_or("-".into(), |l| format!("{l:.4}")),
+    );
+    row(&mut s, "time", format!("{:.1}s", o.seconds));
+    row(
+        &mut s,
+        "train speed",
+        format!("{:.0} img/s", o.images_per_second),
+    );
+    row(
+        &mut s,
+        "model",
+        o.bundle_dir
+            .as_ref()
+            .map_or("-".into(), |p| p.display().to_string()),
+    );
+    s
+}
