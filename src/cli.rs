@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::Arch;
+use crate::select::ModelArgs;
 
 /// flora: train, evaluate, serve and retrain an image classifier, in one binary.
 #[derive(Debug, Parser)]
@@ -26,6 +27,10 @@ pub enum Command {
     Train(TrainArgs),
     /// List the runs in the run store, newest first.
     Runs(RunsArgs),
+    /// Evaluate a model: accuracy, per-class precision/recall/F1, confusion matrix.
+    Eval(EvalArgs),
+    /// Classify images: top-k classes with confidence.
+    Predict(PredictArgs),
 }
 
 /// `flora init`
@@ -75,6 +80,41 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct RunsArgs {
     /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flora eval`
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder-per-class images to evaluate on (default: the run's validation split).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with code 3 when accuracy is below this (0 to 1).
+    #[arg(long, value_name = "X")]
+    pub min_accuracy: Option<f64>,
+    /// Where to write the confusion matrix and misclassified.csv (default: the run's artifacts).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `flora predict`
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Image files or folders (walked recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    pub top_k: usize,
+    /// One JSON line per image.
     #[arg(long)]
     pub json: bool,
 }

@@ -1,7 +1,9 @@
 //! One function per subcommand: turn parsed arguments into library calls and print the result.
 //! Each returns the process exit code.
 
+pub mod eval;
 pub mod init;
+pub mod predict;
 pub mod runs;
 pub mod train;
 
@@ -21,5 +23,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => init::run(&args),
         Command::Train(args) => train::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Runs(args) => runs::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Eval(args) => eval::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Predict(args) => predict::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }

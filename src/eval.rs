@@ -1,0 +1,210 @@
+//! Evaluating a model bundle on labelled images: metrics, confusion matrix, misclassified files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::bundle::ModelBundle;
+use crate::cache::ImageCache;
+use crate::dataset::{DatasetIndex, Sample};
+use crate::metrics::{self, Report};
+use crate::store::{self, Run, RunInfo};
+use crate::{fsutil, infer, plot, split};
+
+/// One wrongly classified image (a place where label errors show up).
+#[derive(Debug, Clone, Serialize)]
+pub struct Miss {
+    pub path: String,
+    #[serde(rename = "true")]
+    pub truth: String,
+    pub predicted: String,
+    pub confidence: f32,
+}
+
+/// The outcome of an evaluation.
+pub struct Evaluation {
+    pub report: Report,
+    /// Most confident first.
+    pub misclassified: Vec<Miss>,
+    /// Files that could not be read.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Fingerprint of the evaluated images.
+    pub fingerprint: String,
+}
+
+/// Labelled samples from a folder-per-class set, with class indices in the model's order.
+/// A class folder the model does not know is an error.
+pub fn samples_from_dir(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+    if !dir.is_dir() {
+        bail!("evaluation folder {} does not exist", dir.display());
+    }
+    let names = crate::dataset::class_names(dir)?;
+    let index = if names.len() >= 2 || (dir.join("train").is_dir() && dir.join("val").is_dir()) {
+        DatasetIndex::scan(dir)?
+    } else {
+        // A one-class folder is fine for evaluation.
+        let mut idx = DatasetIndex {
+            root: dir.to_path_buf(),
+            classes: names,
+            samples: Vec::new(),
+            fixed_split: None,
+        };
+        for (c, name) in idx.classes.clone().iter().enumerate() {
+            for e in walkdir::WalkDir::new(dir.join(name))
+                .sort_by_file_name()
+                .into_iter()
+                .flatten()
+            {
+                if e.file_type().is_file() {
+                    let rel = crate::dataset::rel_path(dir, e.path());
+                    idx.samples.push(Sample {
+                        path: e.into_path(),
+                        rel,
+                        class: c,
+                    });
+                }
+            }
+        }
+        idx
+    };
+    if let Some(unknown) = index.classes.iter().find(|c| !classes.contains(c)) {
+        bail!(
+            "class folder '{unknown}' in {} is not one of the model's classes ({})",
+            dir.display(),
+            classes.join(", ")
+        );
+    }
+    Ok(index
+        .samples
+        .into_iter()
+        .map(|s| {
+            let class = classes
+                .iter()
+                .position(|c| *c == index.classes[s.class])
+                .expect("checked above");
+            Sample { class, ..s }
+        })
+        .collect())
+}
+
+/// The validation samples of a run's own split (`split.csv`), under the run's data folder.
+pub fn samples_from_run(run: &RunInfo, classes: &[String]) -> Result<Vec<Sample>> {
+    let params = store::read_params(run)?;
+    let root = PathBuf::from(
+        params
+            .get("data.dir")
+            .context("the run has no data.dir parameter")?,
+    );
+    let rows = split::read_csv(&run.artifacts().join("split.csv"))?;
+    let mut out = Vec::new();
+    for r in rows.into_iter().filter(|r| r.subset == "val") {
+        let class = classes
+            .iter()
+            .position(|c| *c == r.class)
+            .with_context(|| {
+                format!(
+                    "split.csv names class '{}', which the model does not have",
+                    r.class
+                )
+            })?;
+        out.push(Sample {
+            path: root.join(&r.path),
+            rel: r.path,
+            class,
+        });
+    }
+    if out.is_empty() {
+        bail!("run {} has no validation images in split.csv", run.run_id);
+    }
+    Ok(out)
+}
+
+/// Runs `bundle` over `samples` (decoded in parallel, inferred in batches).
+pub fn evaluate(bundle: &ModelBundle, samples: &[Sample]) -> Result<Evaluation> {
+    let cache = ImageCache::build(samples, bundle.meta.image_size, "decoding");
+    if cache.is_empty() {
+        bail!(
+            "none of the {} evaluation images could be read",
+            samples.len()
+        );
+    }
+    let bar = crate::progress::count_bar(cache.len() as u64, "evaluating");
+    let mut probs = Vec::with_capacity(cache.len());
+    let idx: Vec<usize> = (0..cache.len()).collect();
+    for chunk in idx.chunks(infer::BATCH) {
+        let pixels: Vec<&[u8]> = chunk.iter().map(|&i| cache.pixels(i)).collect();
+        probs.extend(bundle.predict_pixels(&pixels));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let truth: Vec<usize> = cache.samples.iter().map(|s| s.class).collect();
+    let classes = &bundle.meta.classes;
+    let report = metrics::report(classes, &truth, &probs);
+    let mut misclassified: Vec<Miss> = cache
+        .samples
+        .iter()
+        .zip(&probs)
+        .filter_map(|(s, p)| {
+            let pred = crate::train::argmax(p);
+            (pred != s.class).then(|| Miss {
+                path: s.path.display().to_string(),
+                truth: classes[s.class].clone(),
+                predicted: classes[pred].clone(),
+                confidence: p[pred],
+            })
+        })
+        .collect();
+    misclassified.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    Ok(Evaluation {
+        report,
+        misclassified,
+        skipped: cache.skipped,
+        fingerprint: cache.fingerprint,
+    })
+}
+
+impl Evaluation {
+    /// Writes `confusion_matrix.csv`, `confusion_matrix.png` and `misclassified.csv` into `dir`.
+    pub fn write_files(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fsutil::write_atomic(
+            &dir.join("confusion_matrix.csv"),
+            self.report.confusion_csv().as_bytes(),
+        )?;
+        plot::confusion_png(
+            &dir.join("confusion_matrix.png"),
+            &self.report.classes,
+            &self.report.confusion_matrix,
+        )?;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["path", "true", "predicted", "confidence"])?;
+        for m in &self.misclassified {
+            w.write_record([
+                m.path.as_str(),
+                &m.truth,
+                &m.predicted,
+                &format!("{:.6}", m.confidence),
+            ])?;
+        }
+        fsutil::write_atomic(&dir.join("misclassified.csv"), &w.into_inner()?)
+    }
+
+    /// Logs `eval_*` metrics and the eval data's fingerprint into `run`.
+    pub fn log_to(&self, run: &Run) -> Result<()> {
+        let step = store::read_metric(&run.info, "eval_accuracy")?.len() as u64;
+        let r = &self.report;
+        for (k, v) in [
+            ("eval_accuracy", r.accuracy),
+            ("eval_top_k_accuracy", r.top_k_accuracy),
+            ("eval_macro_f1", r.macro_f1),
+            ("eval_weighted_f1", r.weighted_f1),
+            ("eval_macro_precision", r.macro_precision),
+            ("eval_macro_recall", r.macro_recall),
+            ("eval_num_images", r.num_images as f64),
+        ] {
+            run.log_metric(k, v, step)?;
+        }
+        run.set_tag("flora.eval_data_fingerprint", &self.fingerprint)
+    }
+}

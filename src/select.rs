@@ -1,0 +1,153 @@
+//! Choosing the model for eval, predict, serve and merge: `--run`, `--model`, `--slot`, or by
+//! default the live slot, else the newest FINISHED run.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::bundle::{ModelBundle, run_bundle_dir};
+use crate::config::Settings;
+use crate::registry::{Registry, Slot};
+use crate::store::{RunInfo, RunStatus, RunStore};
+
+/// Which slot `--slot` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlotChoice {
+    Blue,
+    Green,
+    Live,
+}
+
+/// The model-choosing flags shared by eval, predict, serve and merge.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ModelArgs {
+    /// A run: a unique prefix of its id, or its name.
+    #[arg(long, value_name = "ID_OR_NAME", conflicts_with_all = ["model", "slot"])]
+    pub run: Option<String>,
+    /// Any model bundle folder.
+    #[arg(long, value_name = "DIR", conflicts_with = "slot")]
+    pub model: Option<PathBuf>,
+    /// A blue/green slot, or the live one.
+    #[arg(long, value_enum)]
+    pub slot: Option<SlotChoice>,
+}
+
+/// Where a chosen model came from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Run(RunInfo),
+    Slot(Slot, Option<RunInfo>),
+    Dir,
+}
+
+/// A chosen model bundle folder and its origin.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub dir: PathBuf,
+    pub source: Source,
+}
+
+impl Chosen {
+    /// A short description for stderr: "run NAME (ID)", "slot blue (run ...)", "bundle DIR".
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Run(r) => format!("run {} ({})", r.run_name, r.run_id),
+            Source::Slot(s, Some(r)) => format!("slot {s} (run {} {})", r.run_name, r.run_id),
+            Source::Slot(s, None) => format!("slot {s} ({})", self.dir.display()),
+            Source::Dir => format!("bundle {}", self.dir.display()),
+        }
+    }
+
+    /// The run the model came from, if the run store has it.
+    pub fn run(&self) -> Option<&RunInfo> {
+        match &self.source {
+            Source::Run(r) | Source::Slot(_, Some(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The slot the model came from, if any.
+    pub fn slot(&self) -> Option<Slot> {
+        match self.source {
+            Source::Slot(s, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Loads the bundle.
+    pub fn load(&self) -> Result<ModelBundle> {
+        ModelBundle::load(&self.dir)
+    }
+}
+
+/// Resolves the model choice. Errors name what is missing.
+pub fn choose(settings: &Settings, args: &ModelArgs) -> Result<Chosen> {
+    let store = RunStore::new(settings.runs_dir());
+    let registry = Registry::new(settings.models_dir());
+    if let Some(key) = &args.run {
+        let run = store.find(key)?;
+        return from_run(run);
+    }
+    if let Some(dir) = &args.model {
+        return Ok(Chosen {
+            dir: std::path::absolute(dir)?,
+            source: Source::Dir,
+        });
+    }
+    let slot = match args.slot {
+        Some(SlotChoice::Blue) => Some(Slot::Blue),
+        Some(SlotChoice::Green) => Some(Slot::Green),
+        Some(SlotChoice::Live) => Some(registry.live()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no slot is live in {}: run `flora promote RUN`",
+                registry.dir().display()
+            )
+        })?),
+        None => registry.live()?,
+    };
+    if let Some(slot) = slot {
+        return from_slot(&registry, &store, slot);
+    }
+    match store.latest_finished()? {
+        Some(run) => from_run(run),
+        None => bail!(
+            "no model to use: no slot is live and {} has no finished run (run `flora train`, or pass --model DIR)",
+            store.root().display()
+        ),
+    }
+}
+
+fn from_run(run: RunInfo) -> Result<Chosen> {
+    let dir = run_bundle_dir(&run.artifacts());
+    if !dir.is_dir() {
+        bail!(
+            "run {} ({}) has no model bundle at {}",
+            run.run_name,
+            run.run_id,
+            dir.display()
+        );
+    }
+    if run.status == RunStatus::Running {
+        eprintln!("warning: run {} is still RUNNING", run.run_id);
+    }
+    Ok(Chosen {
+        dir,
+        source: Source::Run(run),
+    })
+}
+
+/// The model in `slot` (resolved once, so a concurrent promote cannot swap it mid-load).
+pub fn from_slot(registry: &Registry, store: &RunStore, slot: Slot) -> Result<Chosen> {
+    let Some(dir) = registry.resolve(slot)? else {
+        bail!(
+            "slot {slot} is empty: promote a run into it first (`flora promote RUN --to {slot}`)"
+        );
+    };
+    let run = registry
+        .info(slot)?
+        .and_then(|i| store.find(&i.run_id).ok());
+    Ok(Chosen {
+        dir,
+        source: Source::Slot(slot, run),
+    })
+}

@@ -1,0 +1,181 @@
+//! Shared helpers for the integration tests: the real `flora` binary, real Fashion-MNIST images
+//! made by `../shared/datasets/make_fashion_mnist.py`, and scratch project folders.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The flora binary under test.
+pub fn flora_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flora"))
+}
+
+/// A `flora` command run inside `dir`.
+pub fn flora(dir: &Path) -> Command {
+    let mut c = Command::new(flora_bin());
+    c.current_dir(dir);
+    c.env_remove("FLORA_ADMIN_TOKEN");
+    c
+}
+
+/// Runs `flora args...` in `dir` and returns its output.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    flora(dir).args(args).output().expect("running flora")
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "flora {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs and asserts failure, returning stderr.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        !out.status.success(),
+        "flora {args:?} should fail\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// The shared folder beside the checkout (FLORA_SHARED overrides it).
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("FLORA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// Fashion-MNIST as folder-per-class PNGs: `per_class` train and `test_per_class` test images
+/// per class (official split), generated once into the target folder and reused.
+/// Returns (train_dir, test_dir).
+pub fn fashion_mnist(per_class: usize, test_per_class: usize) -> (PathBuf, PathBuf) {
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _guard = LOCK
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let root =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fmnist-{per_class}-{test_per_class}"));
+    let (train, test) = (root.join("train"), root.join("test"));
+    if root.join("done").exists() {
+        return (train, test);
+    }
+    let script = shared_dir().join("datasets/make_fashion_mnist.py");
+    assert!(
+        script.exists(),
+        "missing {}: the tests need ../shared/datasets",
+        script.display()
+    );
+    let tmp = root.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--train-out")
+        .arg(tmp.join("train"))
+        .arg("--test-out")
+        .arg(tmp.join("test"))
+        .args([
+            "--per-class",
+            &per_class.to_string(),
+            "--test-per-class",
+            &test_per_class.to_string(),
+        ])
+        .output()
+        .expect("running make_fashion_mnist.py");
+    assert!(
+        out.status.success(),
+        "make_fashion_mnist.py failed (is dataset-fashion-mnist installed?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(tmp.join("done"), b"").unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&tmp, &root).unwrap();
+    (train, test)
+}
+
+/// Copies the folders `classes` of a folder-per-class set into `dst`, at most `limit` files each.
+pub fn copy_classes(src: &Path, dst: &Path, classes: &[&str], limit: usize) {
+    for c in classes {
+        let to = dst.join(c);
+        std::fs::create_dir_all(&to).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(src.join(c))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().take(limit) {
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// The four classes used by most tests (easy to tell apart, so small runs learn something).
+pub const CLASSES: [&str; 4] = ["trouser", "bag", "sneaker", "t-shirt_top"];
+
+/// A scratch project: `dir/dataset/<class>/` with `per_class` real images of [`CLASSES`], and a
+/// `flora.toml` for fast training (28 px, small batches).
+pub fn project(per_class: usize, epochs: usize) -> tempfile::TempDir {
+    let (train, _) = fashion_mnist(100, 25);
+    let dir = tempfile::tempdir().unwrap();
+    copy_classes(&train, &dir.path().join("dataset"), &CLASSES, per_class);
+    write_config(dir.path(), epochs, "");
+    dir
+}
+
+/// Writes a fast-training `flora.toml` into `dir`, with `extra` TOML appended.
+pub fn write_config(dir: &Path, epochs: usize, extra: &str) {
+    let text = format!(
+        "[project]\nname = \"test\"\n[data]\nimage_size = 28\nseed = 7\n[train]\nepochs = {epochs}\nbatch_size = 16\nlearning_rate = 0.003\npatience = 0\nthreads = 2\n{extra}"
+    );
+    std::fs::write(dir.join("flora.toml"), text).unwrap();
+}
+
+/// The single run directory under `dir/runs/<exp>/`, or panics.
+pub fn only_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let runs = dir.join("runs");
+    let exps: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("meta.yaml").exists())
+        .collect();
+    assert_eq!(
+        exps.len(),
+        1,
+        "one experiment expected in {}",
+        runs.display()
+    );
+    let run_dirs: Vec<PathBuf> = std::fs::read_dir(&exps[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(
+        run_dirs.len(),
+        1,
+        "one run expected in {}",
+        exps[0].display()
+    );
+    (exps[0].clone(), run_dirs[0].clone())
+}
+
+/// Parses a flat MLflow meta.yaml into key → raw value text.
+pub fn yaml(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.split_once(": ")
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}

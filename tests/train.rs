@@ -1,0 +1,397 @@
+//! `flora train` end to end: the real binary on real Fashion-MNIST images.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn metric_lines(run: &Path, key: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(run.join("metrics").join(key))
+        .unwrap_or_else(|e| panic!("metric {key}: {e}"))
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
+    let dir = project(40, 3);
+    let stdout = ok(dir.path(), &["train", "--name", "first"]);
+    assert!(stdout.contains("FINISHED"), "{stdout}");
+    // Not a terminal: one plain line per epoch.
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("epoch ")).count(),
+        3,
+        "{stdout}"
+    );
+
+    let (exp, run) = only_run(dir.path());
+    let em = yaml(&exp.join("meta.yaml"));
+    let exp_id = exp.file_name().unwrap().to_str().unwrap();
+    assert_eq!(em["experiment_id"], format!("'{exp_id}'"));
+    assert_eq!(em["name"], "'test'");
+    assert_eq!(em["lifecycle_stage"], "active");
+    assert!(em["artifact_location"].contains("file://"));
+    for k in ["creation_time", "last_update_time"] {
+        assert!(em[k].parse::<u64>().is_ok(), "{k}");
+    }
+
+    let rm = yaml(&run.join("meta.yaml"));
+    let run_id = run.file_name().unwrap().to_str().unwrap();
+    assert_eq!(run_id.len(), 32);
+    assert!(run_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(rm["run_id"], run_id);
+    assert_eq!(rm["status"], "3", "FINISHED");
+    assert_eq!(rm["source_type"], "4");
+    assert_eq!(rm["entry_point_name"], "''");
+    assert_eq!(rm["source_name"], "''");
+    assert_eq!(rm["source_version"], "''");
+    assert_eq!(rm["tags"], "[]");
+    assert_eq!(rm["lifecycle_stage"], "active");
+    assert_eq!(rm["run_name"], "'first'");
+    assert_eq!(rm["experiment_id"], format!("'{exp_id}'"));
+    assert!(rm["artifact_uri"].ends_with("/artifacts'"));
+    let (start, end): (u64, u64) = (
+        rm["start_time"].parse().unwrap(),
+        rm["end_time"].parse().unwrap(),
+    );
+    assert!(end >= start);
+
+    let epochs = std::fs::read_to_string(run.join("params/train.epochs")).unwrap();
+    assert_eq!(epochs, "3", "raw value, no newline");
+    assert_eq!(
+        std::fs::read_to_string(run.join("params/data.image_size")).unwrap(),
+        "28"
+    );
+    for key in [
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "epoch_seconds",
+        "images_per_second",
+    ] {
+        let lines = metric_lines(&run, key);
+        assert_eq!(lines.len(), 3, "{key}");
+        for (i, f) in lines.iter().enumerate() {
+            assert_eq!(f.len(), 3, "{key}: 3 fields");
+            f[0].parse::<u64>().unwrap();
+            f[1].parse::<f64>().unwrap();
+            assert_eq!(f[2], (i + 1).to_string(), "{key}: step");
+        }
+    }
+    for tag in [
+        "mlflow.runName",
+        "mlflow.user",
+        "mlflow.source.name",
+        "flora.version",
+    ] {
+        assert!(run.join("tags").join(tag).is_file(), "tag {tag}");
+    }
+    let fp = std::fs::read_to_string(run.join("tags/flora.data_fingerprint")).unwrap();
+    assert!(fp.starts_with("sha256:"), "{fp}");
+
+    let art = run.join("artifacts");
+    let results = std::fs::read_to_string(art.join("results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 4, "header + 3 epochs:\n{results}");
+    assert!(results.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy"));
+    let split = std::fs::read_to_string(art.join("split.csv")).unwrap();
+    assert!(split.starts_with("path,class,subset"));
+    assert_eq!(split.lines().count(), 1 + 4 * 40);
+    assert_eq!(
+        split.lines().filter(|l| l.ends_with(",val")).count(),
+        4 * 8,
+        "20% per class"
+    );
+    let cfg = std::fs::read_to_string(art.join("config.toml")).unwrap();
+    assert!(cfg.contains("epochs = 3"), "{cfg}");
+
+    let bundle = flora::bundle::ModelBundle::load(&art.join("model")).expect("bundle loads");
+    assert_eq!(
+        bundle.meta.classes,
+        vec!["bag", "sneaker", "t-shirt_top", "trouser"]
+    );
+    assert_eq!(bundle.meta.run_id.as_deref(), Some(run_id));
+    assert_eq!(bundle.meta.data_fingerprint, fp);
+    assert_eq!(bundle.meta.image_size, 28);
+    let acc = bundle.meta.metrics["val_accuracy"];
+    assert!(
+        acc > 0.5,
+        "4 easy classes should be learnt well above chance (0.25): {acc}"
+    );
+    // The bundle predicts a real image on its own.
+    let img = flora::imaging::prepare_file(
+        &dir.path()
+            .join("dataset/trouser")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+        28,
+    )
+    .unwrap();
+    let probs = bundle.predict_pixels(&[img.as_raw()]);
+    assert!((probs[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+
+    // The same data gives the same fingerprint; `flora runs` lists the run.
+    let runs = ok(dir.path(), &["runs", "--json"]);
+    assert!(runs.contains(run_id) && runs.contains("FINISHED"), "{runs}");
+}
+
+#[test]
+fn same_seed_gives_same_metrics() {
+    let dir = project(30, 2);
+    ok(dir.path(), &["train", "--name", "a"]);
+    ok(dir.path(), &["train", "--name", "b"]);
+    let runs = ok(dir.path(), &["runs", "--json"]);
+    let accs: Vec<serde_json::Value> = runs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(accs.len(), 2);
+    assert_eq!(accs[0]["val_accuracy"], accs[1]["val_accuracy"], "{runs}");
+    // And the same fingerprint, from the same files.
+    let exp = only_exp(dir.path());
+    let fps: Vec<String> = std::fs::read_dir(&exp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| std::fs::read_to_string(p.join("tags/flora.data_fingerprint")).unwrap())
+        .collect();
+    assert_eq!(fps[0], fps[1]);
+    // Val loss matches to the last digit too.
+    let losses: Vec<String> = std::fs::read_dir(&exp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            metric_lines(&p, "val_loss")
+                .iter()
+                .map(|f| f[1].clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    assert_eq!(losses[0], losses[1]);
+}
+
+fn only_exp(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("meta.yaml").exists())
+        .unwrap()
+}
+
+#[test]
+fn bad_files_are_skipped_and_reported() {
+    let dir = project(20, 1);
+    let ds = dir.path().join("dataset");
+    std::fs::write(
+        ds.join("bag/corrupt.png"),
+        b"\x89PNG\r\n\x1a\nthis is not really a png",
+    )
+    .unwrap();
+    std::fs::write(ds.join("bag/empty.jpg"), b"").unwrap();
+    std::fs::write(ds.join("trouser/notes.txt"), b"hello").unwrap();
+    // A PNG named .jpg decodes by content.
+    let png = std::fs::read_dir(ds.join("sneaker"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&png, ds.join("sneaker/really_a_png.jpg")).unwrap();
+    // Inboxes are not classes.
+    copy_classes(&ds, &ds.join("_UNLABELED_SORT_ME"), &["bag"], 5);
+    let out = run(dir.path(), &["train"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 3 file(s)"), "{stderr}");
+    assert!(
+        stderr.contains("corrupt.png")
+            && stderr.contains("empty.jpg")
+            && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("4 classes"), "{stderr}");
+    let (_, run_dir) = only_run(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("params/num_skipped")).unwrap(),
+        "3"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("params/num_train")).unwrap(),
+        "65",
+        "4*20+1 good - 16 val"
+    );
+}
+
+#[test]
+fn bad_input_exits_nonzero_with_a_named_problem() {
+    let dir = project(5, 1);
+    let p = dir.path();
+    let err = fails(p, &["train", "--data", "no_such_folder"]);
+    assert!(
+        err.contains("no_such_folder") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let single = p.join("single");
+    copy_classes(&p.join("dataset"), &single, &["bag"], 5);
+    let err = fails(p, &["train", "--data", "single"]);
+    assert!(err.contains("at least 2"), "{err}");
+
+    let broken = p.join("broken");
+    copy_classes(&p.join("dataset"), &broken, &["bag"], 5);
+    std::fs::create_dir_all(broken.join("coat")).unwrap();
+    std::fs::write(broken.join("coat/x.png"), b"garbage").unwrap();
+    let err = fails(p, &["train", "--data", "broken"]);
+    assert!(err.contains("'coat' has no usable image"), "{err}");
+
+    let err = fails(p, &["train", "--epochs", "-1"]);
+    assert!(err.contains("--epochs"), "{err}");
+    let err = fails(p, &["train", "--epochs", "0"]);
+    assert!(err.contains("train.epochs"), "{err}");
+
+    write_config(p, 1, "epochz = 3\n");
+    let err = fails(p, &["train"]);
+    assert!(
+        err.contains("epochz") && err.contains("flora.toml"),
+        "{err}"
+    );
+
+    std::fs::write(p.join("flora.toml"), "[train]\nepochs = -2\n").unwrap();
+    let err = fails(p, &["train"]);
+    assert!(
+        err.contains("epochs") && err.contains("flora.toml"),
+        "{err}"
+    );
+
+    let err = fails(p, &["--config", "missing.toml", "train"]);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert!(
+        !p.join("runs").exists() || std::fs::read_dir(p.join("runs")).unwrap().count() == 0,
+        "no run is created for bad input"
+    );
+}
+
+#[test]
+fn train_and_val_folders_are_used_as_the_split() {
+    let (train, test) = fashion_mnist(100, 25);
+    let dir = tempfile::tempdir().unwrap();
+    copy_classes(
+        &train,
+        &dir.path().join("dataset/train"),
+        &["bag", "trouser"],
+        20,
+    );
+    copy_classes(
+        &test,
+        &dir.path().join("dataset/val"),
+        &["bag", "trouser"],
+        7,
+    );
+    write_config(dir.path(), 1, "");
+    ok(dir.path(), &["train"]);
+    let (_, run) = only_run(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(run.join("params/num_val")).unwrap(),
+        "14"
+    );
+    let split = std::fs::read_to_string(run.join("artifacts/split.csv")).unwrap();
+    assert!(
+        split
+            .lines()
+            .filter(|l| l.ends_with(",val"))
+            .all(|l| l.starts_with("val/")),
+        "{split}"
+    );
+}
+
+#[test]
+fn init_writes_a_config_that_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["init", "proj"]);
+    let proj = dir.path().join("proj");
+    for sub in ["dataset", "runs", "models", "collected_data"] {
+        assert!(proj.join(sub).is_dir(), "{sub}");
+    }
+    let text = std::fs::read_to_string(proj.join("flora.toml")).unwrap();
+    flora::config::Config::parse(&text).unwrap();
+    // Paths are relative to the config file, wherever flora runs from.
+    let (train, _) = fashion_mnist(100, 25);
+    copy_classes(&train, &proj.join("dataset"), &["bag", "trouser"], 10);
+    ok(
+        dir.path(),
+        &[
+            "--config",
+            "proj/flora.toml",
+            "train",
+            "--epochs",
+            "1",
+            "--image-size",
+            "28",
+        ],
+    );
+    assert!(proj.join("runs").read_dir().unwrap().count() == 1);
+}
+
+#[test]
+fn sigint_marks_the_run_killed_and_keeps_the_store_readable() {
+    let dir = project(100, 50);
+    let mut child = flora(dir.path())
+        .args(["train", "--name", "interrupted"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch to be logged, then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let logged = std::fs::read_dir(dir.path().join("runs"))
+            .ok()
+            .and_then(|mut d| {
+                d.find_map(|e| {
+                    let p = e.ok()?.path();
+                    std::fs::read_dir(&p).ok()?.find_map(|r| {
+                        let r = r.ok()?.path();
+                        r.join("metrics/val_accuracy").exists().then_some(r)
+                    })
+                })
+            });
+        if logged.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no epoch finished in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it was interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, run) = only_run(dir.path());
+    assert_eq!(yaml(&run.join("meta.yaml"))["status"], "5", "KILLED");
+    let lines = metric_lines(&run, "val_accuracy");
+    assert!(!lines.is_empty() && lines.len() < 50);
+    flora::bundle::ModelBundle::load(&run.join("artifacts/model")).expect("what exists was saved");
+    let runs = ok(dir.path(), &["runs", "--json"]);
+    assert!(runs.contains("KILLED"), "{runs}");
+}
