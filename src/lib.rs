@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod cmd;
+pub mod collect;
 pub mod config;
 pub mod dataset;
 pub mod device;

@@ -301,6 +301,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Makes `slot` live under the lock and records it in the history (`action` is `live` or
+    /// `rollback`). This is what `flora promote --live` and serve's switch endpoint both do.
+    pub fn switch_live(&self, slot: Slot, action: &str) -> Result<()> {
+        let lock = self.lock(Duration::from_secs(5))?;
+        self.set_live(&lock, slot)?;
+        let info = self.info(slot)?;
+        self.record(action, slot, info.as_ref())
+    }
+
     /// Appends a row to `history.csv`.
     pub fn record(&self, action: &str, slot: Slot, info: Option<&SlotInfo>) -> Result<()> {
         let path = self.dir.join("history.csv");
