@@ -31,6 +31,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify images: top-k classes with confidence.
     Predict(PredictArgs),
+    /// Serve the live blue/green model over HTTP, with data collection and metrics.
+    Serve(ServeArgs),
 }
 
 /// `flora init`
@@ -117,4 +119,18 @@ pub struct PredictArgs {
     /// One JSON line per image.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `flora serve`: flags override the `[serve]` keys of the same name.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind (serve.host; default loopback only).
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// Port to bind (serve.port).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Do not save uploads under collected_data/ (serve.collect = false).
+    #[arg(long)]
+    pub no_collect: bool,
 }

@@ -167,6 +167,14 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Bearer token for the admin endpoints (`FLORA_ADMIN_TOKEN` wins over it).
     pub admin_token: Option<String>,
+    /// Largest image width or height the decoder accepts (decompression-bomb guard).
+    pub max_image_side: u32,
+    /// Largest decoder allocation per image, in bytes (decompression-bomb guard).
+    pub max_decode_bytes: u64,
+    /// Most images run through the model in one forward pass (1 turns batching off).
+    pub max_batch: usize,
+    /// Predictions below this confidence are counted as low-confidence (a drift signal).
+    pub low_confidence: f32,
 }
 
 impl Default for ServeConfig {
@@ -177,6 +185,10 @@ impl Default for ServeConfig {
             collect: true,
             max_body_bytes: 10 * 1024 * 1024,
             admin_token: None,
+            max_image_side: 4096,
+            max_decode_bytes: 128 * 1024 * 1024,
+            max_batch: 16,
+            low_confidence: 0.5,
         }
     }
 }
@@ -314,6 +326,18 @@ impl Config {
         if self.serve.max_body_bytes == 0 {
             bail!("serve.max_body_bytes must be positive");
         }
+        if self.serve.max_image_side == 0 || self.serve.max_decode_bytes == 0 {
+            bail!("serve.max_image_side and serve.max_decode_bytes must be positive");
+        }
+        if self.serve.max_batch == 0 {
+            bail!("serve.max_batch must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.serve.low_confidence) {
+            bail!(
+                "serve.low_confidence = {} must be in [0, 1]",
+                self.serve.low_confidence
+            );
+        }
         Ok(())
     }
 }
@@ -353,7 +377,11 @@ collected_data = "collected_data"
 host = "127.0.0.1"
 port = 8000
 collect = true                 # save uploads under collected_data/YYYY-MM-DD/
-max_body_bytes = 10485760      # 10 MB
+max_body_bytes = 10485760      # 10 MB; a larger request gets 413
+max_image_side = 4096          # decoder limits: larger images (and decompression bombs) get 422
+max_decode_bytes = 134217728   # 128 MB
+max_batch = 16                 # concurrent requests run through the model together (1 = off)
+low_confidence = 0.5           # predictions below it are counted in flora_low_confidence_total
 # admin_token = "..."          # or set FLORA_ADMIN_TOKEN; without one the admin endpoints answer 403
 
 # Free facts per class, shown by `flora predict` and `flora serve`:

@@ -21,6 +21,7 @@ pub mod plot;
 pub mod progress;
 pub mod registry;
 pub mod select;
+pub mod serve;
 pub mod split;
 pub mod store;
 pub mod train;

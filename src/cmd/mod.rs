@@ -5,6 +5,7 @@ pub mod eval;
 pub mod init;
 pub mod predict;
 pub mod runs;
+pub mod serve;
 pub mod train;
 
 use std::process::ExitCode;
@@ -25,5 +26,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Runs(args) => runs::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Eval(args) => eval::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Predict(args) => predict::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Serve(args) => serve::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }

@@ -1,0 +1,220 @@
+//! `flora serve`: an HTTP API (axum + tokio) over the blue/green slots.
+//!
+//! - [`models`]: the loaded slots and the live one, kept in step with `models/` (polled).
+//! - [`worker`]: the inference thread, which batches requests that queue up.
+//! - [`routes`]: the endpoints; [`error`]: JSON errors; [`metrics`]: Prometheus metrics.
+
+pub mod error;
+pub mod metrics;
+pub mod models;
+pub mod routes;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+
+use crate::config::Settings;
+use crate::imaging::DecodeLimits;
+use crate::registry::Registry;
+use crate::store::RunStore;
+
+use error::ApiError;
+use metrics::Metrics;
+use models::Models;
+use worker::Worker;
+
+/// The environment variable holding the admin token (it wins over `serve.admin_token`).
+pub const TOKEN_ENV: &str = "FLORA_ADMIN_TOKEN";
+
+/// What `flora serve` was asked for, on top of the `[serve]` config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub collect: bool,
+}
+
+/// The state every handler shares.
+pub struct App {
+    pub models: Arc<Models>,
+    pub metrics: Arc<Metrics>,
+    pub worker: Worker,
+    pub limits: DecodeLimits,
+    /// Bounds how many uploads are decoded at once (and so the decoders' memory).
+    pub decode_permits: Semaphore,
+    pub collect: bool,
+    pub collected_dir: PathBuf,
+    /// The project folder: collected paths are shown relative to it.
+    pub base: PathBuf,
+    pub admin_token: Option<String>,
+    pub low_confidence: f32,
+}
+
+impl App {
+    /// Checks the bearer token of an admin request: 403 when no token is configured, 401 when
+    /// it is missing or wrong.
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.admin_token else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                format!(
+                    "admin endpoints are disabled: set {TOKEN_ENV} or `admin_token` in the [serve] section of flora.toml, restart, and send `Authorization: Bearer <token>`"
+                ),
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong admin token",
+            )),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing `Authorization: Bearer <token>` header",
+            )),
+        }
+    }
+
+    /// A path under the project folder shown relative to it (as `collected_data/...`).
+    pub fn display_path(&self, path: &Path) -> String {
+        path.strip_prefix(&self.base)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The router with every endpoint, the body limit, JSON errors and request metrics.
+pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/", get(routes::index))
+        .route("/health", get(routes::health))
+        .route("/models", get(routes::models))
+        .route("/metrics", get(routes::metrics))
+        .route("/predict", post(routes::predict))
+        .route("/admin/switch-model", post(routes::switch_model))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            routes::track,
+        ))
+        .with_state(app)
+}
+
+/// Loads the models and serves until SIGINT or SIGTERM; in-flight requests finish first.
+pub fn run(settings: &Settings, opts: Options) -> Result<()> {
+    let cfg = &settings.config.serve;
+    let metrics = Arc::new(Metrics::new(cfg.low_confidence));
+    let models = Arc::new(Models::open(
+        Registry::new(settings.models_dir()),
+        &RunStore::new(settings.runs_dir()),
+        metrics.clone(),
+    )?);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let admin_token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| cfg.admin_token.clone().filter(|t| !t.trim().is_empty()))
+        .map(|t| t.trim().to_string());
+    let app = Arc::new(App {
+        models: models.clone(),
+        metrics: metrics.clone(),
+        worker: Worker::start(cfg.max_batch, metrics.clone()),
+        limits: DecodeLimits {
+            max_side: cfg.max_image_side,
+            max_alloc: cfg.max_decode_bytes,
+        },
+        decode_permits: Semaphore::new(cores * 2),
+        collect: opts.collect,
+        collected_dir: settings.collected_dir(),
+        base: settings.base.clone(),
+        admin_token,
+        low_confidence: cfg.low_confidence,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = models.clone().watch(stop.clone());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr} (is another server using the port?)"))?;
+        let local = listener.local_addr()?;
+        let snap = models.snapshot();
+        if let Some((label, m)) = snap.serving() {
+            eprintln!("serving {label}: {}", m.describe());
+        }
+        eprintln!(
+            "admin endpoints: {}",
+            if app.admin_token.is_some() {
+                "enabled (bearer token)"
+            } else {
+                "disabled (set FLORA_ADMIN_TOKEN to enable)"
+            }
+        );
+        eprintln!(
+            "collecting uploads: {}",
+            if app.collect {
+                app.collected_dir.display().to_string()
+            } else {
+                "off".into()
+            }
+        );
+        println!("flora serve listening on http://{local}");
+        axum::serve(listener, router(app.clone(), cfg.max_body_bytes))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    eprintln!("flora serve stopped");
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing in-flight requests");
+}

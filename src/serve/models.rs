@@ -1,0 +1,287 @@
+//! The models a server holds: every filled blue/green slot, loaded at start, and which one is
+//! live. A [`Snapshot`] is immutable; a change (a switch, a re-promote, done through the API or
+//! the CLI) builds a new one and swaps it in, so a request keeps the snapshot it started with.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::bundle::ModelBundle;
+use crate::registry::{Registry, Slot, SlotInfo};
+use crate::store::{RunInfo, RunStore};
+
+use super::metrics::Metrics;
+
+/// How often `models/` is polled for switches and re-promotes done outside the server.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One loaded model bundle and where it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The slot it was loaded from; None for the fallback run.
+    pub slot: Option<Slot>,
+    /// The resolved version folder (or run bundle folder) it was loaded from.
+    pub dir: PathBuf,
+    pub bundle: ModelBundle,
+    /// The slot's `slot.toml`, when it has one.
+    pub info: Option<SlotInfo>,
+}
+
+impl Loaded {
+    fn load(slot: Option<Slot>, dir: PathBuf) -> Result<Self> {
+        let bundle =
+            ModelBundle::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+        let info = std::fs::read_to_string(dir.join("slot.toml"))
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok());
+        Ok(Self {
+            slot,
+            dir,
+            bundle,
+            info,
+        })
+    }
+
+    /// A short description for the log.
+    pub fn describe(&self) -> String {
+        let m = &self.bundle.meta;
+        format!(
+            "run {} ({}), {} classes at {} px",
+            m.run_name.as_deref().unwrap_or("-"),
+            m.run_id.as_deref().unwrap_or("-"),
+            m.classes.len(),
+            m.image_size
+        )
+    }
+}
+
+/// What the server holds at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Blue, green.
+    pub slots: [Option<Arc<Loaded>>; 2],
+    /// The slot `models/LIVE` names.
+    pub live: Option<Slot>,
+    /// The newest finished run, used while no slot is live.
+    pub fallback: Option<Arc<Loaded>>,
+}
+
+fn index(slot: Slot) -> usize {
+    match slot {
+        Slot::Blue => 0,
+        Slot::Green => 1,
+    }
+}
+
+impl Snapshot {
+    /// A slot's loaded model.
+    pub fn slot(&self, slot: Slot) -> Option<&Arc<Loaded>> {
+        self.slots[index(slot)].as_ref()
+    }
+
+    /// The model that answers and its label (`blue`, `green`, or `run` for the fallback):
+    /// the live slot, else the fallback run, else the first filled slot.
+    pub fn serving(&self) -> Option<(&'static str, &Arc<Loaded>)> {
+        if let Some(live) = self.live
+            && let Some(m) = self.slot(live)
+        {
+            return Some((live.as_str(), m));
+        }
+        if let Some(m) = &self.fallback {
+            return Some(("run", m));
+        }
+        Slot::ALL
+            .iter()
+            .find_map(|&s| self.slot(s).map(|m| (s.as_str(), m)))
+    }
+
+    /// Every loaded model with its label.
+    pub fn loaded(&self) -> Vec<(&'static str, &Arc<Loaded>)> {
+        let mut out: Vec<_> = Slot::ALL
+            .iter()
+            .filter_map(|&s| self.slot(s).map(|m| (s.as_str(), m)))
+            .collect();
+        if let Some(m) = &self.fallback {
+            out.push(("run", m));
+        }
+        out
+    }
+
+    fn same_as(&self, other: &Snapshot) -> bool {
+        self.live == other.live
+            && self
+                .slots
+                .iter()
+                .zip(&other.slots)
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+    }
+}
+
+/// The loaded models, kept in step with `models/`.
+pub struct Models {
+    registry: Registry,
+    current: RwLock<Arc<Snapshot>>,
+    /// Serialises refreshes and switches, so a poll never undoes a newer switch.
+    reload: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Models {
+    /// Loads every filled slot. With no slot filled, loads the newest finished run of `runs`
+    /// instead. Fails when there is nothing to serve.
+    pub fn open(registry: Registry, runs: &RunStore, metrics: Arc<Metrics>) -> Result<Self> {
+        let models = Self {
+            registry,
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            reload: Mutex::new(()),
+            metrics,
+        };
+        models.refresh_locked(true)?;
+        let mut snap = (*models.snapshot()).clone();
+        if snap.slots.iter().all(Option::is_none) {
+            let run: RunInfo = runs.latest_finished()?.with_context(|| {
+                format!(
+                    "nothing to serve: no slot is filled in {} and {} has no finished run \
+                     (run `flora train`, then `flora promote RUN`)",
+                    models.registry.dir().display(),
+                    runs.root().display()
+                )
+            })?;
+            let dir = crate::bundle::run_bundle_dir(&run.artifacts());
+            let loaded = Loaded::load(None, dir)
+                .with_context(|| format!("loading the newest finished run {}", run.run_id))?;
+            eprintln!(
+                "no slot is filled in {}: serving the newest finished run {} ({}); \
+                 promote a run with `flora promote RUN` to serve from the blue/green slots",
+                models.registry.dir().display(),
+                run.run_name,
+                run.run_id
+            );
+            snap.fallback = Some(Arc::new(loaded));
+            models.set(snap, true);
+        } else {
+            let snap = models.snapshot();
+            models.metrics.models_changed(&snap, true);
+        }
+        if models.snapshot().serving().is_none() {
+            bail!("nothing to serve");
+        }
+        Ok(models)
+    }
+
+    /// The registry the server watches.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The current snapshot (cheap: one Arc clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, snap: Snapshot, initial: bool) {
+        let snap = Arc::new(snap);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = snap.clone();
+        self.metrics.models_changed(&snap, initial);
+    }
+
+    /// Re-reads `models/` and loads whatever changed. Returns whether anything did.
+    pub fn refresh(&self) -> Result<bool> {
+        let _guard = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_locked(false)
+    }
+
+    fn refresh_locked(&self, initial: bool) -> Result<bool> {
+        let old = self.snapshot();
+        let mut new = (*old).clone();
+        match self.registry.live() {
+            Ok(live) => new.live = live,
+            Err(e) => eprintln!("warning: {e:#}; keeping the live slot {:?}", old.live),
+        }
+        for slot in Slot::ALL {
+            let i = index(slot);
+            let dir = match self.registry.resolve(slot) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("warning: {e:#}; keeping what slot {slot} held");
+                    continue;
+                }
+            };
+            let unchanged = match (&dir, &old.slots[i]) {
+                (Some(d), Some(m)) => *d == m.dir,
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            match dir {
+                None => new.slots[i] = None,
+                Some(d) => match Loaded::load(Some(slot), d) {
+                    Ok(m) => {
+                        eprintln!("loaded slot {slot}: {}", m.describe());
+                        new.slots[i] = Some(Arc::new(m));
+                    }
+                    Err(e) => {
+                        self.metrics.failure("model_load");
+                        if initial {
+                            return Err(e.context(format!("loading slot {slot}")));
+                        }
+                        eprintln!(
+                            "error: slot {slot} changed but cannot be loaded, keeping the model it had: {e:#}"
+                        );
+                    }
+                },
+            }
+        }
+        if new.same_as(&old) {
+            return Ok(false);
+        }
+        let before = old.serving().map(|(l, m)| (l, m.dir.clone()));
+        let after = new.serving().map(|(l, m)| (l, m.dir.clone()));
+        if !initial && before != after {
+            if let Some((label, m)) = new.serving() {
+                eprintln!("now serving {label}: {}", m.describe());
+            }
+        }
+        self.set(new, initial);
+        Ok(true)
+    }
+
+    /// Makes `slot` live the way `flora promote --live` does (the `LIVE` file and the history),
+    /// then serves it. Fails for an empty slot.
+    pub fn switch(&self, slot: Slot) -> Result<()> {
+        let _guard = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        self.registry.switch_live(slot, "live")?;
+        self.refresh_locked(false)?;
+        if self.snapshot().serving().map(|(l, _)| l) != Some(slot.as_str()) {
+            bail!("slot {slot} was made live but its model could not be loaded");
+        }
+        Ok(())
+    }
+
+    /// Polls `models/` every [`POLL_INTERVAL`] on a thread of its own until `stop` is set.
+    pub fn watch(self: Arc<Self>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("flora-watch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(POLL_INTERVAL);
+                    if let Err(e) = self.refresh() {
+                        eprintln!("warning: reading {}: {e:#}", self.registry.dir().display());
+                    }
+                }
+            })
+            .expect("spawning the models watcher")
+    }
+}
