@@ -186,7 +186,7 @@ impl Default for ServeConfig {
             max_body_bytes: 10 * 1024 * 1024,
             admin_token: None,
             max_image_side: 4096,
-            max_decode_bytes: 128 * 1024 * 1024,
+            max_decode_bytes: 64 * 1024 * 1024,
             max_batch: 16,
             low_confidence: 0.5,
         }
@@ -379,7 +379,7 @@ port = 8000
 collect = true                 # save uploads under collected_data/YYYY-MM-DD/
 max_body_bytes = 10485760      # 10 MB; a larger request gets 413
 max_image_side = 4096          # decoder limits: larger images (and decompression bombs) get 422
-max_decode_bytes = 134217728   # 128 MB
+max_decode_bytes = 67108864    # 64 MB
 max_batch = 16                 # concurrent requests run through the model together (1 = off)
 low_confidence = 0.5           # predictions below it are counted in flora_low_confidence_total
 # admin_token = "..."          # or set FLORA_ADMIN_TOKEN; without one the admin endpoints answer 403

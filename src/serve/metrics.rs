@@ -8,7 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::models::Snapshot;
@@ -113,7 +113,7 @@ impl Metrics {
             "Images per model forward pass",
             batch_size.clone(),
         );
-        let confidence = Histogram::new(linear_buckets(0.1, 0.1, 10));
+        let confidence = Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]);
         registry.register(
             "flora_prediction_confidence",
             "Confidence of the top class of each prediction",

@@ -56,6 +56,7 @@ pub struct App {
     pub base: PathBuf,
     pub admin_token: Option<String>,
     pub low_confidence: f32,
+    pub max_body_bytes: usize,
 }
 
 impl App {
@@ -151,6 +152,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         base: settings.base.clone(),
         admin_token,
         low_confidence: cfg.low_confidence,
+        max_body_bytes: cfg.max_body_bytes,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = models.clone().watch(stop.clone());

@@ -242,12 +242,12 @@ async fn read_upload(app: &Arc<App>, req: Request) -> Result<(Bytes, Option<Stri
     if ctype.starts_with("multipart/form-data") {
         let mut form = Multipart::from_request(req, app)
             .await
-            .map_err(|e| ApiError::new(e.status(), reason_for(e.status()), e.body_text()))?;
+            .map_err(|e| rejection(app, e.status(), e.body_text()))?;
         loop {
             let field = form
                 .next_field()
                 .await
-                .map_err(|e| ApiError::new(e.status(), reason_for(e.status()), e.body_text()))?;
+                .map_err(|e| rejection(app, e.status(), e.body_text()))?;
             let Some(field) = field else {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -262,14 +262,14 @@ async fn read_upload(app: &Arc<App>, req: Request) -> Result<(Bytes, Option<Stri
             let bytes = field
                 .bytes()
                 .await
-                .map_err(|e| ApiError::new(e.status(), reason_for(e.status()), e.body_text()))?;
+                .map_err(|e| rejection(app, e.status(), e.body_text()))?;
             return Ok((bytes, name));
         }
     }
     if ctype.starts_with("image/") || ctype.starts_with("application/octet-stream") {
         let bytes = Bytes::from_request(req, app)
             .await
-            .map_err(|e| ApiError::new(e.status(), reason_for(e.status()), e.body_text()))?;
+            .map_err(|e| rejection(app, e.status(), e.body_text()))?;
         return Ok((bytes, None));
     }
     Err(ApiError::new(
@@ -282,11 +282,19 @@ async fn read_upload(app: &Arc<App>, req: Request) -> Result<(Bytes, Option<Stri
     ))
 }
 
-fn reason_for(status: StatusCode) -> &'static str {
+/// An extractor rejection as an API error, with a clear message for a body over the limit.
+fn rejection(app: &App, status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "body_too_large"
+        ApiError::new(
+            status,
+            "body_too_large",
+            format!(
+                "the request body is larger than the limit of {} bytes (serve.max_body_bytes)",
+                app.max_body_bytes
+            ),
+        )
     } else {
-        "bad_request"
+        ApiError::new(status, "bad_request", text)
     }
 }
 
