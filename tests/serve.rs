@@ -1,0 +1,765 @@
+//! `flora serve` end to end: the real binary on a random free port, a real HTTP client, real
+//! models trained on Fashion-MNIST and installed into the blue/green slots.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flora::registry::{Registry, Slot, SlotInfo};
+use flora::store::RunStore;
+use serde_json::Value;
+
+const TOKEN: &str = "s3cret-token";
+
+/// Two trained bundles (runs "a" and "b"), made once per test binary: (project, a, b).
+fn bundles() -> &'static (tempfile::TempDir, PathBuf, PathBuf, String, String) {
+    static B: OnceLock<(tempfile::TempDir, PathBuf, PathBuf, String, String)> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = project(30, 2);
+        ok(dir.path(), &["train", "--name", "a"]);
+        ok(dir.path(), &["train", "--name", "b", "--seed", "8"]);
+        let store = RunStore::new(dir.path().join("runs"));
+        let a = store.find("a").unwrap();
+        let b = store.find("b").unwrap();
+        let (pa, pb) = (a.artifacts().join("model"), b.artifacts().join("model"));
+        (dir, pa, pb, a.run_id, b.run_id)
+    })
+}
+
+fn info(run_id: &str) -> SlotInfo {
+    SlotInfo {
+        run_id: run_id.into(),
+        run_name: "test".into(),
+        promoted_at: "2026-11-23T00:00:00Z".into(),
+        promoted_by: "test".into(),
+        accuracy: Some(0.9),
+        val_accuracy: Some(0.9),
+        data_fingerprint: "sha256:test".into(),
+    }
+}
+
+/// A project whose blue slot holds run a, green run b, blue live. `extra` is appended to flora.toml.
+fn slotted_project(extra: &str) -> tempfile::TempDir {
+    let (_, a, b, ra, rb) = bundles();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), 1, extra);
+    let reg = Registry::new(dir.path().join("models"));
+    let lock = reg.lock(Duration::from_secs(5)).unwrap();
+    reg.install(&lock, Slot::Blue, a, &info(ra)).unwrap();
+    reg.install(&lock, Slot::Green, b, &info(rb)).unwrap();
+    drop(lock);
+    reg.switch_live(Slot::Blue, "live").unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `flora serve`, stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(dir: &Path, token: Option<&str>, extra_args: &[&str]) -> Server {
+        let port = free_port();
+        let mut cmd = flora(dir);
+        cmd.args(["serve", "--port", &port.to_string()])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("FLORA_ADMIN_TOKEN", t);
+        }
+        let mut child = cmd.spawn().expect("starting flora serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut s = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = s.try_get("/health") {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("flora serve exited ({status}):\n{}", s.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "flora serve did not become healthy:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn try_get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
+        let mut r = agent().get(&self.url(path)).call()?;
+        let status = r.status().as_u16();
+        Ok((status, r.body_mut().read_to_string()?))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path).unwrap()
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// POSTs `body` with `content_type` and optional extra header; returns status and JSON.
+    fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        auth: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = agent()
+            .post(&self.url(path))
+            .header("Content-Type", content_type);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let mut r = req.send(body).unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} answered non-JSON ({status}, {e}): {text}"));
+        (status, json)
+    }
+
+    fn predict_multipart(&self, image: &[u8], filename: &str, query: &str) -> (u16, Value) {
+        let (ct, body) = multipart("file", filename, image);
+        self.post(&format!("/predict{query}"), &ct, &body, None)
+    }
+
+    fn switch(&self, color: &str, auth: Option<&str>) -> (u16, Value) {
+        self.post(
+            &format!("/admin/switch-model?color={color}"),
+            "application/x-www-form-urlencoded",
+            b"",
+            auth,
+        )
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn multipart(field: &str, filename: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----floratestboundary42";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: image/png\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A real test image (a bag) as PNG bytes.
+fn bag_png() -> Vec<u8> {
+    let (_, test) = fashion_mnist(100, 25);
+    let dir = test.join("bag");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::read(&files[0]).unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn predict_via_multipart_and_raw_body_collects_the_upload() {
+    let (_, _, _, run_a, _) = bundles();
+    let dir = slotted_project("");
+    let server = Server::start(dir.path(), None, &[]);
+    let png = bag_png();
+
+    let (status, j) = server.predict_multipart(&png, "../../etc/evil name.png", "?top_k=2");
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["model_used"], "blue");
+    assert_eq!(j["run_id"], run_a.as_str());
+    assert_eq!(j["top_k"].as_array().unwrap().len(), 2);
+    let class = j["prediction"]["class"].as_str().unwrap().to_string();
+    assert!(CLASSES.contains(&class.as_str()), "{j}");
+    let conf = j["prediction"]["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&conf));
+    assert_eq!(j["top_k"][0]["class"], class.as_str());
+
+    // The upload and its sidecar are saved under collected_data/YYYY-MM-DD/, named by the
+    // server, never by the client.
+    let rel = j["data_collected_at"].as_str().unwrap();
+    assert!(rel.starts_with("collected_data/"), "{rel}");
+    assert!(rel.ends_with(".png"), "{rel}");
+    assert!(!rel.contains("evil"), "{rel}");
+    let saved = dir.path().join(rel);
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        png,
+        "saved bytes match the upload"
+    );
+    assert_eq!(
+        saved
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .len(),
+        10,
+        "dated folder"
+    );
+    image::load_from_memory(&std::fs::read(&saved).unwrap()).expect("the saved image decodes");
+    let side: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(side["client_filename"], "../../etc/evil name.png");
+    assert_eq!(side["slot"], "blue");
+    assert_eq!(side["run_id"], run_a.as_str());
+    assert_eq!(side["predicted_class"], class.as_str());
+    assert_eq!(side["bytes"], png.len() as u64);
+    assert_eq!(side["top_k"].as_array().unwrap().len(), 2);
+    assert!(side["time"].as_str().unwrap().contains('T'));
+    let sc = flora::collect::read_sidecar(&saved).expect("the sidecar parses");
+    assert_eq!(sc.file, saved.file_name().unwrap().to_str().unwrap());
+
+    // A raw body with Content-Type image/png gives the same answer.
+    let (status, r) = server.post("/predict", "image/png", &png, None);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["prediction"]["class"], class.as_str());
+    assert_eq!(r["top_k"].as_array().unwrap().len(), 3, "default top_k");
+    let saved2 = dir.path().join(r["data_collected_at"].as_str().unwrap());
+    assert_eq!(std::fs::read(&saved2).unwrap(), png);
+    assert_ne!(saved, saved2);
+
+    // The page, the model list and health.
+    let (status, page) = server.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("type=\"file\""));
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "no CDN"
+    );
+    let models = server.get_json("/models");
+    assert_eq!(models["live"], "blue");
+    assert_eq!(models["slots"]["blue"]["live"], true);
+    assert_eq!(models["slots"]["green"]["live"], false);
+    assert_eq!(models["slots"]["blue"]["run_id"], run_a.as_str());
+    assert!(models["slots"]["green"]["metrics"]["val_accuracy"].is_number());
+
+    // SIGTERM stops it cleanly.
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn no_collect_saves_nothing() {
+    let dir = slotted_project("");
+    let server = Server::start(dir.path(), None, &["--no-collect"]);
+    let (status, j) = server.predict_multipart(&bag_png(), "x.png", "");
+    assert_eq!(status, 200, "{j}");
+    assert!(j["data_collected_at"].is_null());
+    assert!(!dir.path().join("collected_data").exists());
+}
+
+#[test]
+fn without_slots_it_serves_the_newest_finished_run() {
+    let (_, a, _, run_a, _) = bundles();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), 1, "");
+    // A run store with one finished run: copy run a's whole store.
+    let src_runs = a.ancestors().nth(4).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(src_runs)
+        .arg(dir.path().join("runs"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start(dir.path(), None, &[]);
+    assert!(
+        server.log().contains("newest finished run"),
+        "{}",
+        server.log()
+    );
+    let (status, j) = server.predict_multipart(&bag_png(), "x.png", "");
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["model_used"], "run");
+    // The newest of the two runs in that store is b.
+    let _ = run_a;
+    assert_eq!(j["run_id"], bundles().4.as_str());
+
+    // Nothing at all to serve: a clear error.
+    let empty = tempfile::tempdir().unwrap();
+    write_config(empty.path(), 1, "");
+    let err = fails(empty.path(), &["serve", "--port", &free_port().to_string()]);
+    assert!(err.contains("nothing to serve"), "{err}");
+}
+
+#[test]
+fn admin_needs_a_token_and_cli_switches_are_picked_up() {
+    let (_, _, b, run_a, run_b) = bundles();
+    // No token configured: 403 saying how to enable it.
+    let dir = slotted_project("");
+    let server = Server::start(dir.path(), None, &[]);
+    let (status, j) = server.switch("green", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(status, 403, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("FLORA_ADMIN_TOKEN"),
+        "{j}"
+    );
+    drop(server);
+
+    // With a token: missing or wrong gets 401, the right one switches.
+    let server = Server::start(dir.path(), Some(TOKEN), &[]);
+    let (status, j) = server.switch("green", None);
+    assert_eq!(status, 401, "{j}");
+    let (status, j) = server.switch("green", Some("Bearer wrong"));
+    assert_eq!(status, 401, "{j}");
+    let (status, j) = server.switch("purple", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(status, 400, "{j}");
+    let png = bag_png();
+    assert_eq!(
+        server.predict_multipart(&png, "x.png", "").1["model_used"],
+        "blue"
+    );
+    let (status, j) = server.switch("green", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["live"], "green");
+    assert_eq!(j["previous"], "blue");
+    let (_, j) = server.predict_multipart(&png, "x.png", "");
+    assert_eq!(j["model_used"], "green");
+    assert_eq!(j["run_id"], run_b.as_str());
+    // Persisted like `flora promote --live`: LIVE and the history.
+    let reg = Registry::new(dir.path().join("models"));
+    assert_eq!(reg.live().unwrap(), Some(Slot::Green));
+    let last = reg.history().unwrap().pop().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.slot.as_str(), last.live.as_str()),
+        ("live", "green", "green")
+    );
+    assert_eq!(last.run_id, run_b.as_str());
+
+    // A switch made outside the server (what `flora promote --live` does) is picked up.
+    reg.switch_live(Slot::Blue, "live").unwrap();
+    wait_for("the CLI switch to blue", || {
+        server.predict_multipart(&png, "x.png", "").1["model_used"] == "blue"
+    });
+    // A re-promote into the live slot (run b into blue) too.
+    let lock = reg.lock(Duration::from_secs(5)).unwrap();
+    reg.install(&lock, Slot::Blue, b, &info(run_b)).unwrap();
+    drop(lock);
+    wait_for("the re-promoted blue slot", || {
+        let j = server.predict_multipart(&png, "x.png", "").1;
+        j["model_used"] == "blue" && j["run_id"] == run_b.as_str()
+    });
+    assert_ne!(run_a, run_b);
+    let models = server.get_json("/models");
+    assert_eq!(models["slots"]["blue"]["run_id"], run_b.as_str());
+}
+
+#[test]
+fn zero_downtime_while_switching() {
+    let dir = slotted_project("");
+    let server = Arc::new(Server::start(dir.path(), Some(TOKEN), &[]));
+    let png = Arc::new(bag_png());
+    let t0 = Instant::now();
+    let run_for = Duration::from_secs(6);
+    // Each client records (start, end, status, model_used).
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let server = server.clone();
+            let png = png.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while t0.elapsed() < run_for {
+                    let start = t0.elapsed();
+                    let (status, j) = server.predict_multipart(&png, "x.png", "");
+                    let end = t0.elapsed();
+                    seen.push((
+                        start,
+                        end,
+                        status,
+                        j["model_used"].as_str().unwrap_or("").to_string(),
+                        j,
+                    ));
+                }
+                seen
+            })
+        })
+        .collect();
+    // Switches: (requested, answered, slot).
+    let mut switches = Vec::new();
+    let mut slot = "blue";
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..8 {
+        slot = if slot == "blue" { "green" } else { "blue" };
+        let a = t0.elapsed();
+        let (status, j) = server.switch(slot, Some(&format!("Bearer {TOKEN}")));
+        let b = t0.elapsed();
+        assert_eq!(status, 200, "{j}");
+        switches.push((a, b, slot));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let mut total = 0;
+    let mut by_slot = std::collections::BTreeMap::<String, usize>::new();
+    for c in clients {
+        for (start, end, status, used, j) in c.join().unwrap() {
+            total += 1;
+            assert_eq!(status, 200, "a request failed during the switches: {j}");
+            *by_slot.entry(used.clone()).or_default() += 1;
+            // `used` must have been live at some moment of [start, end]: blue until the first
+            // switch answered; each switch's slot from its request to the next one's answer.
+            let mut ok = used == "blue" && start <= switches[0].1;
+            for (i, (req, _, s)) in switches.iter().enumerate() {
+                let until = switches.get(i + 1).map_or(Duration::MAX, |n| n.1);
+                if *s == used && *req <= end && start <= until {
+                    ok = true;
+                }
+            }
+            assert!(
+                ok,
+                "{used} answered at {start:?}..{end:?} but was not live then; switches {switches:?}"
+            );
+        }
+    }
+    eprintln!("zero downtime: {total} requests, by slot {by_slot:?}, {} switches", switches.len());
+    assert!(total >= 100, "only {total} requests in {run_for:?}");
+    assert!(by_slot.len() == 2, "both slots answered: {by_slot:?}");
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn bad_inputs_get_4xx_and_the_server_stays_healthy() {
+    let dir = slotted_project("[serve]\nmax_body_bytes = 200000\n");
+    let server = Server::start(dir.path(), None, &[]);
+    let png = bag_png();
+    let mut corrupt = png.clone();
+    for b in corrupt.iter_mut().skip(40) {
+        *b = 0x5a;
+    }
+    let truncated = png[..png.len() / 2].to_vec();
+    let text = b"hello, this is not an image".to_vec();
+    let oversized = {
+        let mut v = png.clone();
+        v.resize(300_000, 0);
+        v
+    };
+    // A PNG header claiming 100000 x 100000 pixels: refused by the decoder limits.
+    let bomb = png_header(100_000, 100_000);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("corrupt", corrupt),
+        ("empty", Vec::new()),
+        ("text", text.clone()),
+        ("truncated", truncated),
+        ("oversized", oversized),
+        ("bomb", bomb),
+    ];
+    for (name, bytes) in &cases {
+        for how in ["multipart", "raw"] {
+            let (status, j) = if how == "multipart" {
+                server.predict_multipart(bytes, "x.png", "")
+            } else {
+                server.post("/predict", "image/png", bytes, None)
+            };
+            assert!(
+                (400..500).contains(&status),
+                "{name} ({how}) got {status}: {j}"
+            );
+            assert!(j["error"].is_string(), "{name} ({how}): {j}");
+            match *name {
+                "oversized" => assert_eq!(status, 413, "{name} ({how}): {j}"),
+                "text" => assert_eq!(status, 415, "{name} ({how}): {j}"),
+                "bomb" | "truncated" | "corrupt" => assert_eq!(status, 422, "{name} ({how}): {j}"),
+                _ => {}
+            }
+        }
+    }
+    // A missing field, a text body, a bad query.
+    let (ct, body) = multipart("picture", "x.png", &png);
+    let (status, j) = server.post("/predict", &ct, &body, None);
+    assert_eq!(status, 400, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("file"), "{j}");
+    let (status, _) = server.post("/predict", "text/plain", &text, None);
+    assert_eq!(status, 415);
+    let (status, _) = server.predict_multipart(&png, "x.png", "?top_k=lots");
+    assert_eq!(status, 400);
+    let (status, body) = server.get("/no/such/thing");
+    assert_eq!(status, 404);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+
+    // Still healthy and still answering; nothing bad was collected.
+    assert_eq!(server.get("/health").0, 200);
+    let (status, _) = server.predict_multipart(&png, "x.png", "");
+    assert_eq!(status, 200);
+    let collected: Vec<_> = walk(&dir.path().join("collected_data"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e != "json"))
+        .collect();
+    assert_eq!(collected.len(), 1, "{collected:?}");
+}
+
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    // A stored (uncompressed) zlib stream of a few zero bytes.
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0, 0x04, 0x00, 0x01,
+        ],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Parses /metrics with prometheus-parse: (name, labels) -> value (histograms by their count).
+fn scrape(server: &Server) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    // Every sample line is `name{labels} value` with a finite number.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
+    }
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus exposition");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(h) => h.last().map(|c| c.count).unwrap_or(0.0),
+                prometheus_parse::Value::Summary(_) => 0.0,
+            };
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (s.metric, labels, v)
+        })
+        .collect()
+}
+
+fn value(
+    samples: &[(String, std::collections::BTreeMap<String, String>, f64)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_parse_and_move_with_requests() {
+    let dir = slotted_project("");
+    let server = Server::start(dir.path(), None, &[]);
+    let before = scrape(&server);
+    for name in [
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
+        "flora_live_slot",
+        "flora_model_info",
+        "flora_collected_images_total",
+        "flora_collection_failures_total",
+        "flora_low_confidence_total",
+    ] {
+        assert!(before.iter().any(|(n, _, _)| n == name), "{name} missing");
+    }
+    assert!(value(&before, "process_resident_memory_bytes", &[]) > 1e6);
+    assert_eq!(value(&before, "flora_live_slot", &[("slot", "blue")]), 1.0);
+    assert_eq!(value(&before, "flora_live_slot", &[("slot", "green")]), 0.0);
+    assert_eq!(
+        value(&before, "flora_model_info", &[("slot", "green")]),
+        1.0
+    );
+
+    let png = bag_png();
+    let mut classes = Vec::new();
+    for _ in 0..3 {
+        let (status, j) = server.predict_multipart(&png, "x.png", "");
+        assert_eq!(status, 200);
+        classes.push(j["prediction"]["class"].as_str().unwrap().to_string());
+    }
+    let _ = server.post("/predict", "text/plain", b"nope", None);
+    let after = scrape(&server);
+    let d = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(
+        d(
+            "flora_http_requests_total",
+            &[("route", "/predict"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        d(
+            "flora_http_requests_total",
+            &[("route", "/predict"), ("status", "415")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        d(
+            "flora_predictions_total",
+            &[("slot", "blue"), ("class", &classes[0])]
+        ),
+        3.0
+    );
+    assert_eq!(d("flora_collected_images_total", &[]), 3.0);
+    assert!(d("flora_failures_total", &[]) >= 1.0);
+    assert_eq!(
+        d("flora_prediction_confidence", &[]),
+        3.0,
+        "histogram count"
+    );
+    assert!(d("flora_inference_duration_seconds", &[]) >= 1.0);
+    assert_eq!(
+        d(
+            "flora_http_request_duration_seconds",
+            &[("route", "/predict")]
+        ),
+        4.0
+    );
+}
