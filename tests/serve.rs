@@ -502,7 +502,10 @@ fn zero_downtime_while_switching() {
             );
         }
     }
-    eprintln!("zero downtime: {total} requests, by slot {by_slot:?}, {} switches", switches.len());
+    eprintln!(
+        "zero downtime: {total} requests, by slot {by_slot:?}, {} switches",
+        switches.len()
+    );
     assert!(total >= 100, "only {total} requests in {run_for:?}");
     assert!(by_slot.len() == 2, "both slots answered: {by_slot:?}");
     let (status, _) = server.get("/health");

@@ -249,10 +249,11 @@ impl Models {
         }
         let before = old.serving().map(|(l, m)| (l, m.dir.clone()));
         let after = new.serving().map(|(l, m)| (l, m.dir.clone()));
-        if !initial && before != after {
-            if let Some((label, m)) = new.serving() {
-                eprintln!("now serving {label}: {}", m.describe());
-            }
+        if !initial
+            && before != after
+            && let Some((label, m)) = new.serving()
+        {
+            eprintln!("now serving {label}: {}", m.describe());
         }
         self.set(new, initial);
         Ok(true)
