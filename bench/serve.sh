@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Serving speed: `flora serve` against the FastAPI + PyTorch reference (../shared/reference/
+# torch_serve.py), same machine, same run, same load: wrk posting one 28x28 Fashion-MNIST PNG as
+# multipart (field `file`) through ../shared/reference/load.sh, for SECONDS (default 15) at each
+# concurrency in CONCS (default "1 8 64") after a 3 s warm-up. Both run the reference CNN at 64 px
+# and save every upload under collected_data/. Prints req/s, p50, p99 and server RSS per row, and
+# flora/torch ratios.
+# Needs: wrk (apt-get install -y wrk), python3 and dataset-fashion-mnist (apt-get install -y
+# dataset-fashion-mnist) for the images. The PyTorch side runs only if a venv with torch,
+# torchvision, fastapi, uvicorn and python-multipart exists at REF_VENV (default /tmp/refvenv);
+# see ../shared/reference/README.md.
+# The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min).
+# Env: WORK (a folder to keep the trained models in between runs), REF_CKPT (a torch_train.py checkpoint; default: train one, 1 epoch), MAX_BATCH
+# (serve.max_batch, default 16; 1 turns batching off),
+# PORT (default 18700), CONCS, FLORA_SHARED.
+# Usage: bench/serve.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-15}
+concs=${CONCS:-1 8 64}
+port=${PORT:-18700}
+shared=${FLORA_SHARED:-$(cd .. && pwd)/shared}
+ref=$shared/reference
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
+[ -d /tmp/flora-data/fmnist-ci ] || "$shared/datasets/make_fashion_mnist.py" --train-out /tmp/flora-data/fmnist-ci/train \
+    --test-out /tmp/flora-data/fmnist-ci/test --per-class 100 >/dev/null
+img=/tmp/flora-data/fmnist-ci/test/bag/test_000469.png
+cargo build --release --quiet
+flora=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/flora
+work=${WORK:-$(mktemp -d)} # WORK keeps (and reuses) the trained model and checkpoint
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; [ -n "${WORK:-}" ] || rm -rf "$work"; }
+trap cleanup EXIT
+
+# flora: a project whose newest finished run is the served model (no slot filled: serve falls
+# back to it).
+mkdir -p "$work/flora"
+printf '[data]\nimage_size = 64\n[train]\nepochs = 5\n[serve]\nport = %s\nmax_batch = %s\n' \
+    "$port" "${MAX_BATCH:-16}" >"$work/flora/flora.toml"
+[ -d "$work/flora/runs" ] || (cd "$work/flora" && "$flora" train --data /tmp/flora-data/fmnist-ci/train --name bench64 >/dev/null 2>&1)
+rm -rf "$work/flora/collected_data" "$work/torch/collected_data"
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+wait_health() {
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "server did not come up" >&2; return 1
+}
+declare -A RPS P50 P99 RSS
+load_all() { # name pid
+  local name=$1 pid=$2
+  "$ref/load.sh" "http://127.0.0.1:$port" "$img" 8 3 >/dev/null # warm-up
+  RSS[$name,idle]=$(( $(rss_kb "$pid") / 1024 ))
+  for c in $concs; do
+    line=$("$ref/load.sh" "http://127.0.0.1:$port" "$img" "$c" "$secs" | grep '^LOAD')
+    echo "$name C=$c $line"
+    RPS[$name,$c]=$(sed -E 's/.*req_per_s=([0-9.]+).*/\1/' <<<"$line")
+    P50[$name,$c]=$(sed -E 's/.*p50_ms=([0-9.]+).*/\1/' <<<"$line")
+    P99[$name,$c]=$(sed -E 's/.*p99_ms=([0-9.]+).*/\1/' <<<"$line")
+    grep -q 'non2xx=0 socket_errors=0' <<<"$line" || echo "WARNING: $name had failed requests at C=$c" >&2
+  done
+  RSS[$name,peak]=$(( $(hwm_kb "$pid") / 1024 ))
+}
+
+# flora serve
+(cd "$work/flora" && exec "$flora" serve --port "$port" >"$work/flora.log" 2>&1) &
+server=$!
+wait_health
+load_all flora "$server"
+kill -TERM "$server"; wait "$server" || true; server=""
+have_torch=0
+
+# PyTorch reference
+venv=${REF_VENV:-/tmp/refvenv}
+if [ -x "$venv/bin/python" ]; then
+  have_torch=1
+  ckpt=${REF_CKPT:-$work/ref64.pt}
+  [ -f "$ckpt" ] || "$venv/bin/python" "$ref/torch_train.py" --data /tmp/flora-data/fmnist-ci/train --epochs 1 \
+      --size 64 --save "$ckpt" >/dev/null 2>&1
+  mkdir -p "$work/torch"
+  (cd "$work/torch" && exec "$venv/bin/python" "$ref/torch_serve.py" --ckpt "$ckpt" --port "$port" >"$work/torch.log" 2>&1) &
+  server=$!
+  wait_health
+  load_all torch "$server"
+  kill -TERM "$server"; wait "$server" || true; server=""
+else
+  echo "no PyTorch venv at $venv: the reference is skipped" >&2
+fi
+
+echo
+printf '%-6s %4s %10s %9s %9s\n' server C req/s p50_ms p99_ms
+for name in flora torch; do
+  [ "$name" = torch ] && [ $have_torch = 0 ] && continue
+  for c in $concs; do
+    printf '%-6s %4s %10s %9s %9s\n' "$name" "$c" "${RPS[$name,$c]}" "${P50[$name,$c]}" "${P99[$name,$c]}"
+  done
+  echo "$name RSS: idle ${RSS[$name,idle]} MB after warm-up, peak ${RSS[$name,peak]} MB"
+done
+if [ $have_torch = 1 ]; then
+  for c in $concs; do
+    awk -v c="$c" -v fr="${RPS[flora,$c]}" -v tr="${RPS[torch,$c]}" -v fp="${P99[flora,$c]}" -v tp="${P99[torch,$c]}" \
+      'BEGIN { printf "RATIO C=%s req_per_s flora/torch=%.2f p99 flora/torch=%.2f\n", c, fr / tr, fp / tp }'
+  done
+  awk -v f="${RSS[flora,peak]}" -v t="${RSS[torch,peak]}" 'BEGIN { printf "RATIO peak_rss flora/torch=%.2f\n", f / t }'
+fi
