@@ -12,7 +12,9 @@
 # The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min).
 # Env: WORK (a folder to keep the trained models in between runs), REF_CKPT (a torch_train.py checkpoint; default: train one, 1 epoch), MAX_BATCH
 # (serve.max_batch, default 16; 1 turns batching off),
-# PORT (default 18700), CONCS, FLORA_SHARED.
+# TORCH_THREADS (torch_serve.py --threads; default torch's own, i.e. one per core: its OpenMP
+# threads spin, and collapse when other processes hold a core), PORT (default 18700), CONCS,
+# FLORA_SHARED.
 # Usage: bench/serve.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +83,7 @@ if [ -x "$venv/bin/python" ]; then
   [ -f "$ckpt" ] || "$venv/bin/python" "$ref/torch_train.py" --data /tmp/flora-data/fmnist-ci/train --epochs 1 \
       --size 64 --save "$ckpt" >/dev/null 2>&1
   mkdir -p "$work/torch"
-  (cd "$work/torch" && exec "$venv/bin/python" "$ref/torch_serve.py" --ckpt "$ckpt" --port "$port" >"$work/torch.log" 2>&1) &
+  (cd "$work/torch" && exec "$venv/bin/python" "$ref/torch_serve.py" --ckpt "$ckpt" --port "$port" ${TORCH_THREADS:+--threads "$TORCH_THREADS"} >"$work/torch.log" 2>&1) &
   server=$!
   wait_health
   load_all torch "$server"
