@@ -52,7 +52,7 @@ pub struct ModelBundle {
 }
 
 /// One class with its probability.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Scored {
     pub class: String,
     pub confidence: f32,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::Arch;
+use crate::registry::Slot;
 use crate::select::ModelArgs;
 
 /// flora: train, evaluate, serve and retrain an image classifier, in one binary.
@@ -31,6 +32,10 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify images: top-k classes with confidence.
     Predict(PredictArgs),
+    /// Put a run's model into the blue or green slot, switch the live slot, or roll back.
+    Promote(PromoteArgs),
+    /// Show both model slots and which one is live.
+    Status(StatusArgs),
 }
 
 /// `flora init`
@@ -115,6 +120,37 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 3, value_name = "K")]
     pub top_k: usize,
     /// One JSON line per image.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flora promote`
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The run to promote: a unique id prefix or its name.
+    #[arg(value_name = "RUN")]
+    pub run: Option<String>,
+    /// Slot to fill (default: the one that is not live; blue when neither is filled).
+    #[arg(long, value_enum)]
+    pub to: Option<Slot>,
+    /// Gate data: folder-per-class images (default: the run's validation split).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Promote even if the candidate scores lower than the live model.
+    #[arg(long)]
+    pub force: bool,
+    /// With RUN: also make the slot live. Alone: `--live blue|green` switches the live slot.
+    #[arg(long, value_enum, num_args = 0..=1, value_name = "SLOT")]
+    pub live: Option<Option<Slot>>,
+    /// Make the previously live slot live again.
+    #[arg(long, conflicts_with_all = ["to", "data", "force"])]
+    pub rollback: bool,
+}
+
+/// `flora status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

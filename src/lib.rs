@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod progress;
+pub mod promote;
 pub mod registry;
 pub mod select;
 pub mod split;

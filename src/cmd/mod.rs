@@ -4,6 +4,7 @@
 pub mod eval;
 pub mod init;
 pub mod predict;
+pub mod promote;
 pub mod runs;
 pub mod train;
 
@@ -25,5 +26,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Runs(args) => runs::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Eval(args) => eval::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Predict(args) => predict::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Promote(args) => promote::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Status(args) => promote::status(&Settings::load(cli.config.as_deref())?, &args),
     }
 }
