@@ -48,6 +48,7 @@ pub struct InitArgs {
 
 /// `flora train`: every flag overrides the `[data]`/`[train]` key of the same name.
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
     /// Dataset folder (data.dir).
     #[arg(long, value_name = "DIR")]
