@@ -29,9 +29,12 @@ print("MLFLOW_OK", r.info.run_id)
 
 #[test]
 fn mlflow_client_reads_a_flora_run() {
-    let python = std::env::var("FLORA_MLFLOW_PYTHON").unwrap_or_else(|_| "/tmp/flora-mlflow/bin/python".into());
+    let python = std::env::var("FLORA_MLFLOW_PYTHON")
+        .unwrap_or_else(|_| "/tmp/flora-mlflow/bin/python".into());
     if !std::path::Path::new(&python).exists() {
-        eprintln!("note: no mlflow Python at {python}; run .ci/run (or set FLORA_MLFLOW_PYTHON) for this check");
+        eprintln!(
+            "note: no mlflow Python at {python}; run .ci/run (or set FLORA_MLFLOW_PYTHON) for this check"
+        );
         return;
     }
     let dir = project(10, 2);
@@ -43,5 +46,9 @@ fn mlflow_client_reads_a_flora_run() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("MLFLOW_OK"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("MLFLOW_OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
