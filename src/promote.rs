@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::bundle::{ModelBundle, run_bundle_dir};
+use crate::bundle::ModelBundle;
 use crate::config::Settings;
 use crate::eval;
 use crate::registry::{Registry, Slot, SlotInfo};
