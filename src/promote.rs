@@ -49,15 +49,7 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
             run.status.as_str()
         );
     }
-    let bundle_dir = run_bundle_dir(&run.artifacts());
-    if !bundle_dir.is_dir() {
-        bail!(
-            "run {} ({}) has no model bundle at {}",
-            run.run_name,
-            run.run_id,
-            bundle_dir.display()
-        );
-    }
+    let bundle_dir = crate::select::from_run(run.clone())?.dir;
     let candidate = ModelBundle::load(&bundle_dir)?;
     let live = registry.live()?;
     let slot = match (req.to, live) {
