@@ -36,6 +36,8 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Show both model slots and which one is live.
     Status(StatusArgs),
+    /// Fold collected uploads back into the dataset, pre-sorted by the model.
+    Merge(MergeArgs),
 }
 
 /// `flora init`
@@ -154,4 +156,33 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `flora merge`
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Collected uploads folder (default: paths.collected_data).
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Move images predicted with confidence >= P (0 to 1) straight into dataset/<class>/.
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub accept_above: Option<f32>,
+    /// Print what would happen and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Put every file of a batch back where it came from.
+    #[arg(long, value_name = "BATCH", conflicts_with_all = ["accept_above", "status"])]
+    pub undo: Option<String>,
+    /// Show what waits in the inbox, by suggested class and by date.
+    #[arg(long, conflicts_with_all = ["accept_above", "dry_run"])]
+    pub status: bool,
+}
+
+fn parse_probability(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
 }

@@ -15,6 +15,7 @@ pub mod fingerprint;
 pub mod fsutil;
 pub mod imaging;
 pub mod infer;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod plot;

@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod init;
+pub mod merge;
 pub mod predict;
 pub mod promote;
 pub mod runs;
@@ -28,5 +29,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Predict(args) => predict::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Promote(args) => promote::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Status(args) => promote::status(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Merge(args) => merge::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }
