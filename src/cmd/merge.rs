@@ -42,7 +42,9 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
             Some(merge::sorter(c)?)
         }
         None => {
-            eprintln!("no model (no live slot, no --model/--run/--slot): new images go to the inbox unsorted");
+            eprintln!(
+                "no model (no live slot, no --model/--run/--slot): new images go to the inbox unsorted"
+            );
             None
         }
     };
@@ -111,7 +113,11 @@ fn status(layout: &Layout) -> Result<ExitCode> {
     if st.waiting > 0 {
         println!("by suggested class:");
         for (class, n) in &st.by_class {
-            let name = if class.is_empty() { "(not pre-sorted)" } else { class };
+            let name = if class.is_empty() {
+                "(not pre-sorted)"
+            } else {
+                class
+            };
             println!("  {name:<24} {n:>6}");
         }
         println!("by date collected:");

@@ -95,13 +95,16 @@ impl Journal {
                 loop {
                     let e = &self.entries[i];
                     let (src, dst, sha) = if sidecar {
-                        let (Some(src), Some(sha)) = (e.sidecar_source(), &e.sidecar_sha256)
-                        else {
+                        let (Some(src), Some(sha)) = (e.sidecar_source(), &e.sidecar_sha256) else {
                             break;
                         };
                         (src, e.row.sidecar.clone(), sha.clone())
                     } else {
-                        (e.row.source.clone(), e.row.destination.clone(), e.row.sha256.clone())
+                        (
+                            e.row.source.clone(),
+                            e.row.destination.clone(),
+                            e.row.sha256.clone(),
+                        )
                     };
                     let (from, to) = match self.op {
                         Op::Merge => (layout.abs(&src), layout.abs(&dst)),

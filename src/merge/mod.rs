@@ -112,7 +112,9 @@ impl Layout {
     /// The layout of `settings`, with `from` (if given) as the collected-data folder.
     pub fn new(settings: &Settings, from: Option<&Path>) -> Result<Self> {
         let collected = match from {
-            Some(p) => std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?,
+            Some(p) => {
+                std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?
+            }
             None => settings.collected_dir(),
         };
         let dataset = settings.data_dir();
@@ -399,7 +401,10 @@ pub fn undo(layout: &Layout, batch: &str, dry_run: bool) -> Result<UndoReport> {
     if rows.is_empty() {
         let undone = layout.state_dir().join(format!("{batch}.undone.csv"));
         if undone.exists() {
-            bail!("batch {batch} was already undone (see {})", undone.display());
+            bail!(
+                "batch {batch} was already undone (see {})",
+                undone.display()
+            );
         }
         bail!(
             "no batch {batch} in {} (see `flora merge --status` for the batches)",

@@ -12,7 +12,6 @@ use super::journal::Entry;
 use super::{Action, Layout, Row};
 use crate::bundle::ModelBundle;
 use crate::collect::Sidecar;
-use crate::dataset::rel_path;
 use crate::fingerprint::{hex, sha256};
 use crate::imaging::{self, DecodeLimits};
 
@@ -56,7 +55,9 @@ pub fn scan(collected: &Path) -> Result<Scan> {
             continue;
         }
         let p = e.into_path();
-        if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("json")) {
+        if p.extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+        {
             jsons.insert(p);
         } else {
             images.push(p);
@@ -95,7 +96,7 @@ pub fn dataset_hashes(layout: &Layout) -> Result<HashMap<String, String>> {
         .par_iter()
         .map(|p| -> Result<(String, String)> {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Ok((hex(&sha256(&bytes)), rel_path(root, p)))
+            Ok((hex(&sha256(&bytes)), layout.rel(p)))
         })
         .collect::<Result<_>>()?;
     let mut map = HashMap::new();
@@ -164,7 +165,13 @@ pub fn free_name(path: &Path, reserved: &mut HashSet<PathBuf>) -> PathBuf {
 fn folder(class: &str) -> String {
     let s: String = class
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c == '\0' { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c == '\0' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     if s.is_empty() || s == "." || s == ".." {
         "_unnamed".into()
