@@ -671,3 +671,42 @@ fn with_a_model_presorts_like_predict_accepts_confident_ones_and_train_ignores_t
     assert_eq!(text.lines().count() - 1, in_classes);
     assert_eq!(in_classes, 4 * 40 + accepted);
 }
+
+#[test]
+fn merge_while_serve_writes_takes_only_finished_files() {
+    let dir = project(5, 1);
+    let p = dir.path().to_path_buf();
+    let collected = p.join("collected_data");
+    let imgs = test_images(25, &CLASSES);
+    let writer = {
+        let (collected, imgs) = (collected.clone(), imgs.clone());
+        std::thread::spawn(move || {
+            let mut saved = Vec::new();
+            for (i, img) in imgs.iter().enumerate() {
+                saved.push(upload(&collected, &std::fs::read(img).unwrap(), "live.png"));
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            }
+            saved
+        })
+    };
+    let mut runs = 0;
+    while !writer.is_finished() || runs == 0 {
+        ok(&p, &["merge"]);
+        runs += 1;
+    }
+    let saved = writer.join().unwrap();
+    ok(&p, &["merge"]);
+    eprintln!("{runs} merge(s) ran while {} uploads were written", saved.len());
+    let rows = manifest(&p);
+    let sources: BTreeSet<PathBuf> = rows.iter().map(|r| p.join(&r.source)).collect();
+    assert_eq!(sources, saved.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(rows.len(), saved.len());
+    // A half-written file would have been rejected as corrupt.
+    assert!(rows.iter().all(|r| r.action != Action::Rejected), "a partial file was taken");
+    for r in &rows {
+        assert_eq!(sha_file(&p.join(&r.destination)), r.sha256);
+        assert!(p.join(&r.sidecar).is_file(), "sidecar of {} left behind", r.source);
+    }
+}

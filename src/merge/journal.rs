@@ -92,6 +92,9 @@ impl Journal {
         let mut dirs = BTreeSet::new();
         for i in 0..self.entries.len() {
             for sidecar in [false, true] {
+                if sidecar && !done[i] {
+                    break; // a sidecar only goes where its image went
+                }
                 loop {
                     let e = &self.entries[i];
                     let (src, dst, sha) = if sidecar {
