@@ -698,15 +698,69 @@ fn merge_while_serve_writes_takes_only_finished_files() {
     }
     let saved = writer.join().unwrap();
     ok(&p, &["merge"]);
-    eprintln!("{runs} merge(s) ran while {} uploads were written", saved.len());
+    eprintln!(
+        "{runs} merge(s) ran while {} uploads were written",
+        saved.len()
+    );
     let rows = manifest(&p);
     let sources: BTreeSet<PathBuf> = rows.iter().map(|r| p.join(&r.source)).collect();
     assert_eq!(sources, saved.iter().cloned().collect::<BTreeSet<_>>());
     assert_eq!(rows.len(), saved.len());
     // A half-written file would have been rejected as corrupt.
-    assert!(rows.iter().all(|r| r.action != Action::Rejected), "a partial file was taken");
+    assert!(
+        rows.iter().all(|r| r.action != Action::Rejected),
+        "a partial file was taken"
+    );
     for r in &rows {
         assert_eq!(sha_file(&p.join(&r.destination)), r.sha256);
-        assert!(p.join(&r.sidecar).is_file(), "sidecar of {} left behind", r.source);
+        assert!(
+            p.join(&r.sidecar).is_file(),
+            "sidecar of {} left behind",
+            r.source
+        );
     }
+}
+
+#[test]
+fn undo_after_hand_sorting_puts_back_the_rest_and_says_what_it_could_not() {
+    let dir = project(5, 1);
+    let p = dir.path();
+    let collected = p.join("collected_data");
+    let imgs = test_images(2, &CLASSES);
+    let saved: Vec<PathBuf> = imgs
+        .iter()
+        .map(|i| upload(&collected, &std::fs::read(i).unwrap(), "a.png"))
+        .collect();
+    ok(p, &["merge"]);
+    let rows = manifest(p);
+    let batch = rows[0].batch.clone();
+    // The person sorts one image by hand.
+    let sorted = p.join(&rows[0].destination);
+    let by_hand = p.join("dataset/bag").join(sorted.file_name().unwrap());
+    std::fs::rename(&sorted, &by_hand).unwrap();
+    let out = run(p, &["merge", "--undo", &batch]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is gone"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("put back {}", saved.len() - 1)),
+        "{stdout}"
+    );
+    assert!(by_hand.is_file());
+    let src0 = p.join(&rows[0].source);
+    for s in &saved {
+        assert_eq!(s.is_file(), *s != src0, "{}", s.display());
+    }
+    // Its row stays in the manifest; the others are gone from it.
+    let left = manifest(p);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].source, rows[0].source);
+    // Its sidecar stays with the merged record, the others went back.
+    assert!(p.join(&rows[0].sidecar).is_file());
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| p.join(&r.source).with_extension("json").is_file())
+    );
 }
