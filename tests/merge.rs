@@ -336,7 +336,7 @@ fn merge_without_a_model_keeps_every_file_and_undo_restores_the_tree() {
     // Without a model the serve prediction from the sidecar is kept as information.
     let inbox_row = rows
         .iter()
-        .find(|r| r.action == Action::Inbox && r.sidecar != "")
+        .find(|r| r.action == Action::Inbox && !r.sidecar.is_empty())
         .unwrap();
     assert_eq!(inbox_row.predicted_by, "serve");
     assert_eq!(inbox_row.slot, "green");
@@ -594,6 +594,12 @@ fn with_a_model_presorts_like_predict_accepts_confident_ones_and_train_ignores_t
         assert!((r.confidence.unwrap() as f64 - conf).abs() < 1e-4);
         assert_eq!(r.slot, "blue");
         assert_eq!(r.predicted_by, "merge");
+        // What serve said at upload time is kept beside it, from the sidecar.
+        assert_eq!(
+            (r.serve_class.as_str(), r.serve_slot.as_str()),
+            ("bag", "green")
+        );
+        assert_eq!(r.serve_run_id, "serve-run");
         assert!(
             !r.run_id.is_empty() && run_id.contains(&r.run_id),
             "{}",

@@ -90,6 +90,7 @@ impl Journal {
         let mut done = vec![false; self.entries.len()];
         let mut warnings = Vec::new();
         let mut dirs = BTreeSet::new();
+        #[allow(clippy::needless_range_loop)] // entries[i] is rewritten inside the loop
         for i in 0..self.entries.len() {
             for sidecar in [false, true] {
                 if sidecar && !done[i] {

@@ -63,6 +63,8 @@ pub struct Row {
     pub sha256: String,
     /// `YYYY-MM-DD` the upload was collected.
     pub collected_date: String,
+    /// The prediction that sorted the image: the model merge used, or, when merge had no
+    /// model, serve's prediction from the sidecar (see `predicted_by`).
     pub predicted_class: String,
     pub confidence: Option<f32>,
     /// The slot and run of the model that made the prediction.
@@ -70,6 +72,11 @@ pub struct Row {
     pub run_id: String,
     /// `merge` (the model merge used), `serve` (from the sidecar), or empty.
     pub predicted_by: String,
+    /// What serve predicted at upload time, from the sidecar (empty without one).
+    pub serve_class: String,
+    pub serve_confidence: Option<f32>,
+    pub serve_slot: String,
+    pub serve_run_id: String,
     /// Where the image's sidecar is now (empty when it had none).
     pub sidecar: String,
     /// Why an image was rejected, or what a duplicate duplicates.
@@ -80,7 +87,7 @@ pub struct Row {
 
 impl Row {
     /// The CSV header, in field order.
-    pub const HEADER: [&str; 14] = [
+    pub const HEADER: [&str; 18] = [
         "batch",
         "action",
         "source",
@@ -92,6 +99,10 @@ impl Row {
         "slot",
         "run_id",
         "predicted_by",
+        "serve_class",
+        "serve_confidence",
+        "serve_slot",
+        "serve_run_id",
         "sidecar",
         "reason",
         "merged_at",
@@ -536,6 +547,10 @@ mod tests {
             slot: String::new(),
             run_id: String::new(),
             predicted_by: String::new(),
+            serve_class: "c".into(),
+            serve_confidence: None,
+            serve_slot: "blue".into(),
+            serve_run_id: String::new(),
             sidecar: String::new(),
             reason: "x, \"y\"".into(),
             merged_at: "t".into(),

@@ -250,6 +250,10 @@ pub fn plan(
                 slot: String::new(),
                 run_id: String::new(),
                 predicted_by: String::new(),
+                serve_class: String::new(),
+                serve_confidence: None,
+                serve_slot: String::new(),
+                serve_run_id: String::new(),
                 sidecar: String::new(),
                 reason: String::new(),
                 merged_at: now.clone(),
@@ -260,6 +264,10 @@ pub fn plan(
                 row.slot = m.slot.clone().unwrap_or_default();
                 row.run_id = m.run_id.clone().unwrap_or_default();
                 row.predicted_by = "serve".into();
+                row.serve_class = m.predicted_class.clone();
+                row.serve_confidence = Some(m.confidence);
+                row.serve_slot = row.slot.clone();
+                row.serve_run_id = row.run_id.clone();
             }
             let dest = if let Some(first) = known.get(&l.sha) {
                 row.action = Action::Duplicate;
