@@ -160,6 +160,7 @@ pub struct StatusArgs {
 
 /// `flora merge`
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct MergeArgs {
     /// Collected uploads folder (default: paths.collected_data).
     #[arg(long, value_name = "DIR")]

@@ -411,6 +411,8 @@ fn merge_without_a_model_keeps_every_file_and_undo_restores_the_tree() {
     assert!(err.contains("already undone"), "{err}");
     let err = fails(p, &["merge", "--undo", "nope"]);
     assert!(err.contains("no batch nope"), "{err}");
+    let err = fails(p, &["merge", "--accept-above", "-1"]);
+    assert!(err.contains("not a probability"), "{err}");
     let err = fails(p, &["merge", "--accept-above", "0.9"]);
     assert!(err.contains("needs a model"), "{err}");
 }
