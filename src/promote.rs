@@ -70,36 +70,36 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
     eprintln!("gate: evaluating the candidate on {} images", samples.len());
     let cand_acc = eval::evaluate(&candidate, &samples)?.report.accuracy;
     let mut compared_with = None;
-    if let Some(live_slot) = live {
-        if let Some(live_dir) = registry.resolve(live_slot)? {
-            let live_model = ModelBundle::load(&live_dir)?;
-            if live_model.meta.classes != candidate.meta.classes {
-                if !req.force {
-                    bail!(
-                        "the live model ({live_slot}) has other classes than run {} ({} vs {}): pass --force to promote anyway",
-                        run.run_id,
-                        live_model.meta.classes.join(","),
-                        candidate.meta.classes.join(",")
-                    );
-                }
-            } else {
-                let live_acc = eval::evaluate(&live_model, &samples)?.report.accuracy;
-                eprintln!(
-                    "gate: candidate {:.2}% vs live {live_slot} {:.2}%",
-                    100.0 * cand_acc,
-                    100.0 * live_acc
+    if let Some(live_slot) = live
+        && let Some(live_dir) = registry.resolve(live_slot)?
+    {
+        let live_model = ModelBundle::load(&live_dir)?;
+        if live_model.meta.classes != candidate.meta.classes {
+            if !req.force {
+                bail!(
+                    "the live model ({live_slot}) has other classes than run {} ({} vs {}): pass --force to promote anyway",
+                    run.run_id,
+                    live_model.meta.classes.join(","),
+                    candidate.meta.classes.join(",")
                 );
-                if cand_acc < live_acc && !req.force {
-                    bail!(
-                        "refused: run {} scores {:.2}% but the live model ({live_slot}) scores {:.2}% on the same {} images; pass --force to promote anyway",
-                        run.run_name,
-                        100.0 * cand_acc,
-                        100.0 * live_acc,
-                        samples.len()
-                    );
-                }
-                compared_with = Some((live_slot, live_acc));
             }
+        } else {
+            let live_acc = eval::evaluate(&live_model, &samples)?.report.accuracy;
+            eprintln!(
+                "gate: candidate {:.2}% vs live {live_slot} {:.2}%",
+                100.0 * cand_acc,
+                100.0 * live_acc
+            );
+            if cand_acc < live_acc && !req.force {
+                bail!(
+                    "refused: run {} scores {:.2}% but the live model ({live_slot}) scores {:.2}% on the same {} images; pass --force to promote anyway",
+                    run.run_name,
+                    100.0 * cand_acc,
+                    100.0 * live_acc,
+                    samples.len()
+                );
+            }
+            compared_with = Some((live_slot, live_acc));
         }
     }
 

@@ -315,7 +315,7 @@ fn gate_and_bad_models_give_clear_errors() {
 fn predict_reports_bad_files_and_goes_on() {
     let (dir, held_out) = trained();
     let mixed = tempfile::tempdir().unwrap();
-    copy_classes(&held_out, mixed.path(), &["bag"], 4);
+    copy_classes(held_out, mixed.path(), &["bag"], 4);
     let png = std::fs::read(
         std::fs::read_dir(mixed.path().join("bag"))
             .unwrap()

@@ -399,9 +399,23 @@ fn sigint_marks_the_run_killed_and_keeps_the_store_readable() {
 #[test]
 fn mobilenet_v2_trains_and_its_bundle_predicts() {
     let dir = project(10, 1);
-    ok(dir.path(), &["train", "--arch", "mobilenet_v2", "--image-size", "32", "--name", "mnv2"]);
+    ok(
+        dir.path(),
+        &[
+            "train",
+            "--arch",
+            "mobilenet_v2",
+            "--image-size",
+            "32",
+            "--name",
+            "mnv2",
+        ],
+    );
     let (_, run) = only_run(dir.path());
-    assert_eq!(std::fs::read_to_string(run.join("params/train.arch")).unwrap(), "mobilenet_v2");
+    assert_eq!(
+        std::fs::read_to_string(run.join("params/train.arch")).unwrap(),
+        "mobilenet_v2"
+    );
     let bundle = flora::bundle::ModelBundle::load(&run.join("artifacts/model")).unwrap();
     assert_eq!(bundle.meta.arch, flora::model::Arch::MobilenetV2);
     let out = ok(dir.path(), &["predict", "--json", "dataset/bag"]);

@@ -72,8 +72,8 @@ pub fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<6} {:<5} {:<28} {:<10} {:>8}  {:<27} {}",
-        "slot", "live", "run", "id", "accuracy", "promoted_at", "data"
+        "{:<6} {:<5} {:<28} {:<10} {:>8}  {:<27} data",
+        "slot", "live", "run", "id", "accuracy", "promoted_at"
     );
     for r in rows {
         let dash = || "-".to_string();
