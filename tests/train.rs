@@ -421,3 +421,19 @@ fn mobilenet_v2_trains_and_its_bundle_predicts() {
     let out = ok(dir.path(), &["predict", "--json", "dataset/bag"]);
     assert_eq!(out.lines().count(), 10);
 }
+
+#[test]
+fn imbalanced_classes_are_warned_about() {
+    let (train, _) = fashion_mnist(100, 25);
+    let dir = tempfile::tempdir().unwrap();
+    copy_classes(&train, &dir.path().join("dataset"), &["bag"], 40);
+    copy_classes(&train, &dir.path().join("dataset"), &["trouser"], 6);
+    write_config(dir.path(), 1, "");
+    let out = run(dir.path(), &["train"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("imbalanced") && err.contains("40") && err.contains('6'),
+        "{err}"
+    );
+}
