@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::Arch;
+use crate::registry::Slot;
 use crate::select::ModelArgs;
 
 /// flora: train, evaluate, serve and retrain an image classifier, in one binary.
@@ -33,6 +34,12 @@ pub enum Command {
     Predict(PredictArgs),
     /// Serve the live blue/green model over HTTP, with data collection and metrics.
     Serve(ServeArgs),
+    /// Put a run's model into the blue or green slot, switch the live slot, or roll back.
+    Promote(PromoteArgs),
+    /// Show both model slots and which one is live.
+    Status(StatusArgs),
+    /// Fold collected uploads back into the dataset, pre-sorted by the model.
+    Merge(MergeArgs),
 }
 
 /// `flora init`
@@ -45,6 +52,7 @@ pub struct InitArgs {
 
 /// `flora train`: every flag overrides the `[data]`/`[train]` key of the same name.
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
     /// Dataset folder (data.dir).
     #[arg(long, value_name = "DIR")]
@@ -133,4 +141,65 @@ pub struct ServeArgs {
     /// Do not save uploads under collected_data/ (serve.collect = false).
     #[arg(long)]
     pub no_collect: bool,
+}
+
+/// `flora promote`
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The run to promote: a unique id prefix or its name.
+    #[arg(value_name = "RUN")]
+    pub run: Option<String>,
+    /// Slot to fill (default: the one that is not live; blue when neither is filled).
+    #[arg(long, value_enum)]
+    pub to: Option<Slot>,
+    /// Gate data: folder-per-class images (default: the run's validation split).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Promote even if the candidate scores lower than the live model.
+    #[arg(long)]
+    pub force: bool,
+    /// With RUN: also make the slot live. Alone: `--live blue|green` switches the live slot.
+    #[arg(long, value_enum, num_args = 0..=1, value_name = "SLOT")]
+    pub live: Option<Option<Slot>>,
+    /// Make the previously live slot live again.
+    #[arg(long, conflicts_with_all = ["to", "data", "force"])]
+    pub rollback: bool,
+}
+
+/// `flora status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flora merge`
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct MergeArgs {
+    /// Collected uploads folder (default: paths.collected_data).
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Move images predicted with confidence >= P (0 to 1) straight into dataset/<class>/.
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub accept_above: Option<f32>,
+    /// Print what would happen and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Put every file of a batch back where it came from.
+    #[arg(long, value_name = "BATCH", conflicts_with_all = ["accept_above", "status"])]
+    pub undo: Option<String>,
+    /// Show what waits in the inbox, by suggested class and by date.
+    #[arg(long, conflicts_with_all = ["accept_above", "dry_run"])]
+    pub status: bool,
+}
+
+fn parse_probability(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
 }

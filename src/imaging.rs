@@ -198,9 +198,9 @@ mod tests {
             mean: [0.0; 3],
             std: [1.0; 3],
         };
-        let px = [255, 255, 255, 0, 0, 0];
-        let mut out = [0f32; 6];
-        n.write_chw(&px[..], 1, false, &mut out[..3]);
+        let px = [255, 255, 255];
+        let mut out = [0f32; 3];
+        n.write_chw(&px, 1, false, &mut out);
         assert_eq!(out[0], 1.0);
         let px2 = [0u8, 0, 0, 255, 255, 255, 0, 0, 0, 0, 0, 0];
         let mut out2 = [0f32; 12];

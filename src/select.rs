@@ -117,7 +117,8 @@ pub fn choose(settings: &Settings, args: &ModelArgs) -> Result<Chosen> {
     }
 }
 
-fn from_run(run: RunInfo) -> Result<Chosen> {
+/// The model bundle of a run; an error when the run has none.
+pub fn from_run(run: RunInfo) -> Result<Chosen> {
     let dir = run_bundle_dir(&run.artifacts());
     if !dir.is_dir() {
         bail!(

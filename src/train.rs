@@ -340,7 +340,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             stopped = true;
             break;
         }
-        if t.patience > 0 && since_best >= t.patience {
+        if t.patience > 0 && since_best >= t.patience && epoch < t.epochs {
             eprintln!(
                 "early stopping: no better val accuracy for {} epochs",
                 t.patience

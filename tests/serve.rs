@@ -419,8 +419,8 @@ fn admin_needs_a_token_and_cli_switches_are_picked_up() {
     );
     assert_eq!(last.run_id, run_b.as_str());
 
-    // A switch made outside the server (what `flora promote --live` does) is picked up.
-    reg.switch_live(Slot::Blue, "live").unwrap();
+    // A switch made with the CLI is picked up.
+    ok(dir.path(), &["promote", "--live", "blue"]);
     wait_for("the CLI switch to blue", || {
         server.predict_multipart(&png, "x.png", "").1["model_used"] == "blue"
     });

@@ -395,3 +395,45 @@ fn sigint_marks_the_run_killed_and_keeps_the_store_readable() {
     let runs = ok(dir.path(), &["runs", "--json"]);
     assert!(runs.contains("KILLED"), "{runs}");
 }
+
+#[test]
+fn mobilenet_v2_trains_and_its_bundle_predicts() {
+    let dir = project(10, 1);
+    ok(
+        dir.path(),
+        &[
+            "train",
+            "--arch",
+            "mobilenet_v2",
+            "--image-size",
+            "32",
+            "--name",
+            "mnv2",
+        ],
+    );
+    let (_, run) = only_run(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(run.join("params/train.arch")).unwrap(),
+        "mobilenet_v2"
+    );
+    let bundle = flora::bundle::ModelBundle::load(&run.join("artifacts/model")).unwrap();
+    assert_eq!(bundle.meta.arch, flora::model::Arch::MobilenetV2);
+    let out = ok(dir.path(), &["predict", "--json", "dataset/bag"]);
+    assert_eq!(out.lines().count(), 10);
+}
+
+#[test]
+fn imbalanced_classes_are_warned_about() {
+    let (train, _) = fashion_mnist(100, 25);
+    let dir = tempfile::tempdir().unwrap();
+    copy_classes(&train, &dir.path().join("dataset"), &["bag"], 40);
+    copy_classes(&train, &dir.path().join("dataset"), &["trouser"], 6);
+    write_config(dir.path(), 1, "");
+    let out = run(dir.path(), &["train"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("imbalanced") && err.contains("40") && err.contains('6'),
+        "{err}"
+    );
+}

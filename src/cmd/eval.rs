@@ -61,14 +61,14 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
             eprintln!("(pass --out DIR to save the confusion matrix and misclassified.csv)");
         }
     }
-    if let Some(min) = args.min_accuracy {
-        if result.report.accuracy < min {
-            eprintln!(
-                "accuracy {:.4} is below --min-accuracy {min}",
-                result.report.accuracy
-            );
-            return Ok(ExitCode::from(EXIT_BELOW_GATE));
-        }
+    if let Some(min) = args.min_accuracy
+        && result.report.accuracy < min
+    {
+        eprintln!(
+            "accuracy {:.4} is below --min-accuracy {min}",
+            result.report.accuracy
+        );
+        return Ok(ExitCode::from(EXIT_BELOW_GATE));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,9 @@
 
 pub mod eval;
 pub mod init;
+pub mod merge;
 pub mod predict;
+pub mod promote;
 pub mod runs;
 pub mod serve;
 pub mod train;
@@ -27,5 +29,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => eval::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Predict(args) => predict::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Serve(args) => serve::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Promote(args) => promote::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Status(args) => promote::status(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Merge(args) => merge::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }

@@ -34,6 +34,7 @@ impl Arch {
 
 /// An image classifier: NCHW float images in, class logits out.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one model per process: boxing buys nothing
 pub enum Classifier {
     Cnn(Cnn),
     MobileNetV2(MobileNetV2),

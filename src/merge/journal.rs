@@ -1,0 +1,268 @@
+//! The manifest (`merge.csv`, one row per merged file) and the write-ahead journal.
+//!
+//! A merge or an undo first writes its whole plan to `_UNLABELED_SORT_ME/.merge/<batch>.<op>.json`
+//! (fsynced), then moves the files, fsyncs the folders, records the batch in the manifest, and
+//! only then removes the journal. A journal left by a killed run is replayed by the next run:
+//! each move is idempotent ([`super::moves::settle`]), and the manifest is written once per batch.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::moves::{Settled, settle};
+use super::{Action, Layout, Row};
+use crate::fsutil::{sync_dir, write_atomic};
+
+/// Which way a journal moves files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// collected_data → dataset (or _rejected/_duplicates).
+    Merge,
+    /// Back to where the files came from.
+    Undo,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Merge => "merge",
+            Op::Undo => "undo",
+        }
+    }
+}
+
+/// One image (and its sidecar) in a journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub row: Row,
+    /// Content hash of the sidecar, when the image has one.
+    pub sidecar_sha256: Option<String>,
+}
+
+impl Entry {
+    /// The sidecar's place in collected_data before the merge.
+    pub fn sidecar_source(&self) -> Option<String> {
+        (!self.row.sidecar.is_empty()).then(|| {
+            Path::new(&self.row.source)
+                .with_extension("json")
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
+
+/// A batch's plan, written before the first move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub op: Op,
+    pub batch: String,
+    pub entries: Vec<Entry>,
+}
+
+/// The outcome of replaying a journal: which entries' images ended where the op wanted.
+pub struct Outcome {
+    pub done: Vec<bool>,
+    pub warnings: Vec<String>,
+}
+
+impl Journal {
+    /// Where this journal lives.
+    pub fn path(&self, layout: &Layout) -> PathBuf {
+        layout
+            .state_dir()
+            .join(format!("{}.{}.json", self.batch, self.op.as_str()))
+    }
+
+    /// Writes the journal durably (file and folder fsynced).
+    pub fn save(&self, layout: &Layout) -> Result<()> {
+        let path = self.path(layout);
+        write_atomic(&path, &serde_json::to_vec_pretty(self)?)?;
+        sync_dir(&layout.state_dir());
+        Ok(())
+    }
+
+    /// Moves every file as planned (again, if a run was killed), then fsyncs the folders.
+    /// A merge whose destination turned out taken picks a free name, journalled first.
+    pub fn execute(&mut self, layout: &Layout) -> Result<Outcome> {
+        let mut done = vec![false; self.entries.len()];
+        let mut warnings = Vec::new();
+        let mut dirs = BTreeSet::new();
+        #[allow(clippy::needless_range_loop)] // entries[i] is rewritten inside the loop
+        for i in 0..self.entries.len() {
+            for sidecar in [false, true] {
+                if sidecar && !done[i] {
+                    break; // a sidecar only goes where its image went
+                }
+                loop {
+                    let e = &self.entries[i];
+                    let (src, dst, sha) = if sidecar {
+                        let (Some(src), Some(sha)) = (e.sidecar_source(), &e.sidecar_sha256) else {
+                            break;
+                        };
+                        (src, e.row.sidecar.clone(), sha.clone())
+                    } else {
+                        (
+                            e.row.source.clone(),
+                            e.row.destination.clone(),
+                            e.row.sha256.clone(),
+                        )
+                    };
+                    let (from, to) = match self.op {
+                        Op::Merge => (layout.abs(&src), layout.abs(&dst)),
+                        Op::Undo => (layout.abs(&dst), layout.abs(&src)),
+                    };
+                    let r = settle(&from, &to, &sha)?;
+                    dirs.extend(from.parent().map(Path::to_path_buf));
+                    dirs.extend(to.parent().map(Path::to_path_buf));
+                    match (r, self.op) {
+                        (Settled::Done, _) => {
+                            if !sidecar {
+                                done[i] = true;
+                            }
+                        }
+                        (Settled::Conflict, Op::Merge) => {
+                            // Someone wrote to the planned name meanwhile: plan a free one.
+                            let free = super::plan::free_name(&to, &mut Default::default());
+                            let rel = layout.rel(&free);
+                            let row = &mut self.entries[i].row;
+                            if sidecar {
+                                row.sidecar = rel;
+                            } else {
+                                row.destination = rel;
+                            }
+                            self.save(layout)?;
+                            continue;
+                        }
+                        (Settled::Conflict, Op::Undo) => warnings.push(format!(
+                            "{} was not put back: {} holds another file",
+                            from.display(),
+                            to.display()
+                        )),
+                        (Settled::Missing, _) => warnings.push(format!(
+                            "{} is gone (moved or removed since): nothing to move to {}",
+                            from.display(),
+                            to.display()
+                        )),
+                    }
+                    break;
+                }
+            }
+        }
+        for d in &dirs {
+            sync_dir(d);
+        }
+        Ok(Outcome { done, warnings })
+    }
+
+    /// Records the finished batch and removes the journal. Safe to repeat.
+    pub fn commit(&self, layout: &Layout, outcome: &Outcome) -> Result<()> {
+        let manifest = layout.manifest();
+        let mut rows = read_manifest(&manifest)?;
+        match self.op {
+            Op::Merge => {
+                if !rows.iter().any(|r| r.batch == self.batch) {
+                    rows.extend(
+                        self.entries
+                            .iter()
+                            .zip(&outcome.done)
+                            .filter(|(_, d)| **d)
+                            .map(|(e, _)| e.row.clone()),
+                    );
+                    write_manifest(&manifest, &rows)?;
+                }
+            }
+            Op::Undo => {
+                let restored: Vec<&Row> = self
+                    .entries
+                    .iter()
+                    .zip(&outcome.done)
+                    .filter(|(_, d)| **d)
+                    .map(|(e, _)| &e.row)
+                    .collect();
+                let gone: BTreeSet<(&str, &str)> = restored
+                    .iter()
+                    .map(|r| (r.batch.as_str(), r.destination.as_str()))
+                    .collect();
+                let undone = layout
+                    .state_dir()
+                    .join(format!("{}.undone.csv", self.batch));
+                if !restored.is_empty() {
+                    let owned: Vec<Row> = restored.iter().map(|r| (*r).clone()).collect();
+                    write_manifest(&undone, &owned)?;
+                }
+                rows.retain(|r| !gone.contains(&(r.batch.as_str(), r.destination.as_str())));
+                write_manifest(&manifest, &rows)?;
+                for r in &restored {
+                    layout.prune_empty(&layout.abs(&r.destination));
+                    if !r.sidecar.is_empty() {
+                        layout.prune_empty(&layout.abs(&r.sidecar));
+                    }
+                }
+            }
+        }
+        if let Some(parent) = manifest.parent() {
+            sync_dir(parent);
+        }
+        let path = self.path(layout);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        sync_dir(&layout.state_dir());
+        Ok(())
+    }
+}
+
+/// Journals left by runs that were killed, oldest first.
+pub fn pending(layout: &Layout) -> Result<Vec<Journal>> {
+    let dir = layout.state_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            !n.starts_with('.') && (n.ends_with(".merge.json") || n.ends_with(".undo.json"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("journal {} is corrupt", p.display()))
+        })
+        .collect()
+}
+
+/// Every row of a manifest (none when it does not exist yet).
+pub fn read_manifest(path: &Path) -> Result<Vec<Row>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    r.deserialize()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes a whole manifest atomically.
+pub fn write_manifest(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    w.write_record(Row::HEADER)?;
+    for r in rows {
+        w.serialize(r)?;
+    }
+    write_atomic(path, &w.into_inner()?)
+}
+
+/// Counts of a batch's rows by action.
+pub fn count(rows: &[Row], action: Action) -> usize {
+    rows.iter().filter(|r| r.action == action).count()
+}

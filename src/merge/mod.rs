@@ -1,0 +1,567 @@
+//! `flora merge`: fold the uploads that `flora serve` collected back into the dataset.
+//!
+//! ```text
+//! collected_data/YYYY-MM-DD/<id>.<ext>         taken when finished (hidden `.tmp-*` never)
+//!   → dataset/_UNLABELED_SORT_ME/[<class>/]    new images, pre-sorted when there is a model
+//!   → dataset/<class>/                         with --accept-above P and confidence >= P
+//!   → collected_data/_duplicates/YYYY-MM-DD/   content already in the dataset or the inbox
+//!   → collected_data/_rejected/YYYY-MM-DD/     does not decode (reason in the manifest)
+//! collected_data/YYYY-MM-DD/<id>.json (sidecar) goes with its image: beside it under
+//!   _duplicates/ or _rejected/, else to collected_data/_merged/YYYY-MM-DD/ (no JSON ever lands
+//!   in the dataset). The manifest row of the image names where it went.
+//! dataset/_UNLABELED_SORT_ME/merge.csv         the manifest: one row per image
+//! dataset/_UNLABELED_SORT_ME/.merge/           lock, journals of unfinished batches,
+//!                                              <batch>.undone.csv for undone batches
+//! ```
+//! Nothing is ever deleted or overwritten: every move is journalled first and replayable
+//! ([`journal`]), and destination names that are taken get a `-2`, `-3`... suffix.
+
+pub mod journal;
+pub mod moves;
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::registry::Registry;
+use crate::select::{self, Chosen, ModelArgs};
+use journal::{Journal, Op, Outcome, count, pending, read_manifest};
+pub use plan::Sorter;
+
+/// The inbox folder's name inside the dataset (never a class: it starts with `_`).
+pub const INBOX: &str = "_UNLABELED_SORT_ME";
+
+/// Where a file went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Into the inbox, to be sorted by hand.
+    Inbox,
+    /// Straight into `dataset/<class>/` (`--accept-above`).
+    Accepted,
+    /// Already in the dataset: to `collected_data/_duplicates/`.
+    Duplicate,
+    /// Not a decodable image: to `collected_data/_rejected/`.
+    Rejected,
+}
+
+/// One row of `merge.csv`. Paths are relative to the project folder (the config's folder)
+/// when inside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub batch: String,
+    pub action: Action,
+    /// Where the image was in collected_data.
+    pub source: String,
+    /// Where the image is now.
+    pub destination: String,
+    pub sha256: String,
+    /// `YYYY-MM-DD` the upload was collected.
+    pub collected_date: String,
+    /// The prediction that sorted the image: the model merge used, or, when merge had no
+    /// model, serve's prediction from the sidecar (see `predicted_by`).
+    pub predicted_class: String,
+    pub confidence: Option<f32>,
+    /// The slot and run of the model that made the prediction.
+    pub slot: String,
+    pub run_id: String,
+    /// `merge` (the model merge used), `serve` (from the sidecar), or empty.
+    pub predicted_by: String,
+    /// What serve predicted at upload time, from the sidecar (empty without one).
+    pub serve_class: String,
+    pub serve_confidence: Option<f32>,
+    pub serve_slot: String,
+    pub serve_run_id: String,
+    /// Where the image's sidecar is now (empty when it had none).
+    pub sidecar: String,
+    /// Why an image was rejected, or what a duplicate duplicates.
+    pub reason: String,
+    /// RFC 3339 time of the merge.
+    pub merged_at: String,
+}
+
+impl Row {
+    /// The CSV header, in field order.
+    pub const HEADER: [&str; 18] = [
+        "batch",
+        "action",
+        "source",
+        "destination",
+        "sha256",
+        "collected_date",
+        "predicted_class",
+        "confidence",
+        "slot",
+        "run_id",
+        "predicted_by",
+        "serve_class",
+        "serve_confidence",
+        "serve_slot",
+        "serve_run_id",
+        "sidecar",
+        "reason",
+        "merged_at",
+    ];
+}
+
+/// The folders a merge reads and writes.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The project folder; manifest paths are relative to it.
+    pub base: PathBuf,
+    pub collected: PathBuf,
+    pub dataset: PathBuf,
+    pub inbox: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `settings`, with `from` (if given) as the collected-data folder.
+    pub fn new(settings: &Settings, from: Option<&Path>) -> Result<Self> {
+        let collected = match from {
+            Some(p) => {
+                std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?
+            }
+            None => settings.collected_dir(),
+        };
+        let dataset = settings.data_dir();
+        Ok(Self {
+            base: settings.base.clone(),
+            inbox: dataset.join(INBOX),
+            collected,
+            dataset,
+        })
+    }
+
+    /// `dataset/_UNLABELED_SORT_ME/merge.csv`.
+    pub fn manifest(&self) -> PathBuf {
+        self.inbox.join("merge.csv")
+    }
+
+    /// `dataset/_UNLABELED_SORT_ME/.merge/`: lock and journals.
+    pub fn state_dir(&self) -> PathBuf {
+        self.inbox.join(".merge")
+    }
+
+    /// Where accepted images go: `dataset/`, or `dataset/train/` for a fixed train/val split.
+    pub fn accept_root(&self) -> PathBuf {
+        let train = self.dataset.join("train");
+        if train.is_dir() && self.dataset.join("val").is_dir() {
+            train
+        } else {
+            self.dataset.clone()
+        }
+    }
+
+    /// `p` as written in the manifest: relative to the project folder when inside it.
+    pub fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.base)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A manifest path made absolute again.
+    pub fn abs(&self, s: &str) -> PathBuf {
+        self.base.join(s)
+    }
+
+    /// Removes the now-empty folders that held `file`, within the inbox and collected_data's
+    /// `_` folders only.
+    fn prune_empty(&self, file: &Path) {
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            let in_inbox = d.starts_with(&self.inbox) && d != self.inbox;
+            let in_ours = d
+                .strip_prefix(&self.collected)
+                .ok()
+                .and_then(|r| r.components().next())
+                .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('_'));
+            if !(in_inbox || in_ours) || std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+
+    /// Takes the merge lock (one merge or undo at a time), then finishes what a killed run
+    /// left. Returns the lock and what was finished.
+    fn lock_and_recover(&self) -> Result<(File, Vec<String>)> {
+        let dir = self.state_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another flora merge is running ({} is locked); try again when it has finished",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        // Temp files of atomic writes that a killed run left (only merge writes here).
+        for d in [&dir, &self.inbox] {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        for mut j in pending(self)? {
+            let outcome = j.execute(self)?;
+            j.commit(self, &outcome)?;
+            let op = match j.op {
+                Op::Merge => "merge",
+                Op::Undo => "undo",
+            };
+            notes.push(format!(
+                "finished the interrupted {op} of batch {} ({} file(s))",
+                j.batch,
+                outcome.done.iter().filter(|d| **d).count()
+            ));
+            notes.extend(outcome.warnings);
+        }
+        Ok((file, notes))
+    }
+}
+
+/// The model to pre-sort with: the one the flags name, else the live slot, else none (merge
+/// never falls back to the newest run, unlike predict).
+pub fn choose_model(settings: &Settings, args: &ModelArgs) -> Result<Option<Chosen>> {
+    if args.run.is_some() || args.model.is_some() || args.slot.is_some() {
+        return select::choose(settings, args).map(Some);
+    }
+    let registry = Registry::new(settings.models_dir());
+    match registry.live()? {
+        Some(slot) => {
+            let store = crate::store::RunStore::new(settings.runs_dir());
+            select::from_slot(&registry, &store, slot).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Loads a chosen model as a [`Sorter`].
+pub fn sorter(chosen: &Chosen) -> Result<Sorter> {
+    let bundle = chosen.load()?;
+    let run_id = bundle
+        .meta
+        .run_id
+        .clone()
+        .or_else(|| chosen.run().map(|r| r.run_id.clone()))
+        .unwrap_or_default();
+    Ok(Sorter {
+        bundle,
+        slot: chosen.slot().map(|s| s.to_string()).unwrap_or_default(),
+        run_id,
+    })
+}
+
+/// What `flora merge` should do.
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    /// Move images predicted with at least this confidence into `dataset/<class>/`.
+    pub accept_above: Option<f32>,
+    /// Plan and report only.
+    pub dry_run: bool,
+}
+
+/// The result of a merge (or of a dry run).
+#[derive(Debug, Clone)]
+pub struct MergeReport {
+    pub batch: String,
+    /// One row per image, in the order they were found.
+    pub rows: Vec<Row>,
+    /// Whether a model pre-sorted the new images.
+    pub sorted: bool,
+    /// JSON files with no image beside them (left in place).
+    pub lone_sidecars: usize,
+    /// What was finished of earlier, interrupted runs, and files that could not be moved.
+    pub notes: Vec<String>,
+    pub manifest: PathBuf,
+}
+
+impl MergeReport {
+    /// "collected 412, new 380 (pre-sorted into 5 classes, 121 accepted), duplicates 25, rejected 7".
+    pub fn summary(&self) -> String {
+        let inbox = count(&self.rows, Action::Inbox);
+        let accepted = count(&self.rows, Action::Accepted);
+        let new = inbox + accepted;
+        let detail = if self.sorted {
+            let classes: BTreeSet<&str> = self
+                .rows
+                .iter()
+                .filter(|r| matches!(r.action, Action::Inbox | Action::Accepted))
+                .map(|r| r.predicted_class.as_str())
+                .collect();
+            format!(
+                "pre-sorted into {} class{}, {accepted} accepted",
+                classes.len(),
+                if classes.len() == 1 { "" } else { "es" }
+            )
+        } else {
+            format!("into {INBOX}, not pre-sorted: no model")
+        };
+        format!(
+            "collected {}, new {new} ({detail}), duplicates {}, rejected {}",
+            self.rows.len(),
+            count(&self.rows, Action::Duplicate),
+            count(&self.rows, Action::Rejected)
+        )
+    }
+}
+
+/// A new batch id: `YYYYMMDD-HHMMSS-xxxx` (sortable).
+fn new_batch() -> String {
+    format!(
+        "{}-{}",
+        jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"),
+        &crate::store::new_id()[..4]
+    )
+}
+
+/// Runs a merge: finishes any interrupted one, then plans, journals, moves and records a new
+/// batch. A dry run only plans.
+pub fn merge(layout: &Layout, sorter: Option<&Sorter>, opts: &MergeOptions) -> Result<MergeReport> {
+    if opts.accept_above.is_some() && sorter.is_none() {
+        bail!(
+            "--accept-above needs a model: make a slot live (`flora promote RUN --live`) or pass --model/--run/--slot"
+        );
+    }
+    let (lock, mut notes) = if opts.dry_run {
+        let n = pending(layout)?.len();
+        let notes = if n > 0 {
+            vec![format!(
+                "{n} interrupted merge/undo batch(es) will be finished first (run without --dry-run)"
+            )]
+        } else {
+            Vec::new()
+        };
+        (None, notes)
+    } else {
+        let (l, n) = layout.lock_and_recover()?;
+        (Some(l), n)
+    };
+    let scan = plan::scan(&layout.collected)?;
+    let batch = new_batch();
+    let entries = plan::plan(layout, &batch, &scan.images, sorter, opts.accept_above)?;
+    let mut report = MergeReport {
+        batch,
+        rows: entries.iter().map(|e| e.row.clone()).collect(),
+        sorted: sorter.is_some(),
+        lone_sidecars: scan.lone_sidecars,
+        notes: Vec::new(),
+        manifest: layout.manifest(),
+    };
+    if !opts.dry_run && !entries.is_empty() {
+        let mut j = Journal {
+            op: Op::Merge,
+            batch: report.batch.clone(),
+            entries,
+        };
+        j.save(layout)?;
+        let outcome: Outcome = j.execute(layout)?;
+        j.commit(layout, &outcome)?;
+        report.rows = j
+            .entries
+            .iter()
+            .zip(&outcome.done)
+            .filter(|(_, d)| **d)
+            .map(|(e, _)| e.row.clone())
+            .collect();
+        notes.extend(outcome.warnings);
+    }
+    report.notes = notes;
+    drop(lock);
+    Ok(report)
+}
+
+/// The result of an undo.
+#[derive(Debug, Clone)]
+pub struct UndoReport {
+    /// The batch's rows that were (or, in a dry run, would be) put back.
+    pub restored: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+/// Puts every file of `batch` back where it came from (its sidecar too) and removes the
+/// batch's rows from the manifest (kept in `.merge/<batch>.undone.csv`).
+pub fn undo(layout: &Layout, batch: &str, dry_run: bool) -> Result<UndoReport> {
+    let (lock, mut notes) = if dry_run {
+        (None, Vec::new())
+    } else {
+        let (l, n) = layout.lock_and_recover()?;
+        (Some(l), n)
+    };
+    let rows: Vec<Row> = read_manifest(&layout.manifest())?
+        .into_iter()
+        .filter(|r| r.batch == batch)
+        .collect();
+    if rows.is_empty() {
+        let undone = layout.state_dir().join(format!("{batch}.undone.csv"));
+        if undone.exists() {
+            bail!(
+                "batch {batch} was already undone (see {})",
+                undone.display()
+            );
+        }
+        bail!(
+            "no batch {batch} in {} (see `flora merge --status` for the batches)",
+            layout.manifest().display()
+        );
+    }
+    if dry_run {
+        return Ok(UndoReport {
+            restored: rows,
+            notes,
+        });
+    }
+    let entries = rows
+        .into_iter()
+        .map(|row| {
+            let side = layout.abs(&row.sidecar);
+            let sidecar_sha256 = if row.sidecar.is_empty() {
+                None
+            } else if moves::exists(&side) {
+                Some(moves::file_sha(&side)?)
+            } else {
+                Some(String::new())
+            };
+            Ok(journal::Entry {
+                row,
+                sidecar_sha256,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut j = Journal {
+        op: Op::Undo,
+        batch: batch.to_string(),
+        entries,
+    };
+    j.save(layout)?;
+    let outcome = j.execute(layout)?;
+    j.commit(layout, &outcome)?;
+    notes.extend(outcome.warnings);
+    drop(lock);
+    Ok(UndoReport {
+        restored: j
+            .entries
+            .iter()
+            .zip(&outcome.done)
+            .filter(|(_, d)| **d)
+            .map(|(e, _)| e.row.clone())
+            .collect(),
+        notes,
+    })
+}
+
+/// What is waiting in the inbox.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// Images in the inbox.
+    pub waiting: usize,
+    /// Suggested class (the inbox subfolder; empty = not pre-sorted) → count.
+    pub by_class: BTreeMap<String, usize>,
+    /// Collected date (from the manifest; `unknown` for files put there by hand) → count.
+    pub by_date: BTreeMap<String, usize>,
+    /// Finished uploads in collected_data not merged yet.
+    pub not_merged: usize,
+    /// Batches in the manifest with their row counts, oldest first.
+    pub batches: Vec<(String, usize)>,
+}
+
+/// Counts the inbox by suggested class and by date.
+pub fn status(layout: &Layout) -> Result<Status> {
+    let rows = read_manifest(&layout.manifest())?;
+    let dates: BTreeMap<PathBuf, &str> = rows
+        .iter()
+        .map(|r| (layout.abs(&r.destination), r.collected_date.as_str()))
+        .collect();
+    let mut st = Status::default();
+    if layout.inbox.is_dir() {
+        let manifest = layout.manifest();
+        let walker = walkdir::WalkDir::new(&layout.inbox)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        for e in walker {
+            let e = e.with_context(|| format!("listing {}", layout.inbox.display()))?;
+            if !e.file_type().is_file() || e.path() == manifest {
+                continue;
+            }
+            st.waiting += 1;
+            let rel = e.path().strip_prefix(&layout.inbox).unwrap_or(e.path());
+            let class = if rel.components().count() > 1 {
+                rel.components()
+                    .next()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            *st.by_class.entry(class).or_default() += 1;
+            let date = dates
+                .get(e.path())
+                .filter(|d| !d.is_empty())
+                .map_or("unknown".to_string(), |d| d.to_string());
+            *st.by_date.entry(date).or_default() += 1;
+        }
+    }
+    st.not_merged = plan::scan(&layout.collected)?.images.len();
+    for r in &rows {
+        match st.batches.last_mut() {
+            Some((b, n)) if *b == r.batch => *n += 1,
+            _ => st.batches.push((r.batch.clone(), 1)),
+        }
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_matches_the_row_fields() {
+        let row = Row {
+            batch: "b".into(),
+            action: Action::Inbox,
+            source: "s".into(),
+            destination: "d".into(),
+            sha256: "h".into(),
+            collected_date: "2026-01-01".into(),
+            predicted_class: "c".into(),
+            confidence: Some(0.5),
+            slot: String::new(),
+            run_id: String::new(),
+            predicted_by: String::new(),
+            serve_class: "c".into(),
+            serve_confidence: None,
+            serve_slot: "blue".into(),
+            serve_run_id: String::new(),
+            sidecar: String::new(),
+            reason: "x, \"y\"".into(),
+            merged_at: "t".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.csv");
+        journal::write_manifest(&p, std::slice::from_ref(&row)).unwrap();
+        assert_eq!(read_manifest(&p).unwrap(), vec![row]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("batch,action,source,destination,sha256,"));
+        journal::write_manifest(&p, &[]).unwrap();
+        assert!(read_manifest(&p).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,54 @@
+//! MLflow's own client reads a flora run (the run store's layout is MLflow's file store).
+//! Needs a Python with mlflow (or mlflow-skinny) 3.x: FLORA_MLFLOW_PYTHON, else
+//! /tmp/flora-mlflow/bin/python (`.ci/run` creates it). Without one the test says so and passes.
+
+mod common;
+
+use common::*;
+
+const CHECK: &str = r#"
+import os, sys
+os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+from mlflow.tracking import MlflowClient
+c = MlflowClient(tracking_uri="file://" + sys.argv[1])
+exps = [e for e in c.search_experiments() if e.name == "test"]
+assert len(exps) == 1, exps
+runs = c.search_runs([exps[0].experiment_id])
+assert len(runs) == 1, runs
+r = runs[0]
+assert r.info.status == "FINISHED", r.info.status
+assert r.info.run_name == "mlflow-check", r.info.run_name
+assert r.data.params["train.epochs"] == "2", r.data.params
+assert r.data.tags["flora.data_fingerprint"].startswith("sha256:"), r.data.tags
+hist = c.get_metric_history(r.info.run_id, "val_accuracy")
+assert [m.step for m in hist] == [1, 2], hist
+arts = sorted(a.path for a in c.list_artifacts(r.info.run_id))
+assert {"model", "results.csv", "split.csv", "config.toml"} <= set(arts), arts
+print("MLFLOW_OK", r.info.run_id)
+"#;
+
+#[test]
+fn mlflow_client_reads_a_flora_run() {
+    let python = std::env::var("FLORA_MLFLOW_PYTHON")
+        .unwrap_or_else(|_| "/tmp/flora-mlflow/bin/python".into());
+    if !std::path::Path::new(&python).exists() {
+        eprintln!(
+            "note: no mlflow Python at {python}; run .ci/run (or set FLORA_MLFLOW_PYTHON) for this check"
+        );
+        return;
+    }
+    let dir = project(10, 2);
+    ok(dir.path(), &["train", "--name", "mlflow-check"]);
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(CHECK)
+        .arg(dir.path().join("runs"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("MLFLOW_OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
