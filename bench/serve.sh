@@ -9,7 +9,8 @@
 # dataset-fashion-mnist) for the images. The PyTorch side runs only if a venv with torch,
 # torchvision, fastapi, uvicorn and python-multipart exists at REF_VENV (default /tmp/refvenv);
 # see ../shared/reference/README.md.
-# The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min).
+# The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min) and
+# promoted into the blue slot.
 # Env: WORK (a folder to keep the trained models in between runs), REF_CKPT (a torch_train.py checkpoint; default: train one, 1 epoch), MAX_BATCH
 # (serve.max_batch, default 16; 1 turns batching off),
 # TORCH_THREADS (torch_serve.py --threads; default torch's own, i.e. one per core: its OpenMP
@@ -34,12 +35,12 @@ server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; [ -n "${WORK:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
-# flora: a project whose newest finished run is the served model (no slot filled: serve falls
-# back to it).
+# flora: a project with the trained run promoted into the blue slot and live.
 mkdir -p "$work/flora"
 printf '[data]\nimage_size = 64\n[train]\nepochs = 5\n[serve]\nport = %s\nmax_batch = %s\n' \
     "$port" "${MAX_BATCH:-16}" >"$work/flora/flora.toml"
 [ -d "$work/flora/runs" ] || (cd "$work/flora" && "$flora" train --data /tmp/flora-data/fmnist-ci/train --name bench64 >/dev/null 2>&1)
+[ -e "$work/flora/models/blue" ] || (cd "$work/flora" && "$flora" promote bench64 --to blue --live >/dev/null)
 rm -rf "$work/flora/collected_data" "$work/torch/collected_data"
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
