@@ -194,7 +194,8 @@ impl RunStore {
         Ok(runs)
     }
 
-    /// The run whose id starts with `key` (unique), or whose name is `key` (newest wins).
+    /// The run whose id is `key`, else whose name is `key` (newest wins), else whose id starts
+    /// with `key` (unique).
     pub fn find(&self, key: &str) -> Result<RunInfo> {
         if key.is_empty() {
             bail!("empty run id or name");
@@ -203,18 +204,19 @@ impl RunStore {
         if let Some(r) = runs.iter().find(|r| r.run_id == key) {
             return Ok(r.clone());
         }
+        // A name wins over an id prefix: "b" names run b even if another run's id starts with b.
+        if let Some(r) = runs.iter().find(|r| r.run_name == key) {
+            return Ok(r.clone());
+        }
         let by_prefix: Vec<&RunInfo> = runs.iter().filter(|r| r.run_id.starts_with(key)).collect();
         match by_prefix.len() {
-            1 => return Ok(by_prefix[0].clone()),
-            n if n > 1 => bail!("run id prefix '{key}' matches {n} runs: give more characters"),
-            _ => {}
-        }
-        runs.into_iter().find(|r| r.run_name == key).ok_or_else(|| {
-            anyhow!(
+            1 => Ok(by_prefix[0].clone()),
+            0 => bail!(
                 "no run with id or name '{key}' in {} (see `flora runs`)",
                 self.root.display()
-            )
-        })
+            ),
+            n => bail!("run id prefix '{key}' matches {n} runs: give more characters"),
+        }
     }
 
     /// The newest FINISHED run, if any.
@@ -454,6 +456,30 @@ mod tests {
         let m = parse_yaml_map(&y);
         assert_eq!(m["name"], "it's: here");
         assert_eq!(m["n"], "3");
+    }
+
+    #[test]
+    fn a_run_name_wins_over_an_id_prefix() {
+        let dir = std::env::temp_dir().join(format!("flora-store-{}", new_id()));
+        let store = RunStore::new(&dir);
+        let exp = store.experiment("t").unwrap();
+        let mut runs = Vec::new();
+        // Make a run whose id starts with the other run's name.
+        loop {
+            let r = store.create_run(&exp, "x").unwrap();
+            if r.info.run_id.starts_with('b') {
+                runs.push(r);
+                break;
+            }
+            std::fs::remove_dir_all(&r.info.dir).unwrap();
+        }
+        let b = store.create_run(&exp, "b").unwrap();
+        assert_eq!(store.find("b").unwrap().run_id, b.info.run_id);
+        assert_eq!(
+            store.find(&runs[0].info.run_id[..6]).unwrap().run_id,
+            runs[0].info.run_id
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
