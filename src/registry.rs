@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -165,31 +165,8 @@ impl Registry {
 
     /// Takes `models/.lock`, waiting up to `wait` for another promote to finish.
     pub fn lock(&self, wait: Duration) -> Result<RegistryLock> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let start = Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(RegistryLock { _file: file }),
-                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(std::fs::TryLockError::WouldBlock) => bail!(
-                    "another promote is running ({} is locked); try again when it has finished",
-                    path.display()
-                ),
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("locking {}", path.display()));
-                }
-            }
-        }
+        let file = crate::fsutil::lock_file(&self.dir.join(".lock"), wait, "promote")?;
+        Ok(RegistryLock { _file: file })
     }
 
     /// Copies the bundle at `bundle` plus `info` into `slot`, replacing what it held. The copy

@@ -193,23 +193,8 @@ impl Layout {
     fn lock_and_recover(&self) -> Result<(File, Vec<String>)> {
         let dir = self.state_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "another flora merge is running ({} is locked); try again when it has finished",
-                path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
-            }
-        }
+        let file =
+            crate::fsutil::lock_file(&dir.join("lock"), std::time::Duration::ZERO, "flora merge")?;
         // Temp files of atomic writes that a killed run left (only merge writes here).
         for d in [&dir, &self.inbox] {
             for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
