@@ -469,6 +469,8 @@ fn kill_9_rounds(collected_in: Option<&Path>, min_kills: usize, max_ms: u64) {
         seed % n
     };
     let (mut killed, mut finished) = (0, 0);
+    // Early rounds kill soon after the start, so that several land while there is still work to
+    // do on any machine speed; later rounds spread over the whole run.
     for round in 0..8 {
         let mut child = flora(p)
             .args(["merge", "--from", from])
@@ -476,7 +478,7 @@ fn kill_9_rounds(collected_in: Option<&Path>, min_kills: usize, max_ms: u64) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let wait = Duration::from_millis(5 + rand(if round < 4 { max_ms / 2 } else { max_ms }));
+        let wait = Duration::from_millis(5 + rand(if round < 4 { max_ms / 8 } else { max_ms }));
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_some() {
             finished += 1;
