@@ -56,6 +56,22 @@ pub fn is_ignored_name(name: &str) -> bool {
 impl DatasetIndex {
     /// Scans `root`. Errors name the cause: a missing folder, or fewer than two classes.
     pub fn scan(root: &Path) -> Result<Self> {
+        let index = Self::read(root)?;
+        if index.classes.len() < 2 {
+            bail!(
+                "dataset {} has {} class folder(s) ({}); a classifier needs at least 2: \
+                 add one folder of images per class",
+                root.display(),
+                index.classes.len(),
+                index.classes.join(", ")
+            );
+        }
+        Ok(index)
+    }
+
+    /// Scans `root` like [`scan`](Self::scan) but accepts any number of classes (evaluation
+    /// data may hold a single class).
+    pub fn read(root: &Path) -> Result<Self> {
         if !root.is_dir() {
             bail!(
                 "dataset folder {} does not exist: put images in <dataset>/<class>/ or pass --data DIR",
@@ -100,15 +116,6 @@ impl DatasetIndex {
                 fixed_split: None,
             }
         };
-        if index.classes.len() < 2 {
-            bail!(
-                "dataset {} has {} class folder(s) ({}); a classifier needs at least 2: \
-                 add one folder of images per class",
-                root.display(),
-                index.classes.len(),
-                index.classes.join(", ")
-            );
-        }
         Ok(index)
     }
 

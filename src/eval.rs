@@ -39,35 +39,7 @@ pub fn samples_from_dir(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
     if !dir.is_dir() {
         bail!("evaluation folder {} does not exist", dir.display());
     }
-    let names = crate::dataset::class_names(dir)?;
-    let index = if names.len() >= 2 || (dir.join("train").is_dir() && dir.join("val").is_dir()) {
-        DatasetIndex::scan(dir)?
-    } else {
-        // A one-class folder is fine for evaluation.
-        let mut idx = DatasetIndex {
-            root: dir.to_path_buf(),
-            classes: names,
-            samples: Vec::new(),
-            fixed_split: None,
-        };
-        for (c, name) in idx.classes.clone().iter().enumerate() {
-            for e in walkdir::WalkDir::new(dir.join(name))
-                .sort_by_file_name()
-                .into_iter()
-                .flatten()
-            {
-                if e.file_type().is_file() {
-                    let rel = crate::dataset::rel_path(dir, e.path());
-                    idx.samples.push(Sample {
-                        path: e.into_path(),
-                        rel,
-                        class: c,
-                    });
-                }
-            }
-        }
-        idx
-    };
+    let index = DatasetIndex::read(dir)?;
     if let Some(unknown) = index.classes.iter().find(|c| !classes.contains(c)) {
         bail!(
             "class folder '{unknown}' in {} is not one of the model's classes ({})",

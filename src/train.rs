@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
+use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -288,7 +288,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             loss_sum += loss_value as f64 * batch.len() as f64;
             seen += batch.len();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = step_optimizer(&mut optim, lr, model, grads);
+            model = optim.step(lr, model, grads);
             step += 1;
             let secs = t0.elapsed().as_secs_f64();
             bar.set_message(format!(
@@ -396,15 +396,6 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
         images_per_second: train_images as f64 / train_seconds.max(1e-9),
         bundle_dir: Some(bundle_dir),
     })
-}
-
-fn step_optimizer(
-    optim: &mut ModuleOptimizer,
-    lr: f64,
-    model: Classifier,
-    grads: GradientsParams,
-) -> Classifier {
-    optim.step(lr, model, grads)
 }
 
 /// Normalised CHW floats for the batch, augmented when asked. Each image gets its own RNG

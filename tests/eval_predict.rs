@@ -283,15 +283,18 @@ fn gate_and_bad_models_give_clear_errors() {
     let src = find_bundle(dir.path());
     std::fs::copy(src.join("bundle.json"), b.join("bundle.json")).unwrap();
     std::fs::write(b.join("model.bpk"), b"not weights").unwrap();
-    let err = fails(
-        dir.path(),
-        &[
-            "predict",
-            "--model",
-            b.to_str().unwrap(),
-            held_out.join("bag").to_str().unwrap(),
-        ],
-    );
+    let predict_broken = || {
+        fails(
+            dir.path(),
+            &[
+                "predict",
+                "--model",
+                b.to_str().unwrap(),
+                held_out.join("bag").to_str().unwrap(),
+            ],
+        )
+    };
+    let err = predict_broken();
     assert!(err.contains("model.bpk"), "{err}");
     // Weights for 4 classes under a bundle.json that lists 3: a class-count mismatch.
     std::fs::copy(src.join("model.bpk"), b.join("model.bpk")).unwrap();
@@ -299,41 +302,17 @@ fn gate_and_bad_models_give_clear_errors() {
         serde_json::from_str(&std::fs::read_to_string(src.join("bundle.json")).unwrap()).unwrap();
     meta["classes"].as_array_mut().unwrap().pop();
     std::fs::write(b.join("bundle.json"), meta.to_string()).unwrap();
-    let err = fails(
-        dir.path(),
-        &[
-            "predict",
-            "--model",
-            b.to_str().unwrap(),
-            held_out.join("bag").to_str().unwrap(),
-        ],
-    );
+    let err = predict_broken();
     assert!(
         err.contains("model.bpk") && err.contains("does not match bundle.json"),
         "{err}"
     );
     meta["format"] = 99.into();
     std::fs::write(b.join("bundle.json"), meta.to_string()).unwrap();
-    let err = fails(
-        dir.path(),
-        &[
-            "predict",
-            "--model",
-            b.to_str().unwrap(),
-            held_out.join("bag").to_str().unwrap(),
-        ],
-    );
+    let err = predict_broken();
     assert!(err.contains("bundle format 99"), "{err}");
     std::fs::write(b.join("bundle.json"), b"{ nope").unwrap();
-    let err = fails(
-        dir.path(),
-        &[
-            "predict",
-            "--model",
-            b.to_str().unwrap(),
-            held_out.join("bag").to_str().unwrap(),
-        ],
-    );
+    let err = predict_broken();
     assert!(err.contains("bundle.json"), "{err}");
 
     // No model at all.
