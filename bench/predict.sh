@@ -3,7 +3,8 @@
 #   1. a cold `flora predict one.png` process (load bundle, decode, infer, print): median wall
 #      time over RUNS runs (default 15), with the PyTorch one-shot torch_predict.py beside it when
 #      a venv is given (REF_VENV, default /tmp/refvenv);
-#   2. `flora predict` over a folder of 1,000 images at 64 px: images/s.
+#   2. `flora predict` over a folder of 1,000 images at 64 px: images/s, with Burn's forward pass
+#      (FLORA_ENGINE=burn) and the default fused one, and their ratio.
 # Needs a 64 px reference-CNN model: MODEL (a bundle folder); without it one is trained quickly.
 # Usage: bench/predict.sh
 set -euo pipefail
@@ -44,7 +45,15 @@ if [ -x "$venv/bin/python" ]; then
   echo "RATIO torch_over_flora_cold_predict=$(echo "scale=1; $torch_ms / $flora_ms" | bc)"
 fi
 n=$(find /tmp/flora-data/fmnist-1k -type f | wc -l)
-s=$(date +%s%N)
-$flora predict --model "$model" --json /tmp/flora-data/fmnist-1k >"$work/out.jsonl" 2>/dev/null
-e=$(date +%s%N)
-echo "BENCH predict_folder images=$n lines=$(wc -l <"$work/out.jsonl") seconds=$(echo "scale=3; ($e - $s)/1000000000" | bc) img_per_s=$(echo "scale=1; $n * 1000000000 / ($e - $s)" | bc)"
+declare -A RATE
+folder() { # engine: Burn's forward pass or the fused one (FLORA_ENGINE), same images, same model
+  local s e
+  s=$(date +%s%N)
+  FLORA_ENGINE=$1 $flora predict --model "$model" --json /tmp/flora-data/fmnist-1k >"$work/out.jsonl" 2>/dev/null
+  e=$(date +%s%N)
+  RATE[$1]=$(echo "scale=1; $n * 1000000000 / ($e - $s)" | bc)
+  echo "BENCH predict_folder engine=$1 images=$n lines=$(wc -l <"$work/out.jsonl") seconds=$(echo "scale=3; ($e - $s)/1000000000" | bc) img_per_s=${RATE[$1]}"
+}
+folder burn
+folder fused
+echo "RATIO predict_folder fused_over_burn=$(echo "scale=2; ${RATE[fused]} / ${RATE[burn]}" | bc)"

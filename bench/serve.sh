@@ -12,7 +12,8 @@
 # The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min) and
 # promoted into the blue slot.
 # Env: WORK (a folder to keep the trained models in between runs), REF_CKPT (a torch_train.py checkpoint; default: train one, 1 epoch), MAX_BATCH
-# (serve.max_batch, default 16; 1 turns batching off),
+# (serve.max_batch, default 16; 1 turns batching off), FLORA_ENGINE (burn: Burn's forward pass
+# instead of the fused one), SERVE_FLAGS (extra `flora serve` flags, e.g. --no-collect),
 # TORCH_THREADS (torch_serve.py --threads; default torch's own, i.e. one per core: its OpenMP
 # threads spin, and collapse when other processes hold a core), PORT (default 18700), CONCS,
 # FLORA_SHARED.
@@ -69,7 +70,7 @@ load_all() { # name pid
 }
 
 # flora serve
-(cd "$work/flora" && exec "$flora" serve --port "$port" >"$work/flora.log" 2>&1) &
+(cd "$work/flora" && exec "$flora" serve --port "$port" ${SERVE_FLAGS:-} >"$work/flora.log" 2>&1) &
 server=$!
 wait_health
 load_all flora "$server"

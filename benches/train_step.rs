@@ -2,7 +2,9 @@
 //! backward and an Adam step on a fixed random batch, no data loading.
 //!
 //! `cargo bench --bench train_step -- [STEPS] [SIZE] [BATCH]` (defaults 30, 64, 32).
-//! Prints `BENCH train_step ... img_per_s=...` and `BENCH infer ... img_per_s=...`.
+//! Prints `BENCH train_step ... img_per_s=...`, then inference of the trained weights through
+//! Burn (`BENCH infer engine=burn`) and through the fused path (`BENCH infer engine=fused`), in
+//! batches of 64 and one image at a time, with the fused/burn ratio.
 
 use std::time::Instant;
 
@@ -61,22 +63,39 @@ fn main() {
     let data: Vec<f32> = (0..n * 3 * size * size)
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
-    let run = || {
+    let burn_batch = |imgs: usize| {
         let x = Tensor::<4>::from_data(
-            TensorData::new(data.clone(), [n, 3, size, size]),
+            TensorData::new(data[..imgs * 3 * size * size].to_vec(), [imgs, 3, size, size]),
             &infer_device,
         );
         let _ = valid.forward(x).into_data();
     };
-    run();
+    let Classifier::Cnn(cnn) = &valid else {
+        unreachable!("the bench builds a cnn")
+    };
+    let fused = cnn.fused();
+    // The fused path takes channels-last input; the values are random either way.
+    let fused_batch = |imgs: usize| {
+        let _ = fused.forward(&data[..imgs * 3 * size * size], imgs, size);
+    };
     let reps = (steps / 3).max(3);
+    for batch in [n, 1] {
+        let burn = rate(&|| burn_batch(batch), batch, reps * n / batch);
+        let fast = rate(&|| fused_batch(batch), batch, reps * n / batch);
+        println!("BENCH infer engine=burn arch=cnn size={size} batch={batch} img_per_s={burn:.1}");
+        println!(
+            "BENCH infer engine=fused arch=cnn size={size} batch={batch} img_per_s={fast:.1} ratio_vs_burn={:.2}",
+            fast / burn
+        );
+    }
+}
+
+/// Images per second of `f` (one call = `batch` images), after one warm-up call.
+fn rate(f: &dyn Fn(), batch: usize, reps: usize) -> f64 {
+    f();
     let t0 = Instant::now();
     for _ in 0..reps {
-        run();
+        f();
     }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "BENCH infer arch=cnn size={size} batch={n} img_per_s={:.1}",
-        (reps * n) as f64 / secs
-    );
+    (reps * batch) as f64 / t0.elapsed().as_secs_f64()
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device;
 use crate::imaging::Normalization;
-use crate::model::{Arch, Classifier};
+use crate::model::{Arch, Classifier, FusedCnn};
 
 /// Version of the bundle layout; a bundle of another version is refused.
 pub const BUNDLE_FORMAT: u32 = 1;
@@ -49,6 +50,29 @@ pub struct BundleMeta {
 pub struct ModelBundle {
     pub meta: BundleMeta,
     pub model: Classifier,
+    /// The fast inference form of a `cnn` model (see [`Engine`]); `None` runs Burn's forward.
+    fused: Option<Arc<FusedCnn>>,
+}
+
+/// Which forward pass [`ModelBundle::predict_pixels`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The fused channels-last path for the reference CNN ([`FusedCnn`]); other architectures
+    /// use Burn. The default.
+    Fused,
+    /// Burn's forward pass on the Flex backend, for every architecture.
+    Burn,
+}
+
+impl Engine {
+    /// `FLORA_ENGINE=burn` selects [`Engine::Burn`] (to compare the two); anything else, or
+    /// nothing, [`Engine::Fused`].
+    pub fn from_env() -> Self {
+        match std::env::var("FLORA_ENGINE").as_deref() {
+            Ok("burn") => Engine::Burn,
+            _ => Engine::Fused,
+        }
+    }
 }
 
 /// One class with its probability.
@@ -59,6 +83,25 @@ pub struct Scored {
 }
 
 impl ModelBundle {
+    /// A bundle for `model`, with the engine chosen by [`Engine::from_env`].
+    pub fn new(meta: BundleMeta, model: Classifier) -> Self {
+        let mut bundle = Self {
+            meta,
+            model,
+            fused: None,
+        };
+        bundle.set_engine(Engine::from_env());
+        bundle
+    }
+
+    /// Switches the forward pass used by [`Self::predict_pixels`].
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.fused = match (engine, &self.model) {
+            (Engine::Fused, Classifier::Cnn(cnn)) => Some(Arc::new(cnn.fused())),
+            _ => None,
+        };
+    }
+
     /// Writes the bundle into a new folder `dir` (written beside it, then renamed into place).
     pub fn save(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
@@ -155,7 +198,7 @@ impl ModelBundle {
                 )
             })?
             .valid();
-        Ok(Self { meta, model })
+        Ok(Self::new(meta, model))
     }
 
     /// Values per image: `3 * size * size`.
@@ -171,6 +214,13 @@ impl ModelBundle {
         let side = self.meta.image_size as usize;
         let per = self.image_len();
         let mut input = vec![0f32; images.len() * per];
+        if let Some(fused) = &self.fused {
+            for (img, out) in images.iter().zip(input.chunks_mut(per)) {
+                self.meta.normalization.write_hwc(img, out);
+            }
+            let logits = fused.forward(&input, images.len(), side);
+            return logits.chunks(fused.classes()).map(softmax_vec).collect();
+        }
         for (img, out) in images.iter().zip(input.chunks_mut(per)) {
             self.meta.normalization.write_chw(img, side, false, out);
         }
@@ -201,6 +251,14 @@ impl ModelBundle {
             })
             .collect()
     }
+}
+
+/// Probabilities from logits (max-shifted, so large logits do not overflow).
+fn softmax_vec(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
 }
 
 /// The path of the bundle inside a run's artifacts.

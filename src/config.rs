@@ -287,6 +287,13 @@ impl Config {
                 d.image_size
             );
         }
+        if t.arch == crate::model::Arch::Cnn && d.image_size < 16 {
+            bail!(
+                "data.image_size = {} is too small for train.arch = \"cnn\": its four pooling \
+                 steps halve the image to nothing below 16 pixels; use 16 or more",
+                d.image_size
+            );
+        }
         if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
             bail!(
                 "data.val_fraction = {} must be between 0 and 1 (exclusive)",

@@ -162,6 +162,18 @@ impl Normalization {
             }
         }
     }
+
+    /// Writes `pixels` (RGB8) into `out` as normalised floats in the same channels-last order.
+    pub fn write_hwc(&self, pixels: &[u8], out: &mut [f32]) {
+        debug_assert_eq!(pixels.len(), out.len());
+        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
+        let shift: [f32; 3] = std::array::from_fn(|c| self.mean[c] / self.std[c]);
+        for (p, o) in pixels.chunks_exact(3).zip(out.chunks_exact_mut(3)) {
+            for c in 0..3 {
+                o[c] = p[c] as f32 * scale[c] - shift[c];
+            }
+        }
+    }
 }
 
 #[cfg(test)]

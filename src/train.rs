@@ -360,8 +360,8 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
         metrics.insert("best_epoch".into(), s.epoch as f64);
         run.log_metric("best_val_accuracy", s.val_accuracy, s.epoch as u64)?;
     }
-    let bundle = ModelBundle {
-        meta: BundleMeta {
+    let bundle = ModelBundle::new(
+        BundleMeta {
             format: BUNDLE_FORMAT,
             flora_version: env!("CARGO_PKG_VERSION").into(),
             arch: t.arch,
@@ -376,8 +376,8 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             class_info: class_info_json(settings)?,
             created_at_ms: fsutil::now_ms(),
         },
-        model: best_model,
-    };
+        best_model,
+    );
     let bundle_dir = run_bundle_dir(&run.artifacts());
     bundle.save(&bundle_dir)?;
     Ok(TrainOutcome {

@@ -212,6 +212,32 @@ fn saved_and_reloaded_bundle_gives_identical_probabilities() {
     assert_eq!(p1[0]["top_k"], p2[0]["top_k"]);
 }
 
+#[test]
+fn fused_engine_matches_the_burn_forward_pass() {
+    use flora::bundle::{Engine, ModelBundle};
+    let (dir, held_out) = trained();
+    let mut burn = ModelBundle::load(&find_bundle(dir.path())).unwrap();
+    let fused = burn.clone();
+    burn.set_engine(Engine::Burn);
+    let images: Vec<image::RgbImage> = std::fs::read_dir(held_out.join("bag"))
+        .unwrap()
+        .chain(std::fs::read_dir(held_out.join("sneaker")).unwrap())
+        .take(24)
+        .map(|e| flora::imaging::prepare_file(&e.unwrap().path(), 28).unwrap())
+        .collect();
+    let px: Vec<&[u8]> = images.iter().map(|i| i.as_raw().as_slice()).collect();
+    // A batch (images in parallel) and a lone image (rows split across threads).
+    for batch in [&px[..], &px[..1]] {
+        let (a, b) = (fused.predict_pixels(batch), burn.predict_pixels(batch));
+        assert_eq!(a.len(), batch.len());
+        for (pa, pb) in a.iter().zip(&b) {
+            let diff = pa.iter().zip(pb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "fused {pa:?} vs burn {pb:?}");
+            assert!((pa.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        }
+    }
+}
+
 fn find_bundle(dir: &Path) -> PathBuf {
     let runs = dir.join("runs");
     for e in std::fs::read_dir(&runs).unwrap().flatten() {

@@ -258,6 +258,8 @@ fn bad_input_exits_nonzero_with_a_named_problem() {
     assert!(err.contains("--epochs"), "{err}");
     let err = fails(p, &["train", "--epochs", "0"]);
     assert!(err.contains("train.epochs"), "{err}");
+    let err = fails(p, &["train", "--image-size", "8"]);
+    assert!(err.contains("too small") && err.contains("16"), "{err}");
 
     write_config(p, 1, "epochz = 3\n");
     let err = fails(p, &["train"]);

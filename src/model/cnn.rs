@@ -7,6 +7,8 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
+use super::fused::{ConvBnWeights, FusedBlock, FusedCnn};
+
 /// Channel widths of the four blocks.
 pub const WIDTHS: [usize; 4] = [32, 64, 128, 256];
 
@@ -29,6 +31,19 @@ impl ConvBlock {
             relu: Relu::new(),
             pool: MaxPool2dConfig::new([2, 2]).init(),
         }
+    }
+
+    fn fused(&self, cin: usize, cout: usize) -> FusedBlock {
+        let w = ConvBnWeights {
+            conv_weight: values(self.conv.weight.val()),
+            conv_bias: self.conv.bias.as_ref().map(|b| values(b.val())),
+            gamma: values(self.norm.gamma.val()),
+            beta: values(self.norm.beta.val()),
+            running_mean: values(self.norm.running_mean.value()),
+            running_var: values(self.norm.running_var.value()),
+            epsilon: self.norm.epsilon,
+        };
+        FusedBlock::fold(cin, cout, &w)
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -74,4 +89,32 @@ impl Cnn {
         let x: Tensor<2> = self.pool.forward(x).flatten(1, 3);
         self.head.forward(self.dropout.forward(x))
     }
+
+    /// The inference-only form of this network (BatchNorm folded in, channels-last).
+    pub fn fused(&self) -> FusedCnn {
+        let mut cin = 3;
+        let blocks = self
+            .blocks
+            .iter()
+            .zip(WIDTHS)
+            .map(|(b, cout)| {
+                let f = b.fused(cin, cout);
+                cin = cout;
+                f
+            })
+            .collect();
+        let head_bias = match &self.head.bias {
+            Some(b) => values(b.val()),
+            None => vec![0.0; self.head.weight.dims()[1]],
+        };
+        FusedCnn::new(blocks, values(self.head.weight.val()), head_bias)
+    }
+}
+
+/// A tensor's values in row-major order.
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("float weights convert to f32")
 }

@@ -3,12 +3,14 @@
 //! Model code never names a backend: the device (see [`crate::device`]) decides where it runs.
 
 pub mod cnn;
+pub mod fused;
 pub mod mobilenet;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use cnn::Cnn;
+pub use fused::FusedCnn;
 pub use mobilenet::MobileNetV2;
 
 /// The architectures flora can train.

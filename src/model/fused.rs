@@ -1,0 +1,305 @@
+//! An inference-only form of the reference [`Cnn`](super::Cnn), built from its trained weights.
+//!
+//! BatchNorm is folded into each convolution's weights and bias; activations are channels-last
+//! (HWC), so a 3×3 convolution is one im2col copy and one matrix product (the `gemm` crate,
+//! which Burn's Flex backend also uses); bias, ReLU and the 2×2 max-pool are one pass over the
+//! product. Images of a batch run in parallel, and a lone image splits its rows across threads.
+//! The result matches the Burn forward pass to float rounding (a test checks it); training
+//! always uses the Burn model.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+/// One conv3x3 (padding 1) → BatchNorm → ReLU → MaxPool2 block with the norm folded in.
+#[derive(Debug, Clone)]
+pub struct FusedBlock {
+    cin: usize,
+    cout: usize,
+    /// `[(ky * 3 + kx) * cin + c][cout]`, row-major: the right-hand side of the im2col product.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// The reference CNN as plain arrays, ready for [`FusedCnn::forward`].
+#[derive(Debug, Clone)]
+pub struct FusedCnn {
+    blocks: Vec<FusedBlock>,
+    /// `[cin][classes]`, row-major.
+    head_weight: Vec<f32>,
+    head_bias: Vec<f32>,
+    classes: usize,
+}
+
+/// The weights of one trained conv + BatchNorm pair, as Burn stores them.
+pub struct ConvBnWeights {
+    /// `[cout][cin][3][3]`.
+    pub conv_weight: Vec<f32>,
+    pub conv_bias: Option<Vec<f32>>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    pub epsilon: f64,
+}
+
+impl FusedBlock {
+    /// Folds `w` (a conv with `cin` inputs and `cout` outputs, then its BatchNorm) into one conv.
+    pub fn fold(cin: usize, cout: usize, w: &ConvBnWeights) -> Self {
+        assert_eq!(w.conv_weight.len(), cout * cin * 9, "conv weight shape");
+        let mut weight = vec![0f32; 9 * cin * cout];
+        let mut bias = vec![0f32; cout];
+        for o in 0..cout {
+            let scale = w.gamma[o] as f64 / (w.running_var[o] as f64 + w.epsilon).sqrt();
+            let b = w.conv_bias.as_ref().map_or(0.0, |b| b[o] as f64);
+            bias[o] = ((b - w.running_mean[o] as f64) * scale + w.beta[o] as f64) as f32;
+            for c in 0..cin {
+                for k in 0..9 {
+                    let v = w.conv_weight[(o * cin + c) * 9 + k] as f64 * scale;
+                    weight[(k * cin + c) * cout + o] = v as f32;
+                }
+            }
+        }
+        Self {
+            cin,
+            cout,
+            weight,
+            bias,
+        }
+    }
+
+    /// Computes pooled output rows `p0..p0 + n` (n = `out.len() / (pw * cout)`) of this block
+    /// for an `h`×`w`×`cin` input, into `out` (`n`×`pw`×`cout`).
+    fn pooled_rows(&self, input: &[f32], h: usize, w: usize, p0: usize, out: &mut [f32]) {
+        let (cin, cout) = (self.cin, self.cout);
+        let pw = w / 2;
+        let n = out.len() / (pw * cout);
+        // Conv output rows 2*p0 .. 2*(p0+n), columns 0 .. 2*pw (a trailing odd row/column is
+        // dropped by the pool, as in Burn and PyTorch).
+        let (rows, cols) = (2 * n, 2 * pw);
+        let m = rows * cols;
+        let k = 9 * cin;
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let (patches, conv) = &mut *s;
+            patches.clear();
+            patches.resize(m * k, 0.0);
+            for r in 0..rows {
+                let y = 2 * p0 + r;
+                for x in 0..cols {
+                    let row = &mut patches[(r * cols + x) * k..(r * cols + x + 1) * k];
+                    for ky in 0..3 {
+                        let iy = y + ky;
+                        if iy < 1 || iy > h {
+                            continue; // zero padding (already zero)
+                        }
+                        for kx in 0..3 {
+                            let ix = x + kx;
+                            if ix < 1 || ix > w {
+                                continue;
+                            }
+                            let src = ((iy - 1) * w + (ix - 1)) * cin;
+                            let dst = (ky * 3 + kx) * cin;
+                            row[dst..dst + cin].copy_from_slice(&input[src..src + cin]);
+                        }
+                    }
+                }
+            }
+            conv.resize(m * cout, 0.0);
+            // SAFETY: the slices hold m×k, k×cout and m×cout row-major matrices, as described
+            // by the sizes and strides passed; `conv` is not read (read_dst = false).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    cout,
+                    k,
+                    conv.as_mut_ptr(),
+                    1,
+                    cout as isize,
+                    false,
+                    patches.as_ptr(),
+                    1,
+                    k as isize,
+                    self.weight.as_ptr(),
+                    1,
+                    cout as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            // max(relu(v + b)) over the 2×2 window == relu(max(v) + b).
+            for py in 0..n {
+                for px in 0..pw {
+                    let at = |dy: usize, dx: usize| ((2 * py + dy) * cols + 2 * px + dx) * cout;
+                    let (a, b, c, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                    let o = &mut out[(py * pw + px) * cout..(py * pw + px + 1) * cout];
+                    for ch in 0..cout {
+                        let v = conv[a + ch]
+                            .max(conv[b + ch])
+                            .max(conv[c + ch])
+                            .max(conv[d + ch]);
+                        o[ch] = (v + self.bias[ch]).max(0.0);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The whole block on an `h`×`w`×`cin` input: an `h/2`×`w/2`×`cout` output. `split` > 1
+    /// spreads the rows over that many parallel tasks.
+    fn forward(&self, input: &[f32], h: usize, w: usize, split: usize) -> Vec<f32> {
+        let (ph, pw) = (h / 2, w / 2);
+        let mut out = vec![0f32; ph * pw * self.cout];
+        let row_len = pw * self.cout;
+        if split > 1 && ph > 1 {
+            let per = ph.div_ceil(split);
+            out.par_chunks_mut(per * row_len)
+                .enumerate()
+                .for_each(|(i, chunk)| self.pooled_rows(input, h, w, i * per, chunk));
+        } else if !out.is_empty() {
+            self.pooled_rows(input, h, w, 0, &mut out);
+        }
+        out
+    }
+}
+
+thread_local! {
+    /// Per-thread im2col and conv-output buffers, reused from call to call.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl FusedCnn {
+    /// Assembles the network from folded blocks and the linear head (`[cin][classes]`).
+    pub fn new(blocks: Vec<FusedBlock>, head_weight: Vec<f32>, head_bias: Vec<f32>) -> Self {
+        let cin = blocks.last().map_or(3, |b| b.cout);
+        let classes = head_bias.len();
+        assert_eq!(head_weight.len(), cin * classes, "head weight shape");
+        Self {
+            blocks,
+            head_weight,
+            head_bias,
+            classes,
+        }
+    }
+
+    /// Class logits for `n` images of `side`×`side`, given as normalised HWC floats one after
+    /// the other. Returns `n * classes` values.
+    pub fn forward(&self, input: &[f32], n: usize, side: usize) -> Vec<f32> {
+        let per = 3 * side * side;
+        assert_eq!(input.len(), n * per, "input length");
+        let threads = rayon::current_num_threads();
+        let one = |img: &[f32], split: usize| self.forward_one(img, side, split);
+        let logits: Vec<Vec<f32>> = if n == 1 {
+            vec![one(input, threads)]
+        } else {
+            input.par_chunks(per).map(|img| one(img, 1)).collect()
+        };
+        logits.concat()
+    }
+
+    fn forward_one(&self, image: &[f32], side: usize, split: usize) -> Vec<f32> {
+        let (mut h, mut w) = (side, side);
+        let mut x = self.blocks[0].forward(image, h, w, split);
+        (h, w) = (h / 2, w / 2);
+        for b in &self.blocks[1..] {
+            x = b.forward(&x, h, w, split);
+            (h, w) = (h / 2, w / 2);
+        }
+        // Global average pooling, then the linear head.
+        let cin = self.head_weight.len() / self.classes;
+        let cells = (h * w).max(1) as f32;
+        let mut pooled = vec![0f32; cin];
+        for cell in x.chunks_exact(cin) {
+            for (p, v) in pooled.iter_mut().zip(cell) {
+                *p += v;
+            }
+        }
+        let mut logits = self.head_bias.clone();
+        for (c, p) in pooled.iter().enumerate() {
+            let row = &self.head_weight[c * self.classes..(c + 1) * self.classes];
+            for (l, wv) in logits.iter_mut().zip(row) {
+                *l += p / cells * wv;
+            }
+        }
+        logits
+    }
+
+    /// Number of output classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A direct (slow, obviously correct) conv3x3 + BN + ReLU + pool on HWC input.
+    fn reference(w: &ConvBnWeights, cin: usize, cout: usize, x: &[f32], s: usize) -> Vec<f32> {
+        let mut conv = vec![0f32; s * s * cout];
+        for y in 0..s {
+            for xx in 0..s {
+                for o in 0..cout {
+                    let mut acc = w.conv_bias.as_ref().map_or(0.0, |b| b[o]);
+                    for c in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (y + ky, xx + kx);
+                                if iy < 1 || ix < 1 || iy > s || ix > s {
+                                    continue;
+                                }
+                                acc += w.conv_weight[((o * cin + c) * 3 + ky) * 3 + kx]
+                                    * x[((iy - 1) * s + ix - 1) * cin + c];
+                            }
+                        }
+                    }
+                    let norm = (acc - w.running_mean[o])
+                        / (w.running_var[o] + w.epsilon as f32).sqrt()
+                        * w.gamma[o]
+                        + w.beta[o];
+                    conv[(y * s + xx) * cout + o] = norm.max(0.0);
+                }
+            }
+        }
+        let p = s / 2;
+        let mut out = vec![0f32; p * p * cout];
+        for y in 0..p {
+            for xx in 0..p {
+                for o in 0..cout {
+                    let at = |dy: usize, dx: usize| conv[((2 * y + dy) * s + 2 * xx + dx) * cout + o];
+                    out[(y * p + xx) * cout + o] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn folded_block_matches_a_direct_convolution() {
+        let (cin, cout, s) = (3, 5, 7); // odd side: the pool drops the last row and column
+        let f = |i: usize, scale: f32| ((i * 7919 % 101) as f32 / 101.0 - 0.5) * scale;
+        let w = ConvBnWeights {
+            conv_weight: (0..cout * cin * 9).map(|i| f(i, 1.0)).collect(),
+            conv_bias: Some((0..cout).map(|i| f(i + 3, 0.2)).collect()),
+            gamma: (0..cout).map(|i| 0.5 + f(i + 11, 1.0)).collect(),
+            beta: (0..cout).map(|i| f(i + 5, 0.4)).collect(),
+            running_mean: (0..cout).map(|i| f(i + 9, 0.3)).collect(),
+            running_var: (0..cout).map(|i| 0.2 + f(i + 13, 0.2).abs()).collect(),
+            epsilon: 1e-5,
+        };
+        let x: Vec<f32> = (0..s * s * cin).map(|i| f(i + 17, 3.0)).collect();
+        let block = FusedBlock::fold(cin, cout, &w);
+        let want = reference(&w, cin, cout, &x, s);
+        for split in [1, 2, 3] {
+            let got = block.forward(&x, s, s, split);
+            assert_eq!(got.len(), want.len());
+            for (g, r) in got.iter().zip(&want) {
+                assert!((g - r).abs() < 1e-4, "split {split}: {g} vs {r}");
+            }
+        }
+    }
+}
