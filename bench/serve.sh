@@ -12,8 +12,8 @@
 # The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min) and
 # promoted into the blue slot.
 # Env: WORK (a folder to keep the trained models in between runs), REF_CKPT (a torch_train.py checkpoint; default: train one, 1 epoch), MAX_BATCH
-# (serve.max_batch, default 16; 1 turns batching off), FLORA_ENGINE (burn: Burn's forward pass
-# instead of the fused one), SERVE_FLAGS (extra `flora serve` flags, e.g. --no-collect),
+# (serve.max_batch, default 16; 1 turns batching off), ENGINES (default "fused"; "fused burn"
+# adds a row for flora with Burn's forward pass, FLORA_ENGINE=burn), SERVE_FLAGS (extra `flora serve` flags, e.g. --no-collect),
 # TORCH_THREADS (torch_serve.py --threads; default torch's own, i.e. one per core: its OpenMP
 # threads spin, and collapse when other processes hold a core), PORT (default 18700), CONCS,
 # FLORA_SHARED.
@@ -69,12 +69,18 @@ load_all() { # name pid
   RSS[$name,peak]=$(( $(hwm_kb "$pid") / 1024 ))
 }
 
-# flora serve
-(cd "$work/flora" && exec "$flora" serve --port "$port" ${SERVE_FLAGS:-} >"$work/flora.log" 2>&1) &
-server=$!
-wait_health
-load_all flora "$server"
-kill -TERM "$server"; wait "$server" || true; server=""
+# flora serve, once per engine in ENGINES (fused: the default; burn: FLORA_ENGINE=burn)
+names=""
+for engine in ${ENGINES:-fused}; do
+  name=flora; [ "$engine" = fused ] || name=flora-$engine
+  names="$names $name"
+  (cd "$work/flora" && FLORA_ENGINE=$engine exec "$flora" serve --port "$port" ${SERVE_FLAGS:-} >"$work/$name.log" 2>&1) &
+  server=$!
+  wait_health
+  load_all "$name" "$server"
+  kill -TERM "$server"; wait "$server" || true; server=""
+  rm -rf "$work/flora/collected_data"
+done
 have_torch=0
 
 # PyTorch reference
@@ -96,14 +102,20 @@ fi
 
 echo
 printf '%-6s %4s %10s %9s %9s\n' server C req/s p50_ms p99_ms
-for name in flora torch; do
-  [ "$name" = torch ] && [ $have_torch = 0 ] && continue
+[ $have_torch = 1 ] && names="$names torch"
+for name in $names; do
   for c in $concs; do
     printf '%-6s %4s %10s %9s %9s\n' "$name" "$c" "${RPS[$name,$c]}" "${P50[$name,$c]}" "${P99[$name,$c]}"
   done
   echo "$name RSS: idle ${RSS[$name,idle]} MB after warm-up, peak ${RSS[$name,peak]} MB"
 done
-if [ $have_torch = 1 ]; then
+if [[ " $names " == *" flora-burn "* && " $names " == *" flora "* ]]; then
+  for c in $concs; do
+    awk -v c="$c" -v f="${RPS[flora,$c]}" -v b="${RPS[flora-burn,$c]}" \
+      'BEGIN { printf "RATIO C=%s req_per_s fused/burn engine=%.2f\n", c, f / b }'
+  done
+fi
+if [[ $have_torch = 1 && " $names " == *" flora "* ]]; then
   for c in $concs; do
     awk -v c="$c" -v fr="${RPS[flora,$c]}" -v tr="${RPS[torch,$c]}" -v fp="${P99[flora,$c]}" -v tp="${P99[torch,$c]}" \
       'BEGIN { printf "RATIO C=%s req_per_s flora/torch=%.2f p99 flora/torch=%.2f\n", c, fr / tr, fp / tp }'

@@ -65,7 +65,10 @@ fn main() {
         .collect();
     let burn_batch = |imgs: usize| {
         let x = Tensor::<4>::from_data(
-            TensorData::new(data[..imgs * 3 * size * size].to_vec(), [imgs, 3, size, size]),
+            TensorData::new(
+                data[..imgs * 3 * size * size].to_vec(),
+                [imgs, 3, size, size],
+            ),
             &infer_device,
         );
         let _ = valid.forward(x).into_data();

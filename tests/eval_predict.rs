@@ -231,7 +231,11 @@ fn fused_engine_matches_the_burn_forward_pass() {
         let (a, b) = (fused.predict_pixels(batch), burn.predict_pixels(batch));
         assert_eq!(a.len(), batch.len());
         for (pa, pb) in a.iter().zip(&b) {
-            let diff = pa.iter().zip(pb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let diff = pa
+                .iter()
+                .zip(pb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-4, "fused {pa:?} vs burn {pb:?}");
             assert!((pa.iter().sum::<f32>() - 1.0).abs() < 1e-4);
         }

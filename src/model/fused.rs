@@ -150,22 +150,34 @@ impl FusedBlock {
     }
 
     /// The whole block on an `h`×`w`×`cin` input: an `h/2`×`w/2`×`cout` output. `split` > 1
-    /// spreads the rows over that many parallel tasks.
+    /// spreads the rows over that many parallel tasks. Each product covers at most
+    /// [`MAX_PRODUCT_ROWS`] conv outputs, which bounds the scratch memory for large images.
     fn forward(&self, input: &[f32], h: usize, w: usize, split: usize) -> Vec<f32> {
         let (ph, pw) = (h / 2, w / 2);
         let mut out = vec![0f32; ph * pw * self.cout];
-        let row_len = pw * self.cout;
+        if out.is_empty() {
+            return out;
+        }
+        let cap = (MAX_PRODUCT_ROWS / (4 * pw)).max(1);
+        let per = if split > 1 {
+            ph.div_ceil(split).min(cap)
+        } else {
+            cap
+        };
+        let chunk = per * pw * self.cout;
+        let rows = |(i, part): (usize, &mut [f32])| self.pooled_rows(input, h, w, i * per, part);
         if split > 1 && ph > 1 {
-            let per = ph.div_ceil(split);
-            out.par_chunks_mut(per * row_len)
-                .enumerate()
-                .for_each(|(i, chunk)| self.pooled_rows(input, h, w, i * per, chunk));
-        } else if !out.is_empty() {
-            self.pooled_rows(input, h, w, 0, &mut out);
+            out.par_chunks_mut(chunk).enumerate().for_each(rows);
+        } else {
+            out.chunks_mut(chunk).enumerate().for_each(rows);
         }
         out
     }
 }
+
+/// Most conv output positions per im2col product (8192 rows: 64 px images take one product for
+/// the first layer; the scratch stays under ~50 MB per thread for any image size).
+const MAX_PRODUCT_ROWS: usize = 8192;
 
 thread_local! {
     /// Per-thread im2col and conv-output buffers, reused from call to call.
@@ -270,8 +282,10 @@ mod tests {
         for y in 0..p {
             for xx in 0..p {
                 for o in 0..cout {
-                    let at = |dy: usize, dx: usize| conv[((2 * y + dy) * s + 2 * xx + dx) * cout + o];
-                    out[(y * p + xx) * cout + o] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                    let at =
+                        |dy: usize, dx: usize| conv[((2 * y + dy) * s + 2 * xx + dx) * cout + o];
+                    out[(y * p + xx) * cout + o] =
+                        at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
                 }
             }
         }
@@ -280,7 +294,14 @@ mod tests {
 
     #[test]
     fn folded_block_matches_a_direct_convolution() {
-        let (cin, cout, s) = (3, 5, 7); // odd side: the pool drops the last row and column
+        // An odd side (the pool drops the last row and column), and a side large enough to
+        // need several products per image.
+        for (cin, cout, s) in [(3, 5, 7), (3, 2, 130)] {
+            check_block(cin, cout, s);
+        }
+    }
+
+    fn check_block(cin: usize, cout: usize, s: usize) {
         let f = |i: usize, scale: f32| ((i * 7919 % 101) as f32 / 101.0 - 0.5) * scale;
         let w = ConvBnWeights {
             conv_weight: (0..cout * cin * 9).map(|i| f(i, 1.0)).collect(),
