@@ -96,9 +96,9 @@ impl ModelBundle {
 
     /// Switches the forward pass used by [`Self::predict_pixels`].
     pub fn set_engine(&mut self, engine: Engine) {
-        self.fused = match (engine, &self.model) {
-            (Engine::Fused, Classifier::Cnn(cnn)) => Some(Arc::new(cnn.fused())),
-            _ => None,
+        self.fused = match engine {
+            Engine::Fused => self.model.fused().map(Arc::new),
+            Engine::Burn => None,
         };
     }
 

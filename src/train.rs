@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_dir};
+use crate::bundle::{BUNDLE_FORMAT, BundleMeta, Engine, ModelBundle, run_bundle_dir};
 use crate::cache::ImageCache;
 use crate::config::Settings;
 use crate::dataset::{DatasetIndex, Subset};
@@ -469,11 +469,31 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Mean cross-entropy and accuracy of `model` (in validation mode) on the val split.
+/// Mean cross-entropy and accuracy of `model` (in validation mode) on the val split, through
+/// the fused inference path when the model has one (as predict and serve run it).
 fn evaluate(model: &Classifier, data: &Prepared, norm: &Normalization) -> (f64, f64) {
+    let fused = match Engine::from_env() {
+        Engine::Fused => model.fused(),
+        Engine::Burn => None,
+    };
     let device = device::inference();
+    let side = data.cache.size as usize;
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     for batch in data.val.chunks(EVAL_BATCH) {
+        if let Some(fused) = &fused {
+            let per = 3 * side * side;
+            let mut input = vec![0f32; batch.len() * per];
+            for (out, &i) in input.chunks_mut(per).zip(batch) {
+                norm.write_hwc(data.cache.pixels(i), out);
+            }
+            let logits = fused.forward(&input, batch.len(), side);
+            for (row, &i) in logits.chunks(fused.classes()).zip(batch) {
+                let target = data.cache.samples[i].class;
+                loss_sum += cross_entropy(row, target);
+                correct += usize::from(argmax(row) == target);
+            }
+            continue;
+        }
         let input = batch_input(data, batch, norm, false, 1.0, 0);
         let (images, targets) = to_tensors(input, data, batch, &device);
         let logits = model.forward(images);
@@ -487,6 +507,13 @@ fn evaluate(model: &Classifier, data: &Prepared, norm: &Normalization) -> (f64, 
         loss_sum / data.val.len() as f64,
         correct as f64 / data.val.len() as f64,
     )
+}
+
+/// `-ln softmax(logits)[target]`, computed stably.
+fn cross_entropy(logits: &[f32], target: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    max + sum.ln() - logits[target] as f64
 }
 
 fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {

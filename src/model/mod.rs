@@ -53,6 +53,14 @@ impl Classifier {
         }
     }
 
+    /// The fused inference form ([`FusedCnn`]) of a `cnn`; `None` for other architectures.
+    pub fn fused(&self) -> Option<FusedCnn> {
+        match self {
+            Classifier::Cnn(m) => Some(m.fused()),
+            Classifier::MobileNetV2(_) => None,
+        }
+    }
+
     /// Logits `[batch, classes]` for images `[batch, 3, size, size]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
