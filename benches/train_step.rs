@@ -77,9 +77,12 @@ fn main() {
         unreachable!("the bench builds a cnn")
     };
     let fused = cnn.fused();
-    // The fused path takes channels-last input; the values are random either way.
+    // The fused path takes RGB8 pixels (its figure includes normalising them; Burn's does not).
+    let pixels: Vec<u8> = (0..n * 3 * size * size).map(|_| rng.random()).collect();
+    let images: Vec<&[u8]> = pixels.chunks(3 * size * size).collect();
+    let norm = flora::imaging::Normalization::default();
     let fused_batch = |imgs: usize| {
-        let _ = fused.forward(&data[..imgs * 3 * size * size], imgs, size);
+        let _ = fused.logits(&images[..imgs], &norm, size);
     };
     let reps = (steps / 3).max(3);
     for batch in [n, 1] {

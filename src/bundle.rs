@@ -73,6 +73,14 @@ impl Engine {
             _ => Engine::Fused,
         }
     }
+
+    /// The fused form of `model` when this engine uses one for its architecture.
+    pub fn fused(self, model: &Classifier) -> Option<FusedCnn> {
+        match self {
+            Engine::Fused => model.fused(),
+            Engine::Burn => None,
+        }
+    }
 }
 
 /// One class with its probability.
@@ -96,10 +104,7 @@ impl ModelBundle {
 
     /// Switches the forward pass used by [`Self::predict_pixels`].
     pub fn set_engine(&mut self, engine: Engine) {
-        self.fused = match engine {
-            Engine::Fused => self.model.fused().map(Arc::new),
-            Engine::Burn => None,
-        };
+        self.fused = engine.fused(&self.model).map(Arc::new);
     }
 
     /// Writes the bundle into a new folder `dir` (written beside it, then renamed into place).
@@ -212,15 +217,12 @@ impl ModelBundle {
             return Vec::new();
         }
         let side = self.meta.image_size as usize;
+        if let Some(fused) = &self.fused {
+            let logits = fused.logits(images, &self.meta.normalization, side);
+            return logits.iter().map(|l| softmax_vec(l)).collect();
+        }
         let per = self.image_len();
         let mut input = vec![0f32; images.len() * per];
-        if let Some(fused) = &self.fused {
-            for (img, out) in images.iter().zip(input.chunks_mut(per)) {
-                self.meta.normalization.write_hwc(img, out);
-            }
-            let logits = fused.forward(&input, images.len(), side);
-            return logits.chunks(fused.classes()).map(softmax_vec).collect();
-        }
         for (img, out) in images.iter().zip(input.chunks_mut(per)) {
             self.meta.normalization.write_chw(img, side, false, out);
         }
@@ -228,7 +230,7 @@ impl ModelBundle {
     }
 
     /// Class probabilities for `n` images already normalised into CHW floats.
-    pub fn predict_tensor(&self, input: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
+    fn predict_tensor(&self, input: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
         let side = self.meta.image_size as usize;
         let device = device::inference();
         let x = Tensor::<4>::from_data(TensorData::new(input, [n, 3, side, side]), &device);

@@ -472,22 +472,14 @@ pub fn argmax(row: &[f32]) -> usize {
 /// Mean cross-entropy and accuracy of `model` (in validation mode) on the val split, through
 /// the fused inference path when the model has one (as predict and serve run it).
 fn evaluate(model: &Classifier, data: &Prepared, norm: &Normalization) -> (f64, f64) {
-    let fused = match Engine::from_env() {
-        Engine::Fused => model.fused(),
-        Engine::Burn => None,
-    };
+    let fused = Engine::from_env().fused(model);
     let device = device::inference();
     let side = data.cache.size as usize;
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     for batch in data.val.chunks(EVAL_BATCH) {
         if let Some(fused) = &fused {
-            let per = 3 * side * side;
-            let mut input = vec![0f32; batch.len() * per];
-            for (out, &i) in input.chunks_mut(per).zip(batch) {
-                norm.write_hwc(data.cache.pixels(i), out);
-            }
-            let logits = fused.forward(&input, batch.len(), side);
-            for (row, &i) in logits.chunks(fused.classes()).zip(batch) {
+            let pixels: Vec<&[u8]> = batch.iter().map(|&i| data.cache.pixels(i)).collect();
+            for (row, &i) in fused.logits(&pixels, norm, side).iter().zip(batch) {
                 let target = data.cache.samples[i].class;
                 loss_sum += cross_entropy(row, target);
                 correct += usize::from(argmax(row) == target);

@@ -91,14 +91,7 @@ fn predict_json_agrees_with_eval() {
         .iter()
         .filter(|l| {
             let path = PathBuf::from(l["path"].as_str().unwrap());
-            let truth = path
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string();
+            let truth = name_of(path.parent().unwrap());
             l["class"].as_str().unwrap() == truth
         })
         .count();

@@ -445,10 +445,7 @@ fn kill_9_rounds(collected_in: Option<&Path>, min_kills: usize, max_ms: u64) {
     };
     let collected = coll_dir.path().join("collected");
     let (_, test) = fashion_mnist(100, 25);
-    let classes: Vec<String> = files_of(&test)
-        .iter()
-        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let classes: Vec<String> = files_of(&test).iter().map(|c| name_of(c)).collect();
     let class_refs: Vec<&str> = classes.iter().map(String::as_str).collect();
     let dataset_imgs: Vec<PathBuf> = files_of(&p.join("dataset/trouser"))
         .into_iter()
@@ -537,11 +534,7 @@ fn predict_classes(
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            let name = Path::new(v["path"].as_str().unwrap())
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let name = name_of(Path::new(v["path"].as_str().unwrap()));
             (
                 name,
                 (
@@ -596,11 +589,7 @@ fn with_a_model_presorts_like_predict_accepts_confident_ones_and_train_ignores_t
     let rows = manifest(p);
     assert_eq!(rows.len(), uploads.len());
     for r in &rows {
-        let name = Path::new(&r.source)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let name = name_of(Path::new(&r.source));
         let (class, conf) = &predicted[&name];
         assert_eq!(r.action, Action::Inbox);
         assert_eq!(r.destination, format!("{INBOX}/{class}/{name}"));
@@ -657,11 +646,7 @@ fn with_a_model_presorts_like_predict_accepts_confident_ones_and_train_ignores_t
     assert!(accepted > 0 && accepted < rows.len(), "{out}");
     assert!(out.contains(&format!("{accepted} accepted")), "{out}");
     for r in &rows {
-        let name = Path::new(&r.source)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let name = name_of(Path::new(&r.source));
         let (class, conf) = &predicted[&name];
         if *conf >= threshold {
             assert_eq!(r.action, Action::Accepted, "{name} {conf}");

@@ -276,18 +276,7 @@ fn predict_via_multipart_and_raw_body_collects_the_upload() {
         png,
         "saved bytes match the upload"
     );
-    assert_eq!(
-        saved
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .len(),
-        10,
-        "dated folder"
-    );
+    assert_eq!(name_of(saved.parent().unwrap()).len(), 10, "dated folder");
     image::load_from_memory(&std::fs::read(&saved).unwrap()).expect("the saved image decodes");
     let side: Value =
         serde_json::from_str(&std::fs::read_to_string(saved.with_extension("json")).unwrap())

@@ -11,6 +11,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::imaging::Normalization;
+
 /// One conv3x3 (padding 1) → BatchNorm → ReLU → MaxPool2 block with the norm folded in.
 #[derive(Debug, Clone)]
 pub struct FusedBlock {
@@ -28,7 +30,6 @@ pub struct FusedCnn {
     /// `[cin][classes]`, row-major.
     head_weight: Vec<f32>,
     head_bias: Vec<f32>,
-    classes: usize,
 }
 
 /// The weights of one trained conv + BatchNorm pair, as Burn stores them.
@@ -188,41 +189,43 @@ impl FusedCnn {
     /// Assembles the network from folded blocks and the linear head (`[cin][classes]`).
     pub fn new(blocks: Vec<FusedBlock>, head_weight: Vec<f32>, head_bias: Vec<f32>) -> Self {
         let cin = blocks.last().map_or(3, |b| b.cout);
-        let classes = head_bias.len();
-        assert_eq!(head_weight.len(), cin * classes, "head weight shape");
+        assert_eq!(
+            head_weight.len(),
+            cin * head_bias.len(),
+            "head weight shape"
+        );
         Self {
             blocks,
             head_weight,
             head_bias,
-            classes,
         }
     }
 
-    /// Class logits for `n` images of `side`×`side`, given as normalised HWC floats one after
-    /// the other. Returns `n * classes` values.
-    pub fn forward(&self, input: &[f32], n: usize, side: usize) -> Vec<f32> {
-        let per = 3 * side * side;
-        assert_eq!(input.len(), n * per, "input length");
-        let threads = rayon::current_num_threads();
-        let one = |img: &[f32], split: usize| self.forward_one(img, side, split);
-        let logits: Vec<Vec<f32>> = if n == 1 {
-            vec![one(input, threads)]
-        } else {
-            input.par_chunks(per).map(|img| one(img, 1)).collect()
+    /// Class logits of each image (RGB8, `side`×`side`, row-major), normalised with `norm`.
+    /// Images run in parallel; a lone image splits its rows across the threads instead.
+    pub fn logits(&self, images: &[&[u8]], norm: &Normalization, side: usize) -> Vec<Vec<f32>> {
+        let one = |pixels: &[u8], split: usize| {
+            assert_eq!(pixels.len(), 3 * side * side, "image size");
+            let mut x = vec![0f32; pixels.len()];
+            norm.write_hwc(pixels, &mut x);
+            self.forward_one(x, side, split)
         };
-        logits.concat()
+        match images {
+            [image] => vec![one(image, rayon::current_num_threads())],
+            _ => images.par_iter().map(|image| one(image, 1)).collect(),
+        }
     }
 
-    fn forward_one(&self, image: &[f32], side: usize, split: usize) -> Vec<f32> {
+    /// Logits of one normalised HWC image.
+    fn forward_one(&self, mut x: Vec<f32>, side: usize, split: usize) -> Vec<f32> {
         let (mut h, mut w) = (side, side);
-        let mut x = self.blocks[0].forward(image, h, w, split);
-        (h, w) = (h / 2, w / 2);
-        for b in &self.blocks[1..] {
+        for b in &self.blocks {
             x = b.forward(&x, h, w, split);
             (h, w) = (h / 2, w / 2);
         }
         // Global average pooling, then the linear head.
-        let cin = self.head_weight.len() / self.classes;
+        let classes = self.head_bias.len();
+        let cin = self.head_weight.len() / classes;
         let cells = (h * w).max(1) as f32;
         let mut pooled = vec![0f32; cin];
         for cell in x.chunks_exact(cin) {
@@ -231,18 +234,12 @@ impl FusedCnn {
             }
         }
         let mut logits = self.head_bias.clone();
-        for (c, p) in pooled.iter().enumerate() {
-            let row = &self.head_weight[c * self.classes..(c + 1) * self.classes];
+        for (p, row) in pooled.iter().zip(self.head_weight.chunks_exact(classes)) {
             for (l, wv) in logits.iter_mut().zip(row) {
                 *l += p / cells * wv;
             }
         }
         logits
-    }
-
-    /// Number of output classes.
-    pub fn classes(&self) -> usize {
-        self.classes
     }
 }
 

@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+/// The last component of `path` (a file or folder name), as a String.
+pub fn name_of(path: &Path) -> String {
+    path.file_name()
+        .expect("path has a file name")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The flora binary under test.
 pub fn flora_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flora"))
