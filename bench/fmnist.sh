@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 epochs=${1:-10}
 shared=${FLORA_SHARED:-$(cd .. && pwd)/shared}
 root=/tmp/flora-data/fmnist
-[ -d "$root/train" ] || "$shared/datasets/make_fashion_mnist.py" --train-out "$root/train" --test-out "$root/test" >/dev/null
+[ -d "$root/train" ] || bench/make_fashion_mnist.py --train-out "$root/train" --test-out "$root/test" >/dev/null
 cargo build --release --quiet
 work=${WORK:-$(mktemp -d)}
 printf '[project]\nname = "fmnist"\n[data]\nimage_size = 28\nval_fraction = 0.1\n' >"$work/flora.toml"

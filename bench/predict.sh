@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-15}
 shared=${FLORA_SHARED:-$(cd .. && pwd)/shared}
-[ -d /tmp/flora-data/fmnist-ci ] || "$shared/datasets/make_fashion_mnist.py" --train-out /tmp/flora-data/fmnist-ci/train \
+[ -d /tmp/flora-data/fmnist-ci ] || bench/make_fashion_mnist.py --train-out /tmp/flora-data/fmnist-ci/train \
     --test-out /tmp/flora-data/fmnist-ci/test --per-class 100 >/dev/null
-[ -d /tmp/flora-data/fmnist-1k ] || "$shared/datasets/make_fashion_mnist.py" --train-out /tmp/flora-data/fmnist-1k \
+[ -d /tmp/flora-data/fmnist-1k ] || bench/make_fashion_mnist.py --train-out /tmp/flora-data/fmnist-1k \
     --per-class 100 --seed 3 >/dev/null
 cargo build --release --quiet
 flora=$PWD/target/release/flora

@@ -26,7 +26,7 @@ port=${PORT:-18700}
 shared=${FLORA_SHARED:-$(cd .. && pwd)/shared}
 ref=$shared/reference
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
-[ -d /tmp/flora-data/fmnist-ci ] || "$shared/datasets/make_fashion_mnist.py" --train-out /tmp/flora-data/fmnist-ci/train \
+[ -d /tmp/flora-data/fmnist-ci ] || bench/make_fashion_mnist.py --train-out /tmp/flora-data/fmnist-ci/train \
     --test-out /tmp/flora-data/fmnist-ci/test --per-class 100 >/dev/null
 img=/tmp/flora-data/fmnist-ci/test/bag/test_000469.png
 cargo build --release --quiet

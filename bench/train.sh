@@ -13,7 +13,7 @@ epochs=${1:-3}
 data=${DATA:-/tmp/flora-data/fmnist-ci/train}
 shared=${FLORA_SHARED:-$(cd .. && pwd)/shared}
 if [ ! -d "$data" ]; then
-  "$shared/datasets/make_fashion_mnist.py" --train-out /tmp/flora-data/fmnist-ci/train \
+  bench/make_fashion_mnist.py --train-out /tmp/flora-data/fmnist-ci/train \
     --test-out /tmp/flora-data/fmnist-ci/test --per-class 100 >/dev/null
 fi
 cargo build --release --quiet

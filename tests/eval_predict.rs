@@ -16,7 +16,7 @@ fn trained() -> &'static (tempfile::TempDir, PathBuf) {
         let info = "[class_info.trouser]\nlatin = \"Bracae\"\ndescription = \"two legs\"\n";
         write_config(dir.path(), 6, info);
         ok(dir.path(), &["train", "--name", "base"]);
-        let (_, test) = fashion_mnist(100, 25);
+        let (_, test) = fashion_mnist();
         let held_out = dir.path().join("held_out");
         copy_classes(&test, &held_out, &CLASSES, 25);
         (dir, held_out)
@@ -288,7 +288,7 @@ fn gate_and_bad_models_give_clear_errors() {
 
     // A class the model does not know.
     let odd = tempfile::tempdir().unwrap();
-    let (_, test) = fashion_mnist(100, 25);
+    let (_, test) = fashion_mnist();
     copy_classes(&test, odd.path(), &["bag", "coat"], 3);
     let err = fails(
         dir.path(),

@@ -284,7 +284,7 @@ fn all_files(project: &Path, collected: &Path) -> BTreeMap<String, String> {
 }
 
 fn test_images(per_class: usize, classes: &[&str]) -> Vec<PathBuf> {
-    let (_, test) = fashion_mnist(100, 25);
+    let (_, test) = fashion_mnist();
     let mut out = Vec::new();
     for c in classes {
         out.extend(files_of(&test.join(c)).into_iter().take(per_class));
@@ -444,7 +444,7 @@ fn kill_9_rounds(collected_in: Option<&Path>, min_kills: usize, max_ms: u64) {
         None => tempfile::tempdir_in(p).unwrap(),
     };
     let collected = coll_dir.path().join("collected");
-    let (_, test) = fashion_mnist(100, 25);
+    let (_, test) = fashion_mnist();
     let classes: Vec<String> = files_of(&test).iter().map(|c| name_of(c)).collect();
     let class_refs: Vec<&str> = classes.iter().map(String::as_str).collect();
     let dataset_imgs: Vec<PathBuf> = files_of(&p.join("dataset/trouser"))

@@ -225,7 +225,7 @@ fn multipart(field: &str, filename: &str, data: &[u8]) -> (String, Vec<u8>) {
 
 /// A real test image (a bag) as PNG bytes.
 fn bag_png() -> Vec<u8> {
-    let (_, test) = fashion_mnist(100, 25);
+    let (_, test) = fashion_mnist();
     let dir = test.join("bag");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

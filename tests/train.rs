@@ -285,7 +285,7 @@ fn bad_input_exits_nonzero_with_a_named_problem() {
 
 #[test]
 fn train_and_val_folders_are_used_as_the_split() {
-    let (train, test) = fashion_mnist(100, 25);
+    let (train, test) = fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     copy_classes(
         &train,
@@ -327,7 +327,7 @@ fn init_writes_a_config_that_trains() {
     let text = std::fs::read_to_string(proj.join("flora.toml")).unwrap();
     flora::config::Config::parse(&text).unwrap();
     // Paths are relative to the config file, wherever flora runs from.
-    let (train, _) = fashion_mnist(100, 25);
+    let (train, _) = fashion_mnist();
     copy_classes(&train, &proj.join("dataset"), &["bag", "trouser"], 10);
     ok(
         dir.path(),
@@ -426,7 +426,7 @@ fn mobilenet_v2_trains_and_its_bundle_predicts() {
 
 #[test]
 fn imbalanced_classes_are_warned_about() {
-    let (train, _) = fashion_mnist(100, 25);
+    let (train, _) = fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     copy_classes(&train, &dir.path().join("dataset"), &["bag"], 40);
     copy_classes(&train, &dir.path().join("dataset"), &["trouser"], 6);

@@ -1,10 +1,9 @@
-//! Shared helpers for the integration tests: the real `flora` binary, real Fashion-MNIST images
-//! made by `../shared/datasets/make_fashion_mnist.py`, and scratch project folders.
+//! Shared helpers for the integration tests: the real `flora` binary, the real Fashion-MNIST
+//! images committed under `tests/data/`, and scratch project folders.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 /// The last component of `path` (a file or folder name), as a String.
 pub fn name_of(path: &Path) -> String {
@@ -56,59 +55,12 @@ pub fn fails(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// The shared folder beside the checkout (FLORA_SHARED overrides it).
-pub fn shared_dir() -> PathBuf {
-    std::env::var_os("FLORA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-}
-
-/// Fashion-MNIST as folder-per-class PNGs: `per_class` train and `test_per_class` test images
-/// per class (official split), generated once into the target folder and reused.
-/// Returns (train_dir, test_dir).
-pub fn fashion_mnist(per_class: usize, test_per_class: usize) -> (PathBuf, PathBuf) {
-    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
-    let _guard = LOCK
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let root =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fmnist-{per_class}-{test_per_class}"));
-    let (train, test) = (root.join("train"), root.join("test"));
-    if root.join("done").exists() {
-        return (train, test);
-    }
-    let script = shared_dir().join("datasets/make_fashion_mnist.py");
-    assert!(
-        script.exists(),
-        "missing {}: the tests need ../shared/datasets",
-        script.display()
-    );
-    let tmp = root.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg("--train-out")
-        .arg(tmp.join("train"))
-        .arg("--test-out")
-        .arg(tmp.join("test"))
-        .args([
-            "--per-class",
-            &per_class.to_string(),
-            "--test-per-class",
-            &test_per_class.to_string(),
-        ])
-        .output()
-        .expect("running make_fashion_mnist.py");
-    assert!(
-        out.status.success(),
-        "make_fashion_mnist.py failed (is dataset-fashion-mnist installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(tmp.join("done"), b"").unwrap();
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::rename(&tmp, &root).unwrap();
-    (train, test)
+/// The project's own real test images: Fashion-MNIST PNGs committed under `tests/data/`
+/// (100 train and 25 test images per class of [`CLASSES`], plus 25 test `coat`s; MIT, see
+/// `tests/data/README.md`). Returns (train_dir, test_dir); tests copy from them, never into them.
+pub fn fashion_mnist() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fashion-mnist");
+    (root.join("train"), root.join("test"))
 }
 
 /// Copies the folders `classes` of a folder-per-class set into `dst`, at most `limit` files each.
@@ -133,7 +85,7 @@ pub const CLASSES: [&str; 4] = ["trouser", "bag", "sneaker", "t-shirt_top"];
 /// A scratch project: `dir/dataset/<class>/` with `per_class` real images of [`CLASSES`], and a
 /// `flora.toml` for fast training (28 px, small batches).
 pub fn project(per_class: usize, epochs: usize) -> tempfile::TempDir {
-    let (train, _) = fashion_mnist(100, 25);
+    let (train, _) = fashion_mnist();
     let dir = tempfile::tempdir().unwrap();
     copy_classes(&train, &dir.path().join("dataset"), &CLASSES, per_class);
     write_config(dir.path(), epochs, "");
