@@ -45,6 +45,50 @@ pub struct BundleMeta {
     pub created_at_ms: u64,
 }
 
+impl BundleMeta {
+    /// Checks every value flora will act on, so a hand-edited or hostile `bundle.json` gives an
+    /// error here instead of a panic (or a path outside the project) later.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = crate::config::IMAGE_SIZES;
+        let min = self.arch.min_image_size().max(*sizes.start());
+        if !(min..=*sizes.end()).contains(&self.image_size) {
+            bail!(
+                "image_size = {} is out of range for arch {}: use {min} to {} pixels",
+                self.image_size,
+                self.arch.as_str(),
+                sizes.end()
+            );
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("dropout = {} must be in [0, 1)", self.dropout);
+        }
+        if self.classes.len() < 2 {
+            bail!(
+                "it lists {} classes; a bundle needs at least 2",
+                self.classes.len()
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for class in &self.classes {
+            crate::dataset::check_class_name(class)?;
+            if !seen.insert(class) {
+                bail!("class '{class}' is listed twice");
+            }
+        }
+        let n = &self.normalization;
+        if n.mean.iter().any(|m| !m.is_finite())
+            || n.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            bail!(
+                "normalization mean {:?} / std {:?} must be finite, with every std above 0",
+                n.mean,
+                n.std
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A loaded model, ready for inference.
 #[derive(Debug, Clone)]
 pub struct ModelBundle {
@@ -105,6 +149,16 @@ impl ModelBundle {
     /// Switches the forward pass used by [`Self::predict_pixels`].
     pub fn set_engine(&mut self, engine: Engine) {
         self.fused = engine.fused(&self.model).map(Arc::new);
+    }
+
+    /// The forward pass [`Self::predict_pixels`] runs (Burn's for an architecture without a
+    /// fused form).
+    pub fn engine(&self) -> Engine {
+        if self.fused.is_some() {
+            Engine::Fused
+        } else {
+            Engine::Burn
+        }
     }
 
     /// Writes the bundle into a new folder `dir` (written beside it, then renamed into place).
@@ -169,13 +223,8 @@ impl ModelBundle {
                 BUNDLE_FORMAT
             );
         }
-        if meta.classes.len() < 2 {
-            bail!(
-                "{} lists {} classes; a bundle needs at least 2",
-                path.display(),
-                meta.classes.len()
-            );
-        }
+        meta.validate()
+            .with_context(|| format!("{} is not a usable model bundle", path.display()))?;
         Ok(meta)
     }
 

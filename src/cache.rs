@@ -20,6 +20,8 @@ pub struct ImageCache {
     pub skipped: Vec<(PathBuf, String)>,
     /// Fingerprint of the files that decoded.
     pub fingerprint: String,
+    /// SHA-256 of each decoded file's content, in the order of `samples`.
+    pub content_hashes: Vec<[u8; 32]>,
 }
 
 impl ImageCache {
@@ -56,6 +58,7 @@ impl ImageCache {
             pixels,
             skipped,
             fingerprint: fingerprint(&digests),
+            content_hashes: digests.iter().map(|d| d.sha256).collect(),
         }
     }
 

@@ -99,7 +99,8 @@ pub struct RunsArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Folder-per-class images to evaluate on (default: the run's validation split).
+    /// Folder-per-class images to evaluate on (default: the dataset's test/ folder, else the
+    /// run's validation split).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Print one JSON object instead of tables.
@@ -152,7 +153,8 @@ pub struct PromoteArgs {
     /// Slot to fill (default: the one that is not live; blue when neither is filled).
     #[arg(long, value_enum)]
     pub to: Option<Slot>,
-    /// Gate data: folder-per-class images (default: the run's validation split).
+    /// Gate data: folder-per-class images (default: the dataset's test/ folder, else the run's
+    /// validation split).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Promote even if the candidate scores lower than the live model.

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+/// The square input sizes flora accepts, in pixels (config and model bundles alike).
+pub const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 8..=1024;
 use serde::{Deserialize, Serialize};
 
 /// The default config file name, looked up in the current folder.
@@ -281,17 +284,22 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let d = &self.data;
         let t = &self.train;
-        if !(8..=1024).contains(&d.image_size) {
+        if !IMAGE_SIZES.contains(&d.image_size) {
             bail!(
-                "data.image_size = {} is out of range: use 8 to 1024 pixels",
-                d.image_size
+                "data.image_size = {} is out of range: use {} to {} pixels",
+                d.image_size,
+                IMAGE_SIZES.start(),
+                IMAGE_SIZES.end()
             );
         }
-        if t.arch == crate::model::Arch::Cnn && d.image_size < 16 {
+        if d.image_size < t.arch.min_image_size() {
             bail!(
-                "data.image_size = {} is too small for train.arch = \"cnn\": its four pooling \
-                 steps halve the image to nothing below 16 pixels; use 16 or more",
-                d.image_size
+                "data.image_size = {} is too small for train.arch = \"{}\": its pooling \
+                 steps halve the image to nothing below {} pixels; use {} or more",
+                d.image_size,
+                t.arch.as_str(),
+                t.arch.min_image_size(),
+                t.arch.min_image_size()
             );
         }
         if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {

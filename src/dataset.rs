@@ -2,7 +2,9 @@
 //!
 //! Folders whose names start with `_` or `.` are not classes (they are inboxes such as
 //! `_UNLABELED_SORT_ME`). When the dataset holds `train/` and `val/` folders, each is read as
-//! a folder-per-class set and their split is used as it is.
+//! a folder-per-class set and their split is used as it is. A `test/` folder (beside
+//! `train/`+`val/`, beside `train/`, or beside the class folders) is the held-out set: never
+//! trained on, and evaluated by default by `flora eval` and the promote gate.
 
 use std::path::{Path, PathBuf};
 
@@ -46,11 +48,34 @@ pub struct DatasetIndex {
     pub samples: Vec<Sample>,
     /// The subset of each sample when the dataset ships `train/` and `val/` folders.
     pub fixed_split: Option<Vec<Subset>>,
+    /// The held-out `test/` folder (folder-per-class), when the dataset has one: never trained
+    /// on, and what eval and the promote gate use by default.
+    pub test_dir: Option<PathBuf>,
 }
 
 /// True for folder or file names that flora never treats as data (`_inbox`, `.hidden`).
 pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('_') || name.starts_with('.')
+}
+
+/// Checks that `name` can be a class: a plain folder name (no separators, no control
+/// characters, not `_`/`.`-prefixed, at most 255 bytes), so that joining it onto the dataset
+/// folder can never leave it. Class names come back from files flora did not write itself
+/// (bundles, manifests), so every use as a path goes through this.
+pub fn check_class_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || is_ignored_name(name)
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        bail!(
+            "class name {name:?} is not a plain folder name (no '/', '\\', control characters, \
+             leading '_' or '.')"
+        );
+    }
+    Ok(())
 }
 
 impl DatasetIndex {
@@ -78,7 +103,8 @@ impl DatasetIndex {
                 root.display()
             );
         }
-        let (train, val) = (root.join("train"), root.join("val"));
+        let (train, val, test) = (root.join("train"), root.join("val"), root.join("test"));
+        let test_dir = test.is_dir().then_some(test);
         let index = if train.is_dir() && val.is_dir() {
             let classes = class_names(&train)?;
             let mut samples = class_files(root, &train, &classes)?;
@@ -105,15 +131,27 @@ impl DatasetIndex {
                 classes,
                 samples,
                 fixed_split: Some(fixed),
+                test_dir,
             }
         } else {
-            let classes = class_names(root)?;
-            let samples = class_files(root, root, &classes)?;
+            // `train/` + `test/`: the classes are under train/; `<class>/` + `test/`: every
+            // folder but test/ is a class.
+            let dir = if train.is_dir() && test_dir.is_some() {
+                train
+            } else {
+                root.to_path_buf()
+            };
+            let mut classes = class_names(&dir)?;
+            if test_dir.is_some() {
+                classes.retain(|c| c != "test");
+            }
+            let samples = class_files(root, &dir, &classes)?;
             Self {
                 root: root.to_path_buf(),
                 classes,
                 samples,
                 fixed_split: None,
+                test_dir,
             }
         };
         Ok(index)

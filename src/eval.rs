@@ -60,17 +60,43 @@ pub fn samples_from_dir(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
         .collect())
 }
 
-/// The validation samples of a run's own split (`split.csv`), under the run's data folder.
-pub fn samples_from_run(run: &RunInfo, classes: &[String]) -> Result<Vec<Sample>> {
+/// What `flora eval` and the promote gate evaluate when no folder is given: the `test/` folder
+/// of the run's dataset when it has one, else the run's own validation split. Returns the
+/// samples and a description for the user ("dataset/test", "the validation split of run X").
+pub fn default_samples(run: &RunInfo, classes: &[String]) -> Result<(Vec<Sample>, String)> {
+    let test = run_data_dir(run)?.join("test");
+    if test.is_dir() {
+        let samples = samples_from_dir(&test, classes)?;
+        return Ok((samples, format!("the held-out set {}", test.display())));
+    }
+    let samples = samples_from_run(run, classes)?;
+    Ok((
+        samples,
+        format!("the validation split of run {}", run.run_name),
+    ))
+}
+
+/// The dataset folder a run trained on (its `data.dir` parameter).
+fn run_data_dir(run: &RunInfo) -> Result<PathBuf> {
     let params = store::read_params(run)?;
-    let root = PathBuf::from(
+    Ok(PathBuf::from(
         params
             .get("data.dir")
             .context("the run has no data.dir parameter")?,
-    );
-    let rows = split::read_csv(&run.artifacts().join("split.csv"))?;
+    ))
+}
+
+/// The validation samples of a run's own split (`split.csv`), under the run's data folder.
+/// Every row's path and class are checked, since the file is read back from disk.
+pub fn samples_from_run(run: &RunInfo, classes: &[String]) -> Result<Vec<Sample>> {
+    let root = run_data_dir(run)?;
+    let csv = run.artifacts().join("split.csv");
+    let rows = split::read_csv(&csv)?;
     let mut out = Vec::new();
     for r in rows.into_iter().filter(|r| r.subset == "val") {
+        let rel = fsutil::check_relative(&r.path)
+            .with_context(|| format!("{} has a bad row", csv.display()))?;
+        let path = root.join(rel);
         let class = classes
             .iter()
             .position(|c| *c == r.class)
@@ -81,7 +107,7 @@ pub fn samples_from_run(run: &RunInfo, classes: &[String]) -> Result<Vec<Sample>
                 )
             })?;
         out.push(Sample {
-            path: root.join(&r.path),
+            path,
             rel: r.path,
             class,
         });

@@ -5,6 +5,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// Checks a relative path read back from a file flora keeps (a split, a journal, a manifest):
+/// it must be relative, `/`-separated, and made of plain names only (no `..`, `.`, empty or
+/// absolute parts), so that joining it onto its base folder can never leave that folder.
+pub fn check_relative(path: &str) -> Result<&Path> {
+    let plain = !path.is_empty()
+        && !path.contains('\\')
+        && !path.chars().any(char::is_control)
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !plain {
+        anyhow::bail!("path {path:?} is not a plain relative path inside its folder");
+    }
+    Ok(Path::new(path))
+}
+
 /// A temp name beside `path`, unique to this process and call.
 pub fn temp_sibling(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};

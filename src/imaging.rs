@@ -4,7 +4,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 use rand::Rng;
@@ -41,11 +41,19 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     })
 }
 
-/// Decodes an in-memory image by its content, within `limits`.
+/// Decodes an in-memory image by its content, within `limits`. An image whose pixel data ends
+/// early (a truncated download or copy) is an error, not a picture with made-up rows.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
     let format = sniff_format(bytes).ok_or_else(|| {
         anyhow!("not a supported image (expected JPEG, PNG, BMP, GIF, WebP or TIFF content)")
     })?;
+    if format == ImageFormat::Jpeg && !ends_with_eoi(bytes) {
+        return decode_unterminated_jpeg(bytes, limits);
+    }
+    decode_as(bytes, format, limits)
+}
+
+fn decode_as(bytes: &[u8], format: ImageFormat, limits: DecodeLimits) -> Result<DynamicImage> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut l = Limits::default();
     l.max_image_width = Some(limits.max_side);
@@ -55,6 +63,33 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
     reader
         .decode()
         .map_err(|e| anyhow!("cannot decode {format:?} image: {e}"))
+}
+
+/// True when a JPEG ends with its end-of-image marker (trailing zero padding allowed).
+fn ends_with_eoi(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
+}
+
+/// A JPEG without an end marker is either complete but unterminated (some cameras write
+/// these) or cut off. JPEG decoders fill a cut-off scan with invented data without an error,
+/// so this tells the two apart by what follows the data: decoded once with the end marker
+/// appended and once with filler bytes before it, a complete image comes out the same (the
+/// filler lies after its last block), a cut-off one differs (the filler is read as image data).
+fn decode_unterminated_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
+    const EOI: [u8; 2] = [0xFF, 0xD9];
+    let terminated = [bytes, &EOI[..]].concat();
+    let image = decode_as(&terminated, ImageFormat::Jpeg, limits)?;
+    let filled = [bytes, &[0x5A; 256][..], &EOI[..]].concat();
+    let same = decode_as(&filled, ImageFormat::Jpeg, limits)
+        .is_ok_and(|other| other.as_bytes() == image.as_bytes());
+    if !same {
+        bail!(
+            "truncated JPEG: the file ends before its image data does (an incomplete download \
+             or copy); copy or export it again"
+        );
+    }
+    Ok(image)
 }
 
 /// Reads and decodes an image file by its content.
@@ -197,6 +232,68 @@ mod tests {
             image::Rgba([0, 0, 0, 0]),
         ));
         assert_eq!(to_rgb(&img).get_pixel(0, 0).0, [255, 255, 255]);
+    }
+
+    /// A real test image (a Fashion-MNIST bag), scaled up so that every format spreads its
+    /// pixel data over many rows and blocks.
+    fn sample() -> DynamicImage {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fashion-mnist/train/bag"
+        );
+        let first = std::fs::read_dir(path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let img = load(&first).unwrap().to_rgb8();
+        DynamicImage::ImageRgb8(imageops::resize(&img, 96, 80, FilterType::Triangle))
+    }
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn truncated_images_are_refused_in_every_format() {
+        let img = sample();
+        for format in [
+            ImageFormat::Jpeg,
+            ImageFormat::Png,
+            ImageFormat::Bmp,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Tiff,
+        ] {
+            let bytes = encode(&img, format);
+            assert!(
+                decode(&bytes, DecodeLimits::default()).is_ok(),
+                "{format:?}"
+            );
+            for share in [0.6, 0.9] {
+                let cut = &bytes[..(bytes.len() as f64 * share) as usize];
+                assert!(
+                    decode(cut, DecodeLimits::default()).is_err(),
+                    "{format:?} cut at {share} decoded"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_jpeg_missing_only_its_end_marker_is_accepted() {
+        let bytes = encode(&sample(), ImageFormat::Jpeg);
+        assert!(bytes.ends_with(&[0xFF, 0xD9]));
+        let whole = decode(&bytes, DecodeLimits::default()).unwrap();
+        let unterminated = decode(&bytes[..bytes.len() - 2], DecodeLimits::default()).unwrap();
+        assert_eq!(whole.as_bytes(), unterminated.as_bytes());
+        // Cut a few bytes into the last blocks: refused, though the decoder alone takes it.
+        let cut = &bytes[..bytes.len() - 40];
+        assert!(decode_as(cut, ImageFormat::Jpeg, DecodeLimits::default()).is_ok());
+        assert!(decode(cut, DecodeLimits::default()).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub struct PromoteRequest {
     pub run: String,
     /// Slot to fill (default: the one that is not live; blue when neither is filled).
     pub to: Option<Slot>,
-    /// Gate data (default: the candidate's own validation split).
+    /// Gate data (default: the dataset's `test/` folder, else the candidate's validation split).
     pub data: Option<std::path::PathBuf>,
     /// Promote even when the candidate is worse than the live model.
     pub force: bool,
@@ -63,11 +63,18 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
     let lock = registry.lock(Duration::from_secs(3))?;
 
     // The gate: candidate and live model on the same data.
-    let samples = match &req.data {
-        Some(dir) => eval::samples_from_dir(&std::path::absolute(dir)?, &candidate.meta.classes)?,
-        None => eval::samples_from_run(&run, &candidate.meta.classes)?,
+    let (samples, what) = match &req.data {
+        Some(dir) => {
+            let dir = std::path::absolute(dir)?;
+            let samples = eval::samples_from_dir(&dir, &candidate.meta.classes)?;
+            (samples, dir.display().to_string())
+        }
+        None => eval::default_samples(&run, &candidate.meta.classes)?,
     };
-    eprintln!("gate: evaluating the candidate on {} images", samples.len());
+    eprintln!(
+        "gate: evaluating the candidate on {} images of {what}",
+        samples.len()
+    );
     let cand_acc = eval::evaluate(&candidate, &samples)?.report.accuracy;
     let mut compared_with = None;
     if let Some(live_slot) = live

@@ -143,7 +143,8 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
         }
         None => {
             let classes_of: Vec<usize> = cache.samples.iter().map(|s| s.class).collect();
-            split::stratified(
+            split::stable(
+                &cache.content_hashes,
                 &classes_of,
                 index.classes.len(),
                 cfg.data.val_fraction,
@@ -182,6 +183,12 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
         val.len(),
         cfg.data.image_size
     );
+    if let Some(test) = &index.test_dir {
+        eprintln!(
+            "held-out test set: {} (never trained on; eval and the promote gate use it)",
+            test.display()
+        );
+    }
     Ok(Prepared {
         classes: index.classes,
         cache,

@@ -161,10 +161,13 @@ fn eval_defaults_to_the_runs_validation_split_and_logs_into_the_run() {
     let acc = std::fs::read_to_string(run.join("metrics/eval_accuracy")).unwrap();
     assert_eq!(acc.lines().next().unwrap().split(' ').count(), 3);
     assert!(run.join("tags/flora.eval_data_fingerprint").is_file());
-    // The val split is 12 per class: support adds up.
+    // Without --data, eval uses the run's own validation split: support adds up to it.
     let j: Value =
         serde_json::from_str(&ok(dir.path(), &["eval", "--run", "base", "--json"])).unwrap();
-    assert_eq!(j["num_images"], 48);
+    let split = std::fs::read_to_string(run.join("artifacts/split.csv")).unwrap();
+    let val = split.lines().filter(|l| l.ends_with(",val")).count();
+    assert!(val >= 4, "{split}");
+    assert_eq!(j["num_images"], val);
 }
 
 #[test]
@@ -209,9 +212,13 @@ fn saved_and_reloaded_bundle_gives_identical_probabilities() {
 fn fused_engine_matches_the_burn_forward_pass() {
     use flora::bundle::{Engine, ModelBundle};
     let (dir, held_out) = trained();
+    // Both engines are set here, whatever FLORA_ENGINE says in the environment.
     let mut burn = ModelBundle::load(&find_bundle(dir.path())).unwrap();
-    let fused = burn.clone();
+    let mut fused = burn.clone();
     burn.set_engine(Engine::Burn);
+    fused.set_engine(Engine::Fused);
+    assert_eq!(burn.engine(), Engine::Burn);
+    assert_eq!(fused.engine(), Engine::Fused);
     let images: Vec<image::RgbImage> = std::fs::read_dir(held_out.join("bag"))
         .unwrap()
         .chain(std::fs::read_dir(held_out.join("sneaker")).unwrap())
@@ -337,6 +344,45 @@ fn gate_and_bad_models_give_clear_errors() {
     std::fs::write(b.join("bundle.json"), b"{ nope").unwrap();
     let err = predict_broken();
     assert!(err.contains("bundle.json"), "{err}");
+    // Values out of range are refused when the bundle loads, never a panic later; a class
+    // name that is a path (merge makes folders from them) is refused too.
+    let good: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("bundle.json")).unwrap()).unwrap();
+    let bad_values: [(&str, Value, &str); 6] = [
+        ("dropout", 1.5.into(), "dropout = 1.5"),
+        ("image_size", 8.into(), "image_size = 8"),
+        (
+            "image_size",
+            4_000_000_000u64.into(),
+            "image_size = 4000000000",
+        ),
+        (
+            "classes",
+            serde_json::json!(["bag", "../../evil", "t", "u"]),
+            "../../evil",
+        ),
+        (
+            "classes",
+            serde_json::json!(["bag", "bag", "t", "u"]),
+            "listed twice",
+        ),
+        (
+            "normalization",
+            serde_json::json!({"mean": [0.0, 0.0, 0.0], "std": [0.0, 1.0, 1.0]}),
+            "std",
+        ),
+    ];
+    for (key, value, says) in bad_values {
+        let mut meta = good.clone();
+        meta[key] = value;
+        std::fs::write(b.join("bundle.json"), meta.to_string()).unwrap();
+        let err = predict_broken();
+        assert!(
+            err.contains("not a usable model bundle") && err.contains(says),
+            "{key}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 
     // No model at all.
     let empty = tempfile::tempdir().unwrap();
@@ -368,6 +414,26 @@ fn predict_reports_bad_files_and_goes_on() {
         b"definitely not a jpeg",
     )
     .unwrap();
+    // A JPEG cut at 60% is refused (decoders fill the missing rows in silently); one that is
+    // complete but lacks only its end marker, as some cameras write, is accepted.
+    let photo = image::load_from_memory(&png).unwrap().resize_exact(
+        96,
+        96,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    std::fs::write(
+        mixed.path().join("bag/cut.jpg"),
+        &jpeg[..jpeg.len() * 6 / 10],
+    )
+    .unwrap();
+    std::fs::write(
+        mixed.path().join("bag/no_end_marker.jpg"),
+        &jpeg[..jpeg.len() - 2],
+    )
+    .unwrap();
     std::fs::write(
         mixed.path().join("bag/readme.txt"),
         b"not an image, skipped quietly",
@@ -379,12 +445,17 @@ fn predict_reports_bad_files_and_goes_on() {
     );
     assert!(!out.status.success());
     let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(lines.len(), 4, "the good ones");
+    assert_eq!(lines.len(), 5, "the 4 good ones and the unterminated JPEG");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("truncated.png") && err.contains("garbage.jpg"),
         "{err}"
     );
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated JPEG"),
+        "{err}"
+    );
+    assert!(!err.contains("no_end_marker"), "{err}");
     assert!(!err.contains("readme.txt"), "{err}");
     // Named directly, a non-image is reported.
     let out = run(

@@ -101,11 +101,19 @@ fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
     let split = std::fs::read_to_string(art.join("split.csv")).unwrap();
     assert!(split.starts_with("path,class,subset"));
     assert_eq!(split.lines().count(), 1 + 4 * 40);
+    // The split is by content hash: about 20% per class, at least one image each side.
+    let val = split.lines().filter(|l| l.ends_with(",val")).count();
+    assert!((16..=48).contains(&val), "{val} of 160 in val");
     assert_eq!(
-        split.lines().filter(|l| l.ends_with(",val")).count(),
-        4 * 8,
-        "20% per class"
+        std::fs::read_to_string(run.join("params/num_val")).unwrap(),
+        val.to_string()
     );
+    for class in CLASSES {
+        assert!(
+            split.lines().any(|l| l.ends_with(&format!("{class},val"))),
+            "{class} has no val image"
+        );
+    }
     let cfg = std::fs::read_to_string(art.join("config.toml")).unwrap();
     assert!(cfg.contains("epochs = 3"), "{cfg}");
 
@@ -207,12 +215,21 @@ fn bad_files_are_skipped_and_reported() {
         .unwrap()
         .path();
     std::fs::copy(&png, ds.join("sneaker/really_a_png.jpg")).unwrap();
+    // A JPEG whose data stops at 60%: skipped, not trained on with invented rows.
+    let photo =
+        image::open(&png)
+            .unwrap()
+            .resize_exact(96, 96, image::imageops::FilterType::Triangle);
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    std::fs::write(ds.join("sneaker/cut.jpg"), &jpeg[..jpeg.len() * 6 / 10]).unwrap();
     // Inboxes are not classes.
     copy_classes(&ds, &ds.join("_UNLABELED_SORT_ME"), &["bag"], 5);
     let out = run(dir.path(), &["train"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("skipped 3 file(s)"), "{stderr}");
+    assert!(stderr.contains("skipped 4 file(s)"), "{stderr}");
     assert!(
         stderr.contains("corrupt.png")
             && stderr.contains("empty.jpg")
@@ -221,14 +238,24 @@ fn bad_files_are_skipped_and_reported() {
     );
     assert!(stderr.contains("4 classes"), "{stderr}");
     let (_, run_dir) = only_run(dir.path());
-    assert_eq!(
-        std::fs::read_to_string(run_dir.join("params/num_skipped")).unwrap(),
-        "3"
+    assert!(
+        stderr.contains("cut.jpg") && stderr.contains("truncated JPEG"),
+        "{stderr}"
     );
     assert_eq!(
-        std::fs::read_to_string(run_dir.join("params/num_train")).unwrap(),
-        "65",
-        "4*20+1 good - 16 val"
+        std::fs::read_to_string(run_dir.join("params/num_skipped")).unwrap(),
+        "4"
+    );
+    let count = |key: &str| -> usize {
+        std::fs::read_to_string(run_dir.join("params").join(key))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        count("num_train") + count("num_val"),
+        4 * 20 + 1,
+        "the good files"
     );
 }
 

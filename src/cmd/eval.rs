@@ -20,7 +20,11 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
     let bundle = chosen.load()?;
     let samples = match (&args.data, chosen.run()) {
         (Some(dir), _) => eval::samples_from_dir(&std::path::absolute(dir)?, &bundle.meta.classes)?,
-        (None, Some(run)) => eval::samples_from_run(run, &bundle.meta.classes)?,
+        (None, Some(run)) => {
+            let (samples, what) = eval::default_samples(run, &bundle.meta.classes)?;
+            eprintln!("data: {what} ({} images)", samples.len());
+            samples
+        }
         (None, None) => {
             bail!("this model has no run to take a validation split from: pass --data DIR")
         }

@@ -32,6 +32,15 @@ impl Arch {
             Arch::MobilenetV2 => "mobilenet_v2",
         }
     }
+
+    /// The smallest input side the architecture can take: the `cnn`'s four 2×2 pools leave
+    /// nothing below 16 pixels.
+    pub fn min_image_size(self) -> u32 {
+        match self {
+            Arch::Cnn => 16,
+            Arch::MobilenetV2 => 8,
+        }
+    }
 }
 
 /// An image classifier: NCHW float images in, class logits out.

@@ -139,3 +139,18 @@ pub fn yaml(path: &Path) -> std::collections::BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// An outside program a test needs (MLflow's Python, a browser, ...), found at `path`. Missing,
+/// the test is skipped with a note saying why and how to get it, except under `CI=true`, where
+/// a missing program fails the test (`.ci/run` installs everything).
+pub fn outside_program(path: &Path, what: &str, how: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path.to_path_buf());
+    }
+    let msg = format!("{what} not found at {}; {how}", path.display());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (CI=true: .ci/run must install it)");
+    }
+    eprintln!("SKIPPED (not run): {msg}");
+    None
+}
