@@ -40,6 +40,22 @@ pub enum Command {
     Status(StatusArgs),
     /// Fold collected uploads back into the dataset, pre-sorted by the model.
     Merge(MergeArgs),
+    /// Probe a running `flora serve` (GET /health): exit 0 if healthy, for container checks.
+    Health(HealthArgs),
+}
+
+/// `flora health`
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The health URL (default: http://HOST:PORT/health from [serve] in flora.toml).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
+    /// Print nothing when healthy.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `flora init`

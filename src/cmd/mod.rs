@@ -2,6 +2,7 @@
 //! Each returns the process exit code.
 
 pub mod eval;
+pub mod health;
 pub mod init;
 pub mod merge;
 pub mod predict;
@@ -32,5 +33,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Promote(args) => promote::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Status(args) => promote::status(&Settings::load(cli.config.as_deref())?, &args),
         Command::Merge(args) => merge::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Health(args) => health::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }
