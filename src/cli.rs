@@ -144,6 +144,18 @@ pub struct PredictArgs {
     /// One JSON line per image.
     #[arg(long)]
     pub json: bool,
+    /// Also write why the model decided: an occlusion heat map over each image
+    /// (`<name>.explain.png`) and alone (`<name>.heat.png`).
+    #[arg(long)]
+    pub explain: bool,
+    /// Folder for the --explain images.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "explain",
+        requires = "explain"
+    )]
+    pub explain_dir: PathBuf,
 }
 
 /// `flora serve`: flags override the `[serve]` keys of the same name.

@@ -28,7 +28,7 @@ pub fn run(settings: &Settings, args: &HealthArgs) -> Result<ExitCode> {
         .build()
         .into();
     match agent.get(&url).call() {
-        Ok(mut resp) if resp.status() == 200 => {
+        Ok(resp) if resp.status() == 200 => {
             if !args.quiet {
                 println!("healthy: {url}");
             }

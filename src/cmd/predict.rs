@@ -1,14 +1,16 @@
 //! `flora predict PATH...`: top-k classes per image, as a table or JSON lines.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::bundle::ModelBundle;
 use crate::cli::PredictArgs;
 use crate::config::Settings;
-use crate::{imaging, infer, select};
+use crate::{explain, fsutil, imaging, infer, select};
 
 /// Predicts every image named or found in the folders; exits 1 if any named file failed.
 pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
@@ -25,6 +27,7 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
     if !args.json {
         println!("{:<40} {:<16} {:>7}  runner-ups", "file", "class", "conf");
     }
+    let mut explained = HashSet::new();
     for (path, r) in files.iter().zip(results) {
         let probs = match r {
             Ok(p) => p,
@@ -36,6 +39,17 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
         };
         let top = bundle.top_k(&probs, k);
         let info = bundle.meta.class_info.get(&top[0].class);
+        let explanation = match args.explain {
+            true => match explain_file(&bundle, path, &probs, &args.explain_dir, &mut explained) {
+                Ok(out) => Some(out),
+                Err(e) => {
+                    eprintln!("error: explaining {}: {e:#}", path.display());
+                    failures += 1;
+                    None
+                }
+            },
+            false => None,
+        };
         if args.json {
             let mut line = json!({
                 "path": path.display().to_string(),
@@ -46,6 +60,9 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
             });
             if let Some(info) = info {
                 line["info"] = json!(info);
+            }
+            if let Some((overlay, heat)) = &explanation {
+                line["explanation"] = json!({"overlay": overlay, "heat": heat});
             }
             println!("{line}");
         } else {
@@ -69,6 +86,9 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
                     .collect();
                 println!("{:<40} {}", "", facts.join("; "));
             }
+            if let Some((overlay, _)) = &explanation {
+                println!("{:<40} why: {}", "", overlay.display());
+            }
         }
     }
     if failures > 0 {
@@ -76,6 +96,54 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `<stem>.explain.png` (the image with the occlusion map over it) and `<stem>.heat.png`
+/// (the map alone, at the model's input size) into `dir` for the top class; returns both paths.
+/// `used` keeps names unique when files of the same name come from several folders.
+fn explain_file(
+    bundle: &ModelBundle,
+    path: &Path,
+    probs: &[f32],
+    dir: &Path,
+    used: &mut HashSet<String>,
+) -> Result<(PathBuf, PathBuf)> {
+    let rgb = imaging::to_rgb(&imaging::load(path)?);
+    let side = bundle.meta.image_size;
+    let class = (0..probs.len())
+        .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+        .context("no classes")?;
+    let exp = explain::occlusion(bundle, imaging::square(&rgb, side).as_raw(), class);
+    let shown = rgb.width().min(rgb.height()).clamp(side, 512);
+    let overlay = exp.overlay(&imaging::square(&rgb, shown));
+    let stem = path
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    let mut name = stem.clone();
+    let mut n = 1;
+    while !used.insert(name.clone()) {
+        n += 1;
+        name = format!("{stem}-{n}");
+    }
+    let out = (
+        dir.join(format!("{name}.explain.png")),
+        dir.join(format!("{name}.heat.png")),
+    );
+    fsutil::write_atomic(
+        &out.0,
+        &png_bytes(&image::DynamicImage::ImageRgb8(overlay))?,
+    )?;
+    fsutil::write_atomic(
+        &out.1,
+        &png_bytes(&image::DynamicImage::ImageLuma8(exp.heat_image()))?,
+    )?;
+    Ok(out)
+}
+
+fn png_bytes(img: &image::DynamicImage) -> Result<Vec<u8>> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
 }
 
 /// Files named directly are always tried (and reported when unreadable); folders are walked
