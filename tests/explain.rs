@@ -100,7 +100,7 @@ fn occlusion_heat_falls_on_the_object() {
             .path()
             .join(v["explanation"]["overlay"].as_str().unwrap());
         assert!(overlay.starts_with(dir.path().join("why")), "{overlay:?}");
-        assert_eq!(image::open(&overlay).unwrap().width(), SIDE);
+        assert_eq!(image::open(&overlay).unwrap().width(), 256);
         let heat = image::open(&heat_path).unwrap().to_luma8();
         assert_eq!(heat.dimensions(), (SIDE, SIDE));
         let (bx, by) = boxes[&stem];

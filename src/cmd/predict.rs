@@ -114,7 +114,8 @@ fn explain_file(
         .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
         .context("no classes")?;
     let exp = explain::occlusion(bundle, imaging::square(&rgb, side).as_raw(), class);
-    let shown = rgb.width().min(rgb.height()).clamp(side, 512);
+    // Shown at 256 to 512 px (never below the model's input), whatever the source size.
+    let shown = rgb.width().min(rgb.height()).clamp(256, 512).max(side);
     let overlay = exp.overlay(&imaging::square(&rgb, shown));
     let stem = path
         .file_stem()
