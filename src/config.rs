@@ -178,6 +178,26 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// Predictions below this confidence are counted as low-confidence (a drift signal).
     pub low_confidence: f32,
+    /// Seconds a connection may take to send a request's headers, or leave its body silent,
+    /// before it is closed (also closes idle keep-alive connections).
+    pub stall_timeout_secs: u64,
+    /// Seconds one request may take in all (upload, decode, inference): 408 or 503 past it.
+    pub request_timeout_secs: u64,
+    /// Most connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Seconds a shutdown waits for in-flight requests before closing their connections.
+    pub shutdown_timeout_secs: u64,
+    /// Most uploads decoded at once (0: two per core).
+    pub max_decodes: usize,
+    /// Most bytes of decoded pixels waiting for the model; past it requests get 503.
+    pub max_queue_bytes: usize,
+    /// Collection is skipped (the prediction still answered) while the disk holding
+    /// `collected_data/` has less free space than this, in bytes.
+    pub collect_min_free_bytes: u64,
+    /// Origins (`https://host[:port]`) besides the server's own host allowed to POST.
+    pub allowed_origins: Vec<String>,
+    /// Peer addresses of reverse proxies whose `X-Forwarded-Host` header is trusted.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServeConfig {
@@ -192,6 +212,15 @@ impl Default for ServeConfig {
             max_decode_bytes: 64 * 1024 * 1024,
             max_batch: 16,
             low_confidence: 0.5,
+            stall_timeout_secs: 30,
+            request_timeout_secs: 120,
+            max_connections: 512,
+            shutdown_timeout_secs: 10,
+            max_decodes: 0,
+            max_queue_bytes: 64 * 1024 * 1024,
+            collect_min_free_bytes: 1024 * 1024 * 1024,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -353,6 +382,37 @@ impl Config {
                 self.serve.low_confidence
             );
         }
+        let sv = &self.serve;
+        for (key, v) in [
+            ("stall_timeout_secs", sv.stall_timeout_secs),
+            ("request_timeout_secs", sv.request_timeout_secs),
+            ("shutdown_timeout_secs", sv.shutdown_timeout_secs),
+        ] {
+            if !(1..=86_400).contains(&v) {
+                bail!("serve.{key} = {v} is out of range: use 1 to 86400 seconds");
+            }
+        }
+        if sv.max_connections == 0 || sv.max_connections > 1_000_000 {
+            bail!(
+                "serve.max_connections = {} is out of range: use 1 to 1000000",
+                sv.max_connections
+            );
+        }
+        if sv.max_queue_bytes == 0 {
+            bail!("serve.max_queue_bytes must be positive");
+        }
+        for o in &sv.allowed_origins {
+            let host = o
+                .strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .map(|r| r.trim_end_matches('/'));
+            if !host.is_some_and(|h| !h.is_empty() && !h.contains('/')) {
+                bail!(
+                    "serve.allowed_origins: {o:?} is not an origin: write it as the browser \
+                     sends it, e.g. \"https://flora.example.org\" or \"http://localhost:3000\""
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -397,6 +457,15 @@ max_image_side = 4096          # decoder limits: larger images (and decompressio
 max_decode_bytes = 67108864    # 64 MB
 max_batch = 16                 # concurrent requests run through the model together (1 = off)
 low_confidence = 0.5           # predictions below it are counted in flora_low_confidence_total
+stall_timeout_secs = 30        # headers not complete, or body silent, this long: connection closed
+request_timeout_secs = 120     # one request in all (upload, decode, inference): 408 or 503 past it
+max_connections = 512          # connections served at once; more wait to be accepted
+shutdown_timeout_secs = 10     # SIGINT/SIGTERM waits this long for in-flight requests
+max_decodes = 0                # uploads decoded at once (0 = two per core)
+max_queue_bytes = 67108864     # 64 MB of decoded pixels waiting for the model; past it 503
+collect_min_free_bytes = 1073741824  # below 1 GB free on its disk, uploads are not saved (still answered)
+allowed_origins = []           # browser origins, besides the server's own, that may POST (e.g. "https://app.example.org")
+trusted_proxies = []           # proxy IPs whose X-Forwarded-Host counts as the host (e.g. ["127.0.0.1"])
 # admin_token = "..."          # or set FLORA_ADMIN_TOKEN; without one the admin endpoints answer 403
 
 # Free facts per class, shown by `flora predict` and `flora serve`:

@@ -13,16 +13,18 @@ use prometheus_client::registry::Registry;
 
 use super::models::Snapshot;
 
+/// Request labels: `route` and `method` come from fixed sets (`&'static str`), so clients
+/// cannot add series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,7 +35,7 @@ struct PredictionLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +69,9 @@ pub struct Metrics {
     model_reloads: Counter,
     collected: Counter,
     collection_failures: Counter,
+    collection_skipped: Family<ReasonLabels, Counter>,
+    decodes_running: Gauge,
+    connections_open: Gauge,
     _start_time: FloatGauge,
     resident_memory: Gauge,
     virtual_memory: Gauge,
@@ -155,6 +160,25 @@ impl Metrics {
             "Uploads that could not be saved (the prediction was still answered)",
             collection_failures.clone(),
         );
+        let collection_skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "flora_collection_skipped",
+            "Uploads not saved on purpose: duplicate (same bytes already collected) or low_disk \
+             (less free space than serve.collect_min_free_bytes); the prediction was answered",
+            collection_skipped.clone(),
+        );
+        let decodes_running = Gauge::default();
+        registry.register(
+            "flora_decodes_running",
+            "Uploads being decoded now (at most serve.max_decodes)",
+            decodes_running.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "flora_connections_open",
+            "HTTP connections being served now (at most serve.max_connections)",
+            connections_open.clone(),
+        );
         let start_time = FloatGauge::default();
         start_time.set(process_start_seconds());
         registry.register(
@@ -189,25 +213,26 @@ impl Metrics {
             model_reloads,
             collected,
             collection_failures,
+            collection_skipped,
+            decodes_running,
+            connections_open,
             _start_time: start_time,
             resident_memory,
             virtual_memory,
         }
     }
 
-    /// Counts one finished HTTP request.
-    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+    /// Counts one finished HTTP request (`route` and `method` from fixed sets).
+    pub fn request(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.into(),
-                method: method.into(),
+                route,
+                method,
                 status,
             })
             .inc();
         self.request_seconds
-            .get_or_create(&RouteLabels {
-                route: route.into(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(took.as_secs_f64());
     }
 
@@ -226,12 +251,25 @@ impl Metrics {
     }
 
     /// Counts one failure.
-    pub fn failure(&self, reason: &str) {
-        self.failures
-            .get_or_create(&ReasonLabels {
-                reason: reason.into(),
-            })
+    pub fn failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts one upload whose collection was skipped on purpose (`duplicate`, `low_disk`).
+    pub fn collection_skipped(&self, reason: &'static str) {
+        self.collection_skipped
+            .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// The gauge of decodes running now.
+    pub fn decodes_running(&self) -> &Gauge {
+        &self.decodes_running
+    }
+
+    /// The gauge of connections open now.
+    pub fn connections_open(&self) -> &Gauge {
+        &self.connections_open
     }
 
     /// Records one forward pass of `batch` images.

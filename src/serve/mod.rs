@@ -3,16 +3,22 @@
 //! - [`models`]: the loaded slots and the live one, kept in step with `models/` (polled).
 //! - [`worker`]: the inference thread, which batches requests that queue up.
 //! - [`routes`]: the endpoints; [`error`]: JSON errors; [`metrics`]: Prometheus metrics.
+//! - [`listen`]: the accept loop (timeouts, connection cap, shutdown deadline);
+//!   [`limits`]: the per-request deadline; [`origin`]: the cross-origin check.
 
 pub mod error;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod models;
+pub mod origin;
 pub mod routes;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -49,21 +55,28 @@ pub struct App {
     pub worker: Worker,
     pub limits: DecodeLimits,
     /// Bounds how many uploads are decoded at once (and so the decoders' memory).
-    pub decode_permits: Semaphore,
+    pub decode_permits: Arc<Semaphore>,
     pub collect: bool,
     pub collected_dir: PathBuf,
+    /// Collection is skipped below this much free disk space.
+    pub collect_min_free_bytes: u64,
     /// The project folder: collected paths are shown relative to it.
     pub base: PathBuf,
-    pub admin_token: Option<String>,
+    /// SHA-256 of the admin token, if one is configured.
+    pub admin_token_sha256: Option<[u8; 32]>,
     pub low_confidence: f32,
     pub max_body_bytes: usize,
+    pub stall_timeout: Duration,
+    pub request_timeout: Duration,
+    pub origins: origin::OriginPolicy,
 }
 
 impl App {
     /// Checks the bearer token of an admin request: 403 when no token is configured, 401 when
-    /// it is missing or wrong.
+    /// it is missing or wrong. The scheme is matched in any case; the token is compared by
+    /// SHA-256 digest in constant time, so neither its content nor its length leaks.
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.admin_token else {
+        let Some(expected) = &self.admin_token_sha256 else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "admin_disabled",
@@ -75,10 +88,9 @@ impl App {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         match given {
-            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(t) if token_matches(t, expected) => Ok(()),
             Some(_) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -101,12 +113,29 @@ impl App {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` header value (scheme in any case).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
-/// The router with every endpoint, the body limit, JSON errors and request metrics.
+/// Whether `given` is the token whose SHA-256 is `expected`: digests compared in constant time.
+fn token_matches(given: &str, expected: &[u8; 32]) -> bool {
+    let digest = crate::fingerprint::sha256(given.as_bytes());
+    digest
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The router with every endpoint, the body limit, JSON errors, the request deadline, the
+/// cross-origin check and request metrics.
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    use axum::middleware::from_fn_with_state;
     Router::new()
         .route("/", get(routes::index))
         .route("/health", get(routes::health))
@@ -116,10 +145,9 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/admin/switch-model", post(routes::switch_model))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::map_response(error::json_errors))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            routes::track,
-        ))
+        .layer(from_fn_with_state(app.clone(), limits::deadline))
+        .layer(from_fn_with_state(app.clone(), origin::guard))
+        .layer(from_fn_with_state(app.clone(), routes::track))
         .with_state(app)
 }
 
@@ -138,22 +166,36 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         .filter(|t| !t.trim().is_empty())
         .or_else(|| cfg.admin_token.clone().filter(|t| !t.trim().is_empty()))
         .map(|t| t.trim().to_string());
+    let decodes = if cfg.max_decodes == 0 {
+        cores * 2
+    } else {
+        cfg.max_decodes
+    };
     let app = Arc::new(App {
         models: models.clone(),
         metrics: metrics.clone(),
-        worker: Worker::start(cfg.max_batch, metrics.clone()),
+        worker: Worker::start(cfg.max_batch, cfg.max_queue_bytes, metrics.clone()),
         limits: DecodeLimits {
             max_side: cfg.max_image_side,
             max_alloc: cfg.max_decode_bytes,
         },
-        decode_permits: Semaphore::new(cores * 2),
+        decode_permits: Arc::new(Semaphore::new(decodes)),
         collect: opts.collect,
         collected_dir: settings.collected_dir(),
+        collect_min_free_bytes: cfg.collect_min_free_bytes,
         base: settings.base.clone(),
-        admin_token,
+        admin_token_sha256: admin_token.map(|t| crate::fingerprint::sha256(t.as_bytes())),
         low_confidence: cfg.low_confidence,
         max_body_bytes: cfg.max_body_bytes,
+        stall_timeout: Duration::from_secs(cfg.stall_timeout_secs),
+        request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+        origins: origin::OriginPolicy::new(&cfg.allowed_origins, &cfg.trusted_proxies),
     });
+    let conn_limits = listen::ConnLimits {
+        stall: Duration::from_secs(cfg.stall_timeout_secs),
+        max_connections: cfg.max_connections,
+        shutdown: Duration::from_secs(cfg.shutdown_timeout_secs),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = models.clone().watch(stop.clone());
 
@@ -175,7 +217,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         }
         eprintln!(
             "admin endpoints: {}",
-            if app.admin_token.is_some() {
+            if app.admin_token_sha256.is_some() {
                 "enabled (bearer token)"
             } else {
                 "disabled (set FLORA_ADMIN_TOKEN to enable)"
@@ -189,12 +231,25 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
                 "off".into()
             }
         );
+        if !local.ip().is_loopback() {
+            eprintln!(
+                "note: listening beyond this machine over plain HTTP: put a TLS proxy in front, \
+                 or the admin token and uploads travel in clear text"
+            );
+        }
         println!("flora serve listening on http://{local}");
-        axum::serve(listener, router(app.clone(), cfg.max_body_bytes))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving")
+        listen::serve(
+            listener,
+            router(app.clone(), cfg.max_body_bytes),
+            conn_limits,
+            metrics.clone(),
+            shutdown_signal(),
+        )
+        .await
+        .context("serving")
     });
+    // Decodes still running after the shutdown deadline are not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
     eprintln!("flora serve stopped");
@@ -227,9 +282,21 @@ mod tests {
 
     #[test]
     fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(!constant_time_eq(b"", b"a"));
+        let expected = crate::fingerprint::sha256(b"abc");
+        assert!(token_matches("abc", &expected));
+        assert!(!token_matches("abd", &expected));
+        assert!(!token_matches("abcd", &expected));
+        assert!(!token_matches("ab", &expected));
+        assert!(!token_matches("", &expected));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

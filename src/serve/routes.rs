@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::App;
 use super::error::{ApiError, Reason};
 use super::models::Loaded;
-use crate::collect::{self, Sidecar};
+use crate::collect::{self, Outcome, Sidecar};
 use crate::imaging;
 use crate::registry::Slot;
 
@@ -133,7 +133,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
 
     let size = model.bundle.meta.image_size;
     let limits = app.limits;
-    let permit = app.decode_permits.acquire().await.map_err(|_| {
+    let permit = app.decode_permits.clone().acquire_owned().await.map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -141,7 +141,13 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
         )
     })?;
     let decode_input = bytes.clone();
+    let running = app.metrics.decodes_running().clone();
+    // The permit lives in the blocking task: if the client goes away, the decode still
+    // counts against the limit until it ends.
     let pixels = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        running.inc();
+        let _running = DecGuard(running);
         imaging::prepare(&decode_input, size, limits).map(image::RgbImage::into_raw)
     })
     .await
@@ -159,7 +165,6 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
             format!("{e:#}"),
         )
     })?;
-    drop(permit);
 
     let probs = app
         .worker
@@ -180,7 +185,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
         .prediction(label, &best.class, best.confidence, app.low_confidence);
     let info = model.bundle.meta.class_info.get(&best.class);
 
-    let collected = if app.collect {
+    let (collected, collection) = if app.collect {
         let mut sidecar = Sidecar {
             id: collect::new_id(),
             time: jiff::Timestamp::now().to_string(),
@@ -195,15 +200,30 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
             sha256: String::new(),
         };
         let root = app.collected_dir.clone();
-        let saved =
-            tokio::task::spawn_blocking(move || collect::save(&root, &bytes, format, &mut sidecar))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .and_then(|r| r);
+        let min_free = app.collect_min_free_bytes;
+        let saved = tokio::task::spawn_blocking(move || {
+            collect::collect(&root, &bytes, format, &mut sidecar, min_free)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|r| r);
         match saved {
-            Ok(path) => {
+            Ok(Outcome::Saved(path)) => {
                 app.metrics.collected(true);
-                Some(app.display_path(&path))
+                (Some(app.display_path(&path)), "saved")
+            }
+            Ok(Outcome::Duplicate) => {
+                app.metrics.collection_skipped("duplicate");
+                (None, "duplicate")
+            }
+            Ok(Outcome::LowDisk { free }) => {
+                app.metrics.collection_skipped("low_disk");
+                eprintln!(
+                    "warning: not saving an upload: {} has {free} bytes free, below serve.collect_min_free_bytes = {}",
+                    app.collected_dir.display(),
+                    app.collect_min_free_bytes
+                );
+                (None, "low_disk")
             }
             Err(e) => {
                 app.metrics.collected(false);
@@ -211,11 +231,11 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
                     "error: saving an upload under {}: {e:#}",
                     app.collected_dir.display()
                 );
-                None
+                (None, "failed")
             }
         }
     } else {
-        None
+        (None, "off")
     };
 
     Ok(Json(json!({
@@ -228,7 +248,17 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
         },
         "top_k": top,
         "data_collected_at": collected,
+        "collection": collection,
     })))
+}
+
+/// Decrements a gauge when dropped (also when the decode panics).
+struct DecGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for DecGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The upload's bytes and the client's file name, from a multipart field `file` or a raw body.
@@ -366,15 +396,26 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// The method label for metrics: GET, POST, HEAD, else `other` (bounded cardinality: a
+/// client can send any method name).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts every request by route and status, its latency, and failures by reason.
 pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = route_label(req.uri().path());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
     let status = resp.status();
     app.metrics
-        .request(route, &method, status.as_u16(), start.elapsed());
+        .request(route, method, status.as_u16(), start.elapsed());
     if status.is_client_error() || status.is_server_error() {
         let reason = resp.extensions().get::<Reason>().map_or("other", |r| r.0);
         app.metrics.failure(reason);
