@@ -1,6 +1,7 @@
 //! Promotion of a run's model into a blue/green slot, behind an accuracy gate.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -36,7 +37,47 @@ pub struct Promotion {
     pub made_live: bool,
 }
 
-/// Copies the run's model into a slot, after checking the run and running the gate.
+/// What the slots held when the gate looked at them: a promote installs only if they still
+/// hold the same under the lock.
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    live: Option<Slot>,
+    /// Each slot's version folder, blue then green.
+    versions: [Option<PathBuf>; 2],
+}
+
+impl Snapshot {
+    fn take(registry: &Registry) -> Result<Self> {
+        Ok(Self {
+            live: registry.live()?,
+            versions: [registry.resolve(Slot::Blue)?, registry.resolve(Slot::Green)?],
+        })
+    }
+
+    fn version(&self, slot: Slot) -> Option<&PathBuf> {
+        self.versions[slot as usize].as_ref()
+    }
+
+    /// The slot to fill: the one asked for, else the one that is not live, else the first
+    /// empty one (blue when both are).
+    fn target(&self, to: Option<Slot>) -> Slot {
+        match (to, self.live) {
+            (Some(s), _) => s,
+            (None, Some(l)) => l.other(),
+            (None, None) => Slot::ALL
+                .into_iter()
+                .find(|s| self.version(*s).is_none())
+                .unwrap_or(Slot::Blue),
+        }
+    }
+}
+
+/// How many times the gate runs again when the slots change while it runs.
+const ATTEMPTS: usize = 3;
+
+/// Copies the run's model into a slot, after checking the run and running the gate. The gate
+/// runs without the registry lock (a switch or rollback meanwhile is not kept waiting); under
+/// the lock the slots are read again, and if they changed the gate runs again against them.
 pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
     let store = RunStore::new(settings.runs_dir());
     let registry = Registry::new(settings.models_dir());
@@ -46,21 +87,11 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
             "run {} ({}) is {}: only FINISHED runs can be promoted",
             run.run_name,
             run.run_id,
-            run.status.as_str()
+            run.status_label()
         );
     }
     let bundle_dir = crate::select::from_run(run.clone())?.dir;
     let candidate = ModelBundle::load(&bundle_dir)?;
-    let live = registry.live()?;
-    let slot = match (req.to, live) {
-        (Some(s), _) => s,
-        (None, Some(l)) => l.other(),
-        (None, None) => Slot::ALL
-            .into_iter()
-            .find(|s| registry.resolve(*s).ok().flatten().is_none())
-            .unwrap_or(Slot::Blue),
-    };
-    let lock = registry.lock(Duration::from_secs(3))?;
 
     // The gate: candidate and live model on the same data.
     let (samples, what) = match &req.data {
@@ -71,66 +102,90 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
         }
         None => eval::default_samples(&run, &candidate.meta.classes)?,
     };
+    let mut seen = Snapshot::take(&registry)?;
     eprintln!(
         "gate: evaluating the candidate on {} images of {what}",
         samples.len()
     );
     let cand_acc = eval::evaluate(&candidate, &samples)?.report.accuracy;
-    let mut compared_with = None;
-    if let Some(live_slot) = live
-        && let Some(live_dir) = registry.resolve(live_slot)?
-    {
-        let live_model = ModelBundle::load(&live_dir)?;
-        if live_model.meta.classes != candidate.meta.classes {
-            if !req.force {
-                bail!(
-                    "the live model ({live_slot}) has other classes than run {} ({} vs {}): pass --force to promote anyway",
-                    run.run_id,
-                    live_model.meta.classes.join(","),
-                    candidate.meta.classes.join(",")
-                );
-            }
-        } else {
-            let live_acc = eval::evaluate(&live_model, &samples)?.report.accuracy;
-            eprintln!(
-                "gate: candidate {:.2}% vs live {live_slot} {:.2}%",
-                100.0 * cand_acc,
-                100.0 * live_acc
-            );
-            if cand_acc < live_acc && !req.force {
-                bail!(
-                    "refused: run {} scores {:.2}% but the live model ({live_slot}) scores {:.2}% on the same {} images; pass --force to promote anyway",
-                    run.run_name,
+    let mut scored: HashMap<PathBuf, f64> = HashMap::new();
+    for _ in 0..ATTEMPTS {
+        let slot = seen.target(req.to);
+        let mut compared_with = None;
+        if let Some(live_slot) = seen.live
+            && let Some(live_dir) = seen.version(live_slot)
+        {
+            let live_model = ModelBundle::load(live_dir)?;
+            if live_model.meta.classes != candidate.meta.classes {
+                if !req.force {
+                    bail!(
+                        "the live model ({live_slot}) has other classes than run {} ({} vs {}): pass --force to promote anyway",
+                        run.run_id,
+                        live_model.meta.classes.join(","),
+                        candidate.meta.classes.join(",")
+                    );
+                }
+            } else {
+                let live_acc = match scored.get(live_dir) {
+                    Some(a) => *a,
+                    None => eval::evaluate(&live_model, &samples)?.report.accuracy,
+                };
+                scored.insert(live_dir.clone(), live_acc);
+                eprintln!(
+                    "gate: candidate {:.2}% vs live {live_slot} {:.2}%",
                     100.0 * cand_acc,
-                    100.0 * live_acc,
-                    samples.len()
+                    100.0 * live_acc
                 );
+                if cand_acc < live_acc && !req.force {
+                    bail!(
+                        "refused: run {} scores {:.2}% but the live model ({live_slot}) scores {:.2}% on the same {} images; pass --force to promote anyway",
+                        run.run_name,
+                        100.0 * cand_acc,
+                        100.0 * live_acc,
+                        samples.len()
+                    );
+                }
+                compared_with = Some((live_slot, live_acc));
             }
-            compared_with = Some((live_slot, live_acc));
         }
-    }
 
-    let info = SlotInfo {
-        run_id: run.run_id.clone(),
-        run_name: run.run_name.clone(),
-        promoted_at: jiff::Timestamp::now().to_string(),
-        promoted_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        accuracy: Some(cand_acc),
-        val_accuracy: candidate.meta.metrics.get("val_accuracy").copied(),
-        data_fingerprint: candidate.meta.data_fingerprint.clone(),
-    };
-    registry.install(&lock, slot, &bundle_dir, &info)?;
-    let made_live = req.live || live.is_none();
-    if made_live {
-        registry.set_live(&lock, slot)?;
+        let lock = registry.lock(Duration::from_secs(3))?;
+        let now = Snapshot::take(&registry)?;
+        if now != seen {
+            drop(lock);
+            eprintln!(
+                "gate: the slots changed while the gate ran (live was {}, is {}): checking again",
+                seen.live.map_or("none", Slot::as_str),
+                now.live.map_or("none", Slot::as_str)
+            );
+            seen = now;
+            continue;
+        }
+        let info = SlotInfo {
+            run_id: run.run_id.clone(),
+            run_name: run.run_name.clone(),
+            promoted_at: jiff::Timestamp::now().to_string(),
+            promoted_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            accuracy: Some(cand_acc),
+            val_accuracy: candidate.meta.metrics.get("val_accuracy").copied(),
+            data_fingerprint: candidate.meta.data_fingerprint.clone(),
+        };
+        registry.install(&lock, slot, &bundle_dir, &info)?;
+        let made_live = req.live || now.live.is_none();
+        if made_live {
+            registry.set_live(&lock, slot)?;
+        }
+        registry.record("promote", slot, Some(&info))?;
+        return Ok(Promotion {
+            slot,
+            info,
+            compared_with,
+            made_live,
+        });
     }
-    registry.record("promote", slot, Some(&info))?;
-    Ok(Promotion {
-        slot,
-        info,
-        compared_with,
-        made_live,
-    })
+    bail!(
+        "the slots changed {ATTEMPTS} times while the gate ran: try again when no other promote or switch is running"
+    )
 }
 
 /// One row of `flora status`.

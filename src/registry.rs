@@ -216,8 +216,15 @@ impl Registry {
         let slot_path = self.slot_path(slot);
         if slot_path.is_dir() && !slot_path.is_symlink() {
             // A slot made by hand as a real folder: keep it as a version, then link.
-            let kept = versions.join(format!("{}-manual-{id}", slot.as_str()));
-            std::fs::rename(&slot_path, &kept)?;
+            let kept = versions.join(format!("{}-manual-{}-{id}", slot.as_str(), now_ms()));
+            std::fs::rename(&slot_path, &kept).with_context(|| {
+                format!("moving {} to {}", slot_path.display(), kept.display())
+            })?;
+            eprintln!(
+                "note: the hand-made folder {} was kept as {}",
+                slot_path.display(),
+                kept.display()
+            );
         }
         let link = self.dir.join(format!(".tmp-link-{id}"));
         let target = Path::new(".versions").join(version.file_name().unwrap());
@@ -230,8 +237,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a slot's old versions, keeping the current one and the one just replaced (a
-    /// reader may still be loading it).
+    /// Removes a slot's old versions, keeping the current one, the one just replaced (a
+    /// reader may still be loading it) and hand-made folders kept by [`Registry::install`].
     fn prune(&self, slot: Slot, current: &Path, previous: Option<&Path>) {
         let versions = self.dir.join(".versions");
         let prefix = format!("{}-", slot.as_str());
@@ -246,7 +253,8 @@ impl Registry {
                     || previous
                         .is_some_and(|prev| c == std::fs::canonicalize(prev).unwrap_or_default())
             });
-            if name.starts_with(&prefix) && !keep {
+            let manual = name.starts_with(&format!("{prefix}manual-"));
+            if name.starts_with(&prefix) && !keep && !manual {
                 let _ = std::fs::remove_dir_all(&p);
             }
         }

@@ -129,7 +129,13 @@ pub fn from_run(run: RunInfo) -> Result<Chosen> {
         );
     }
     if run.status == RunStatus::Running {
-        eprintln!("warning: run {} is still RUNNING", run.run_id);
+        match run.owner() {
+            crate::store::Owner::Gone => eprintln!(
+                "warning: run {} CRASHED: it is marked RUNNING but its process is gone; its model is the last one saved",
+                run.run_id
+            ),
+            _ => eprintln!("warning: run {} is still RUNNING", run.run_id),
+        }
     }
     Ok(Chosen {
         dir,

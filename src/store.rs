@@ -71,6 +71,76 @@ impl RunInfo {
     pub fn artifacts(&self) -> PathBuf {
         self.dir.join("artifacts")
     }
+
+    /// Whether the process that owns this run is alive, from its `flora.owner.*` tags.
+    pub fn owner(&self) -> Owner {
+        let tags = read_tags(self).unwrap_or_default();
+        let Some(pid) = tags.get(TAG_PID).and_then(|p| p.trim().parse::<u32>().ok()) else {
+            return Owner::Unknown;
+        };
+        if tags.get(TAG_HOST).map(|h| h.trim()) != Some(host_name().as_str()) {
+            return Owner::Unknown;
+        }
+        if !Path::new("/proc/self/stat").exists() {
+            return Owner::Unknown;
+        }
+        let recorded = tags.get(TAG_START).and_then(|t| t.trim().parse::<u64>().ok());
+        match (process_start_time(pid), recorded) {
+            (None, _) => Owner::Gone,
+            (Some(now), Some(then)) if now != then => Owner::Gone, // the pid was reused
+            _ => Owner::Alive,
+        }
+    }
+
+    /// The status to show: MLflow's, except CRASHED for a RUNNING run whose process is gone
+    /// (killed with SIGKILL, or the machine went down).
+    pub fn status_label(&self) -> &'static str {
+        if self.status == RunStatus::Running && self.owner() == Owner::Gone {
+            "CRASHED"
+        } else {
+            self.status.as_str()
+        }
+    }
+}
+
+/// The owner process of a run, as far as this machine can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Alive,
+    /// No such process, or the pid now belongs to a process started at another time.
+    Gone,
+    /// No owner recorded, another host, or no `/proc` to look in.
+    Unknown,
+}
+
+/// Tag holding the pid of the process that runs a run.
+pub const TAG_PID: &str = "flora.owner.pid";
+/// Tag holding that process's start time (`/proc/<pid>/stat` field 22, clock ticks after boot).
+pub const TAG_START: &str = "flora.owner.start_time";
+/// Tag holding the host name the run runs on.
+pub const TAG_HOST: &str = "flora.owner.host";
+
+/// A process's start time from `/proc/<pid>/stat` (None when there is no such process).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This machine's host name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The first 8 characters of an id, for tables (whole characters, however short or odd the id).
+pub fn short_id(id: &str) -> &str {
+    id.char_indices().nth(8).map_or(id, |(i, _)| &id[..i])
 }
 
 /// A run store rooted at a folder (created on first write).
@@ -96,15 +166,36 @@ impl RunStore {
         &self.root
     }
 
+    /// Takes `runs/.lock`, which keeps read-modify-write changes to the store (creating an
+    /// experiment, appending a metric line) from two processes apart.
+    fn lock(&self) -> Result<std::fs::File> {
+        crate::fsutil::lock_file(
+            &self.root.join(".lock"),
+            std::time::Duration::from_secs(30),
+            "write to the run store",
+        )
+    }
+
     /// The id of the experiment called `name`, created if it does not exist.
     pub fn experiment(&self, name: &str) -> Result<String> {
-        for (id, meta) in self.experiments()? {
-            if meta.get("name").map(String::as_str) == Some(name) {
-                return Ok(id);
-            }
+        checked_name("experiment", name)?;
+        let find = || -> Result<Option<String>> {
+            Ok(self
+                .experiments()?
+                .into_iter()
+                .find(|(_, meta)| meta.get("name").map(String::as_str) == Some(name))
+                .map(|(id, _)| id))
+        };
+        if let Some(id) = find()? {
+            return Ok(id);
         }
         std::fs::create_dir_all(&self.root)
             .with_context(|| format!("creating run store {}", self.root.display()))?;
+        let _lock = self.lock()?;
+        // Another process may have created it while this one waited for the lock.
+        if let Some(id) = find()? {
+            return Ok(id);
+        }
         // MLflow's file store gives experiments random integer ids.
         let id = (u64::from_str_radix(&new_id()[..15], 16).unwrap_or(1) % 900_000_000_000_000_000
             + 100_000_000_000_000_000)
@@ -143,8 +234,10 @@ impl RunStore {
         Ok(out)
     }
 
-    /// Starts a RUNNING run in experiment `experiment_id`.
+    /// Starts a RUNNING run in experiment `experiment_id`, owned by this process (recorded in
+    /// the `flora.owner.*` tags, so that a run whose process died shows as crashed).
     pub fn create_run(&self, experiment_id: &str, run_name: &str) -> Result<Run> {
+        checked_name("run", run_name)?;
         let run_id = new_id();
         let dir = self.root.join(experiment_id).join(&run_id);
         for sub in ["params", "metrics", "tags", "artifacts"] {
@@ -168,6 +261,12 @@ impl RunStore {
         run.set_tag("mlflow.source.type", "LOCAL")?;
         run.set_tag("mlflow.source.name", "flora")?;
         run.set_tag("flora.version", env!("CARGO_PKG_VERSION"))?;
+        let me = std::process::id();
+        run.set_tag(TAG_PID, &me.to_string())?;
+        if let Some(t) = process_start_time(me) {
+            run.set_tag(TAG_START, &t.to_string())?;
+        }
+        run.set_tag(TAG_HOST, &host_name())?;
         Ok(run)
     }
 
@@ -254,10 +353,23 @@ impl Run {
         write_atomic(&path, value.as_bytes())
     }
 
-    /// Appends one metric value at `step`.
+    /// Appends one metric value at `step` (under the store's lock: two processes logging to
+    /// one run, such as two `flora eval`s, never lose a line).
     pub fn log_metric(&self, key: &str, value: f64, step: u64) -> Result<()> {
         let path = self.info.dir.join("metrics").join(checked_key(key)?);
+        let _lock = self.store().lock()?;
         append_line_atomic(&path, &format!("{} {} {}", now_ms(), value, step))
+    }
+
+    /// The store this run lives in (`runs/`, two folders up).
+    fn store(&self) -> RunStore {
+        let root = self
+            .info
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        RunStore::new(root)
     }
 
     /// Sets (or replaces) a tag.
@@ -394,6 +506,9 @@ fn current_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_else(|_| "unknown".into())
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
 fn checked_key(key: &str) -> Result<&str> {
@@ -410,9 +525,34 @@ fn checked_key(key: &str) -> Result<&str> {
     }
 }
 
+/// Refuses an empty name or one with control characters (a newline would add fields to
+/// meta.yaml); `what` is "run" or "experiment".
+pub fn checked_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        bail!("the {what} name is empty");
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        bail!(
+            "the {what} name {name:?} contains the control character {c:?}: use printable characters only"
+        );
+    }
+    Ok(())
+}
+
+/// A `file://` URI for `path`, percent-encoded (RFC 3986: every byte but unreserved
+/// characters and `/`).
 fn file_uri(path: &Path) -> Result<String> {
+    use std::os::unix::ffi::OsStrExt;
     let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
-    Ok(format!("file://{}", abs.display()))
+    let mut uri = String::from("file://");
+    for &b in abs.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(uri)
 }
 
 fn quote(s: &str) -> String {
@@ -480,6 +620,72 @@ mod tests {
             runs[0].info.run_id
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn uris_are_percent_encoded_and_names_have_no_control_characters() {
+        assert_eq!(
+            file_uri(Path::new("/a b/#c%/é")).unwrap(),
+            "file:///a%20b/%23c%25/%C3%A9"
+        );
+        assert!(checked_name("run", "ok name-1").is_ok());
+        assert!(checked_name("run", "x\nstatus: 3").is_err());
+        assert!(checked_name("run", "tab\there").is_err());
+        assert!(checked_name("run", " ").is_err());
+    }
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        assert_eq!(short_id("0123456789abcdef"), "01234567");
+        assert_eq!(short_id("ab"), "ab");
+        assert_eq!(short_id("ééééééééé"), "éééééééé");
+    }
+
+    #[test]
+    fn owner_is_alive_only_with_the_same_pid_start_time_and_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(dir.path());
+        let exp = store.experiment("t").unwrap();
+        let run = store.create_run(&exp, "r").unwrap();
+        assert_eq!(run.info.owner(), Owner::Alive);
+        assert_eq!(run.info.status_label(), "RUNNING");
+        // The same pid, started at another time: a reused pid.
+        run.set_tag(TAG_START, "1").unwrap();
+        assert_eq!(run.info.owner(), Owner::Gone);
+        assert_eq!(run.info.status_label(), "CRASHED");
+        // A pid no process has.
+        run.set_tag(TAG_PID, &(i32::MAX as u32).to_string()).unwrap();
+        assert_eq!(run.info.owner(), Owner::Gone);
+        // Another machine: cannot tell.
+        run.set_tag(TAG_HOST, "elsewhere.invalid").unwrap();
+        assert_eq!(run.info.owner(), Owner::Unknown);
+        assert_eq!(run.info.status_label(), "RUNNING");
+    }
+
+    #[test]
+    fn concurrent_writers_neither_lose_metric_lines_nor_double_experiments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(dir.path());
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.experiment("same").unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        assert_eq!(store.experiments().unwrap().len(), 1);
+        let run = store.create_run(&ids[0], "r").unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let run = &run;
+                s.spawn(move || {
+                    for i in 0..25 {
+                        run.log_metric("m", (t * 100 + i) as f64, i).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(read_metric(&run.info, "m").unwrap().len(), 200);
     }
 
     #[test]

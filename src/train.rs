@@ -83,6 +83,7 @@ pub fn train(
         .map(str::to_string)
         .unwrap_or_else(|| default_run_name(cfg.train.arch.as_str()));
     let mut run = store.create_run(&exp, &name)?;
+    set_active(Some(&run));
     eprintln!(
         "run {} ({}) in {}",
         run.info.run_name,
@@ -90,6 +91,9 @@ pub fn train(
         store.root().display()
     );
     let result = log_inputs(settings, &run, &data).and_then(|()| fit(settings, &run, &data, stop));
+    // Under the lock of the active run, so that a second signal cannot end it a second time.
+    let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    *active = None;
     match result {
         Ok(outcome) => {
             run.end(outcome.status)?;
@@ -100,6 +104,22 @@ pub fn train(
             Err(e.context(format!("run {} failed", run.info.run_id)))
         }
     }
+}
+
+/// The run being trained, for [`abandon_active_run`].
+static ACTIVE: std::sync::Mutex<Option<Run>> = std::sync::Mutex::new(None);
+
+fn set_active(run: Option<&Run>) {
+    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = run.cloned();
+}
+
+/// Marks the run being trained (if any) KILLED: for a second Ctrl-C or SIGTERM, which ends the
+/// process at once instead of after the batch. Returns the run id.
+pub fn abandon_active_run() -> Option<String> {
+    let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut run = active.take()?;
+    let _ = run.end(RunStatus::Killed);
+    Some(run.info.run_id)
 }
 
 /// Scans, decodes and splits the dataset; every data error is reported here, before a run exists.
@@ -233,8 +253,14 @@ fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
     }
     run.set_tag("flora.data_fingerprint", &data.cache.fingerprint)?;
     split::write_csv(&run.artifacts().join("split.csv"), &data.split_rows)?;
-    let resolved = toml::to_string_pretty(cfg).context("serialising the resolved config")?;
-    fsutil::write_atomic(&run.artifacts().join("config.toml"), resolved.as_bytes())
+    // Never a secret in the run store (which `mlflow ui` shows): the admin token is left out.
+    let mut public = cfg.clone();
+    let mut text = String::new();
+    if public.serve.admin_token.take().is_some() {
+        text.push_str("# serve.admin_token is set but left out of the run store (a secret)\n");
+    }
+    text.push_str(&toml::to_string_pretty(&public).context("serialising the resolved config")?);
+    fsutil::write_atomic(&run.artifacts().join("config.toml"), text.as_bytes())
 }
 
 /// The training loop: Adam, cross-entropy, LR schedule, early stopping, best-epoch weights.

@@ -427,16 +427,29 @@ fn kill_9_at_random_points_then_rerun_loses_nothing() {
     // collected_data on another filesystem (tmpfs) when there is one: every move is then a
     // copy + fsync + rename + remove, the slow path with the most states to be killed in.
     let shm = Path::new("/dev/shm");
-    kill_9_rounds(shm.is_dir().then_some(shm), 3, 400);
+    kill_9_rounds(shm.is_dir().then_some(shm), 3);
 }
 
 #[test]
 fn kill_9_at_random_points_on_one_filesystem_then_rerun_loses_nothing() {
-    // Plain renames are fast: kill early (the run takes some tens of milliseconds).
-    kill_9_rounds(None, 0, 60);
+    kill_9_rounds(None, 2);
 }
 
-fn kill_9_rounds(collected_in: Option<&Path>, min_kills: usize, max_ms: u64) {
+/// True when a merge journal waits in the inbox's `.merge/`: a merge was killed between
+/// writing its plan and recording the batch.
+fn journal_left(project: &Path) -> bool {
+    std::fs::read_dir(project.join(INBOX).join(".merge"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".merge.json"))
+}
+
+/// SIGKILLs merges until at least `min_landed` kills landed mid-merge (a journal was left to
+/// finish), one of them with some files moved and some not, whatever the machine's speed: the
+/// kill time adapts between the latest kill that came before the first move and the earliest
+/// that came after the last, and a batch that finished is undone so that there is work again.
+fn kill_9_rounds(collected_in: Option<&Path>, min_landed: usize) {
     let dir = project(10, 1);
     let p = dir.path();
     let coll_dir = match collected_in {
@@ -458,58 +471,94 @@ fn kill_9_rounds(collected_in: Option<&Path>, min_kills: usize, max_ms: u64) {
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64;
+        .as_nanos() as u64
+        | 1;
     let mut rand = move |n: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        seed % n
+        seed % n.max(1)
     };
-    let (mut killed, mut finished) = (0, 0);
-    // Early rounds kill soon after the start, so that several land while there is still work to
-    // do on any machine speed; later rounds spread over the whole run.
-    for round in 0..8 {
+    let (mut landed, mut partial, mut early, mut late) = (0, 0, 0, 0);
+    // Kill times (ms after the start) known to be too early and too late for a fresh merge.
+    let (mut lo, mut hi) = (0u64, 2000u64);
+    for round in 0..80 {
+        if landed >= min_landed && partial > 0 {
+            break;
+        }
+        let recovering = journal_left(p);
+        let wait = if recovering {
+            rand(hi)
+        } else {
+            lo + rand(hi - lo)
+        };
         let mut child = flora(p)
             .args(["merge", "--from", from])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let wait = Duration::from_millis(5 + rand(if round < 4 { max_ms / 8 } else { max_ms }));
-        std::thread::sleep(wait);
-        if child.try_wait().unwrap().is_some() {
-            finished += 1;
-        } else {
+        std::thread::sleep(Duration::from_millis(wait));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
             child.kill().unwrap(); // SIGKILL
-            killed += 1;
         }
         child.wait().unwrap();
-        let left = walkdir::WalkDir::new(&collected)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "png"))
-            .filter(|e| {
-                !e.path()
-                    .strip_prefix(&collected)
-                    .unwrap()
-                    .starts_with("_merged")
-            })
-            .count();
-        eprintln!("round {round}: killed after {wait:?}; {left} png file(s) in collected_data");
+        let left = f.images.iter().filter(|i| i.exists()).count();
+        let what = if killed && journal_left(p) {
+            landed += 1;
+            if left > 0 && left < f.images.len() {
+                partial += 1;
+            } else {
+                if !recovering && left == 0 {
+                    hi = wait; // all moved, not yet recorded
+                } else if !recovering {
+                    lo = wait; // journal written, nothing moved yet
+                }
+                // Nothing in between to be killed in: let the next merge finish it.
+                ok(p, &["merge", "--from", from]);
+            }
+            "landed mid-merge"
+        } else if killed && left == f.images.len() && !recovering {
+            early += 1;
+            lo = wait;
+            "too early"
+        } else {
+            late += 1;
+            if !recovering {
+                hi = wait;
+            }
+            "too late"
+        };
+        if hi <= lo + 2 {
+            // Timing noise: widen the window again.
+            lo = lo.saturating_sub(10);
+            hi = lo + 30;
+        }
+        eprintln!(
+            "round {round}: {wait} ms: {what}; {left} of {} image(s) still in collected_data",
+            f.images.len()
+        );
+        if left == 0 && !journal_left(p) {
+            // All merged: undo, to have work for the next kill.
+            for b in batches(p).iter().rev() {
+                ok(p, &["merge", "--from", from, "--undo", b]);
+            }
+            same_tree(&all_files(p, &collected), &before);
+        }
     }
-    eprintln!("killed {killed} merge(s) mid-run, {finished} finished before the kill");
-    assert!(killed >= min_kills, "too few kills landed ({killed})");
+    eprintln!(
+        "{landed} kill(s) landed mid-merge ({partial} with some files moved), {early} too early, {late} too late"
+    );
+    assert!(
+        landed >= min_landed && partial > 0,
+        "only {landed} kill(s) landed mid-merge, {partial} with some files moved"
+    );
     // Re-run to the end: it finishes every interrupted batch.
     let out = ok(p, &["merge", "--from", from]);
     eprintln!("{out}");
     check_accounted(p, &collected, &before, &f);
-    assert!(
-        std::fs::read_dir(p.join(INBOX).join(".merge"))
-            .unwrap()
-            .flatten()
-            .all(|e| !e.file_name().to_string_lossy().ends_with(".merge.json")),
-        "journal left behind"
-    );
+    assert!(!journal_left(p), "journal left behind");
     // Undo every batch: the original tree again.
     for b in batches(p).iter().rev() {
         ok(p, &["merge", "--from", from, "--undo", b]);
@@ -768,4 +817,228 @@ fn undo_after_hand_sorting_puts_back_the_rest_and_says_what_it_could_not() {
             .iter()
             .all(|r| p.join(&r.source).with_extension("json").is_file())
     );
+}
+
+/// A manifest row that moves `source` to `destination` (content `sha`), the rest empty.
+fn row(batch: &str, source: &str, destination: &str, sha: &str) -> Row {
+    Row {
+        batch: batch.into(),
+        action: Action::Inbox,
+        source: source.into(),
+        destination: destination.into(),
+        sha256: sha.into(),
+        collected_date: "2026-01-01".into(),
+        predicted_class: String::new(),
+        confidence: None,
+        slot: String::new(),
+        run_id: String::new(),
+        predicted_by: String::new(),
+        serve_class: String::new(),
+        serve_confidence: None,
+        serve_slot: String::new(),
+        serve_run_id: String::new(),
+        sidecar: String::new(),
+        reason: String::new(),
+        merged_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+#[test]
+fn journal_and_manifest_paths_outside_the_project_are_refused() {
+    // The project is root/proj, so that `../outside.png` from it is a real file: root/outside.png.
+    let root = tempfile::tempdir().unwrap();
+    let p = root.path().join("proj");
+    let (train, _) = fashion_mnist();
+    copy_classes(&train, &p.join("dataset"), &CLASSES, 5);
+    write_config(&p, 1, "");
+    let imgs = test_images(1, &CLASSES);
+    let outside = root.path().join("outside.png");
+    std::fs::copy(&imgs[0], &outside).unwrap();
+    let elsewhere = root.path().join("elsewhere/abs.png");
+    std::fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+    std::fs::copy(&imgs[1], &elsewhere).unwrap();
+    let abs = elsewhere.to_str().unwrap().to_string();
+    let (outside_sha, abs_sha) = (sha_file(&outside), sha_file(&elsewhere));
+    // Same content as the victim inside the dataset: a replayed move would remove the source.
+    let twin = "dataset/bag/twin-of-abs.png";
+    std::fs::copy(&elsewhere, p.join(twin)).unwrap();
+    let victims_intact = || {
+        assert_eq!(sha_file(&outside), outside_sha, "{} touched", outside.display());
+        assert_eq!(sha_file(&elsewhere), abs_sha, "{} touched", elsewhere.display());
+    };
+    let collected = p.join("collected_data");
+    let good = upload(&collected, &std::fs::read(&imgs[2]).unwrap(), "ok.png");
+
+    // A journal shipped with somebody else's dataset, replayed by the next merge.
+    let journal = flora::merge::journal::Journal {
+        op: flora::merge::journal::Op::Merge,
+        batch: "20260101-000000-evil".into(),
+        entries: [
+            row("20260101-000000-evil", "../outside.png", &format!("{INBOX}/stolen.png"), &outside_sha),
+            row("20260101-000000-evil", &abs, twin, &abs_sha),
+        ]
+        .into_iter()
+        .map(|row| flora::merge::journal::Entry {
+            row,
+            sidecar_sha256: None,
+        })
+        .collect(),
+    };
+    let state = p.join(INBOX).join(".merge");
+    std::fs::create_dir_all(&state).unwrap();
+    let jpath = state.join("20260101-000000-evil.merge.json");
+    std::fs::write(&jpath, serde_json::to_vec(&journal).unwrap()).unwrap();
+    let out = run(&p, &["merge"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("\"../outside.png\" contains `..`"), "{err}");
+    assert!(err.contains(&format!("{abs:?} is outside")), "{err}");
+    victims_intact();
+    assert!(!p.join(INBOX).join("stolen.png").exists());
+    assert!(p.join(twin).is_file());
+    // The journal is not replayed again; its refused entries are kept for the record.
+    assert!(!jpath.exists());
+    assert!(state.join("20260101-000000-evil.merge.refused.json").is_file());
+    // The real upload was merged all the same.
+    assert!(!good.exists());
+    let rows = manifest(&p);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(p.join(&rows[0].source), good);
+    ok(&p, &["merge"]);
+
+    // A hand-made merge.csv: undo trusts none of its paths either.
+    let mut rows = rows;
+    rows.push(row("evil", "collected_data/back.png", "../outside.png", &outside_sha));
+    rows.push(row("evil", twin, &abs, &abs_sha));
+    flora::merge::journal::write_manifest(&p.join(INBOX).join("merge.csv"), &rows).unwrap();
+    let out = run(&p, &["merge", "--undo", "evil"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("\"../outside.png\" contains `..`"), "{err}");
+    assert!(err.contains(&format!("{abs:?} is outside")), "{err}");
+    victims_intact();
+    assert!(!collected.join("back.png").exists());
+    assert!(p.join(twin).is_file());
+    assert_eq!(manifest(&p).len(), 3, "the refused rows stay in the manifest");
+}
+
+#[test]
+fn undo_leaves_a_file_whose_content_changed_in_place() {
+    let dir = project(5, 1);
+    let p = dir.path();
+    let collected = p.join("collected_data");
+    let saved: Vec<PathBuf> = test_images(1, &CLASSES)
+        .iter()
+        .map(|i| upload(&collected, &std::fs::read(i).unwrap(), "a.png"))
+        .collect();
+    ok(p, &["merge"]);
+    let rows = manifest(p);
+    // Someone edits one merged image in the inbox.
+    let edited = p.join(&rows[0].destination);
+    std::fs::write(&edited, b"edited by hand").unwrap();
+    let out = run(p, &["merge", "--undo", &rows[0].batch]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("content changed") && err.contains(&edited.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&edited).unwrap(), b"edited by hand");
+    assert!(!p.join(&rows[0].source).exists());
+    for r in &rows[1..] {
+        assert!(p.join(&r.source).is_file(), "{} put back", r.source);
+    }
+    let left = manifest(p);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].destination, rows[0].destination);
+    assert_eq!(saved.len(), rows.len());
+}
+
+/// Sets a file's modification time `secs_ago` seconds in the past.
+fn age(path: &Path, secs_ago: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// `flora merge` (plus `extra`) with `FLORA_MERGE_STATS`: (dataset files, hashed, from cache).
+fn merge_stats(p: &Path, extra: &[&str]) -> (usize, usize, usize) {
+    let out = flora(p)
+        .env("FLORA_MERGE_STATS", "1")
+        .arg("merge")
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("merge stats: "))
+        .unwrap_or_else(|| panic!("no stats in {err}"));
+    let n: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+#[test]
+fn merge_hashes_only_new_or_changed_dataset_files() {
+    let dir = project(10, 1);
+    let p = dir.path();
+    for e in walkdir::WalkDir::new(p.join("dataset")).into_iter().flatten() {
+        if e.file_type().is_file() {
+            age(e.path(), 3600);
+        }
+    }
+    let collected = p.join("collected_data");
+    let imgs = test_images(2, &["bag"]);
+    for i in &imgs {
+        age(&upload(&collected, &std::fs::read(i).unwrap(), "a.png"), 3600);
+    }
+    assert_eq!(merge_stats(p, &[]), (40, 40, 0));
+    let cache: Value =
+        serde_json::from_slice(&std::fs::read(p.join(INBOX).join(".merge/hashes.json")).unwrap())
+            .unwrap();
+    assert_eq!(cache["files"].as_object().unwrap().len(), 40);
+    // The two merged images are new to the cache; then nothing is read again.
+    assert_eq!(merge_stats(p, &[]), (42, 2, 40));
+    assert_eq!(merge_stats(p, &["--dry-run"]), (42, 0, 42));
+    assert_eq!(merge_stats(p, &[]), (42, 0, 42));
+
+    // A changed file is hashed again, and its new content is what counts for duplicates.
+    let changed = files_of(&p.join("dataset/bag"))[0].clone();
+    let original = std::fs::read(&changed).unwrap();
+    std::fs::copy(&test_images(1, &["sneaker"])[0], &changed).unwrap();
+    age(&changed, 1800);
+    upload(&collected, &original, "old-content.png");
+    let before = manifest(p).len();
+    assert_eq!(merge_stats(p, &[]), (42, 1, 41));
+    let rows = manifest(p);
+    assert_eq!(rows.len(), before + 1);
+    assert_eq!(rows.last().unwrap().action, Action::Inbox, "not a duplicate any more");
+
+    // A cache that names paths outside the dataset is not trusted for them.
+    let mut cache: Value =
+        serde_json::from_slice(&std::fs::read(p.join(INBOX).join(".merge/hashes.json")).unwrap())
+            .unwrap();
+    let some = cache["files"].as_object().unwrap().values().next().unwrap().clone();
+    cache["files"]["../../etc/passwd"] = some.clone();
+    cache["files"]["/etc/passwd"] = some;
+    std::fs::write(
+        p.join(INBOX).join(".merge/hashes.json"),
+        serde_json::to_vec(&cache).unwrap(),
+    )
+    .unwrap();
+    let (n, hashed, cached) = merge_stats(p, &[]);
+    assert_eq!(n, hashed + cached);
+    let cache: Value =
+        serde_json::from_slice(&std::fs::read(p.join(INBOX).join(".merge/hashes.json")).unwrap())
+            .unwrap();
+    assert!(cache["files"].as_object().unwrap().keys().all(|k| !k.contains("passwd")));
 }

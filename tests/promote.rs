@@ -276,3 +276,150 @@ fn readers_never_see_a_broken_slot_and_kill_9_leaves_slots_loadable() {
     ok(&p, &["promote", "strong", "--to", "green", "--force"]);
     ok(&p, &["status"]);
 }
+
+/// A `flora promote` started in the background, with its stderr lines collected.
+struct Promoting {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Promoting {
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = flora(dir)
+            .arg("promote")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a stderr line contains `text` (panics if the promote ends first).
+    fn wait_for(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    let hit = l.contains(text);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => panic!("promote ended before {text:?}: {:?}", self.seen),
+            }
+        }
+        panic!("no {text:?} in time: {:?}", self.seen);
+    }
+
+    /// Waits for the end; asserts success and returns all of stderr.
+    fn finish(mut self) -> String {
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        let err = self.seen.join("\n");
+        assert!(status.success(), "promote failed: {err}");
+        err
+    }
+}
+
+#[test]
+fn promote_races_hand_made_slots_and_odd_run_ids() {
+    let dir = two_runs();
+    let p = dir.path();
+    let (weak, strong) = (run_id(p, "weak"), run_id(p, "strong"));
+    let reg = Registry::new(p.join("models"));
+    let run_of = |s: &str| slot(&status(p), s)["run_id"].as_str().unwrap().to_string();
+
+    // Two first promotes at once: the gates run side by side (the lock is held here meanwhile,
+    // so neither can install before both have looked); one fills blue and makes it live, the
+    // other sees that and goes to green, gated against blue.
+    let lock = reg.lock(Duration::from_secs(1)).unwrap();
+    let mut a = Promoting::start(p, &["weak", "--force"]);
+    let mut b = Promoting::start(p, &["strong", "--force"]);
+    a.wait_for("gate: evaluating");
+    b.wait_for("gate: evaluating");
+    drop(lock);
+    let both = format!("{}\n{}", a.finish(), b.finish());
+    assert!(both.contains("slots changed while the gate ran"), "{both}");
+    assert!(both.contains("vs live blue"), "the second was gated: {both}");
+    let s = status(p);
+    assert_eq!(slot(&s, "blue")["live"], true);
+    let filled = std::collections::BTreeSet::from(["blue", "green"].map(run_of));
+    assert_eq!(
+        filled,
+        std::collections::BTreeSet::from([weak.clone(), strong.clone()]),
+        "{s}"
+    );
+
+    // A switch while the gate runs: the promote re-reads LIVE under the lock and fills the
+    // slot that is not live now, never the one that just became live.
+    ok(p, &["promote", "--live", "blue"]);
+    let green_run = run_of("green");
+    let lock = reg.lock(Duration::from_secs(1)).unwrap();
+    let mut c = Promoting::start(p, &["weak", "--force"]);
+    c.wait_for("gate: evaluating");
+    reg.set_live(&lock, Slot::Green).unwrap();
+    drop(lock);
+    let err = c.finish();
+    assert!(
+        err.contains("live was blue, is green") && err.contains("vs live green"),
+        "{err}"
+    );
+    let s = status(p);
+    assert_eq!(slot(&s, "green")["live"], true);
+    assert_eq!(run_of("green"), green_run, "the live slot was not overwritten");
+    assert_eq!(run_of("blue"), weak);
+
+    // A slot made by hand as a real folder is kept as a version, also after later promotes.
+    let blue = p.join("models/blue");
+    let model = std::fs::canonicalize(&blue).unwrap();
+    std::fs::remove_file(&blue).unwrap();
+    std::fs::create_dir(&blue).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), blue.join(e.file_name())).unwrap();
+    }
+    std::fs::write(blue.join("notes.txt"), "hand-made").unwrap();
+    ok(p, &["promote", "strong", "--to", "blue", "--force"]);
+    ok(p, &["promote", "weak", "--to", "blue", "--force"]);
+    let kept: Vec<_> = std::fs::read_dir(p.join("models/.versions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| name_of(d).starts_with("blue-manual-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::read_to_string(kept[0].join("notes.txt")).unwrap(),
+        "hand-made"
+    );
+
+    // A run id that is short and not ASCII (a hand-made or foreign run) never panics.
+    let (_, run_dir) = {
+        let store = flora::store::RunStore::new(p.join("runs"));
+        let r = store.find("strong").unwrap();
+        ((), r.dir)
+    };
+    let meta = run_dir.join("meta.yaml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let text = text.replace(&strong, "aéééé");
+    std::fs::write(&meta, text).unwrap();
+    let out = ok(p, &["promote", "strong", "--to", "blue", "--force"]);
+    assert!(out.contains("(aéééé)"), "{out}");
+    assert!(ok(p, &["status"]).contains("aéééé"));
+    assert!(ok(p, &["runs"]).contains("aéééé"));
+}

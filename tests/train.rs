@@ -466,3 +466,160 @@ fn imbalanced_classes_are_warned_about() {
         "{err}"
     );
 }
+
+/// Starts `flora train --name NAME ARGS...` in `dir` and waits until its run is under way (its
+/// `artifacts/config.toml` written). Returns the process and the run folder.
+fn start_training(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let mut child = flora(dir)
+        .args(["train", "--name", name])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let found = walkdir::WalkDir::new(dir.join("runs"))
+            .min_depth(2)
+            .max_depth(2)
+            .into_iter()
+            .flatten()
+            .map(|e| e.into_path())
+            .find(|r| {
+                std::fs::read_to_string(r.join("tags/mlflow.runName")).ok().as_deref() == Some(name)
+                    && r.join("artifacts/config.toml").exists()
+            });
+        if let Some(run) = found {
+            return (child, run);
+        }
+        assert!(Instant::now() < deadline, "run {name} did not start in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training {name} ended before it was signalled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The `flora runs --json` line of the run called `name`.
+fn runs_json(dir: &Path, name: &str) -> serde_json::Value {
+    ok(dir, &["runs", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["run_name"] == name)
+        .unwrap_or_else(|| panic!("no run {name}"))
+}
+
+#[test]
+fn sigterm_and_a_second_ctrl_c_end_the_run_killed_and_sigkill_shows_crashed() {
+    let dir = project(30, 500);
+    let p = dir.path();
+    write_config(
+        p,
+        500,
+        "[serve]\nadmin_token = \"s3cret-admin-token\"\n",
+    );
+
+    // SIGTERM stops after the batch, like Ctrl-C.
+    let (child, run) = start_training(p, "term", &[]);
+    let live = runs_json(p, "term");
+    assert_eq!(live["status"], "RUNNING", "{live}");
+    let tags = run.join("tags");
+    assert_eq!(
+        std::fs::read_to_string(tags.join("flora.owner.pid")).unwrap(),
+        child.id().to_string()
+    );
+    for t in ["flora.owner.start_time", "flora.owner.host"] {
+        assert!(!std::fs::read_to_string(tags.join(t)).unwrap().is_empty(), "{t}");
+    }
+    signal(&child, "-TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(yaml(&run.join("meta.yaml"))["status"], "5", "KILLED");
+
+    // No secret in the run store: not in config.toml, params, tags or anywhere else.
+    for e in walkdir::WalkDir::new(&run).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("s3cret-admin-token"),
+                "the admin token is in {}",
+                e.path().display()
+            );
+        }
+    }
+    let config = std::fs::read_to_string(run.join("artifacts/config.toml")).unwrap();
+    assert!(config.contains("admin_token is set but left out"), "{config}");
+
+    // Ctrl-C twice: quits at once, the run marked KILLED (not left RUNNING).
+    // Big, slow batches, so that the second one comes while a batch still runs.
+    let (mut child, run) = start_training(
+        p,
+        "twice",
+        &["--batch-size", "128", "--image-size", "64"],
+    );
+    let stderr = child.stderr.take().unwrap();
+    signal(&child, "-INT");
+    let mut err = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("stopping after this batch") {
+            // SAFETY: plain kill(2) on our own child's pid.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("marked KILLED, quitting"), "{err}");
+    assert_eq!(yaml(&run.join("meta.yaml"))["status"], "5", "KILLED");
+
+    // SIGKILL leaves it RUNNING on disk, but `flora runs` says it crashed.
+    let (mut child, run) = start_training(p, "sigkilled", &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(yaml(&run.join("meta.yaml"))["status"], "1", "RUNNING on disk");
+    assert_eq!(runs_json(p, "sigkilled")["status"], "CRASHED");
+    let table = ok(p, &["runs"]);
+    let line = table.lines().find(|l| l.contains("sigkilled")).unwrap();
+    assert!(line.contains("CRASHED"), "{table}");
+    assert_eq!(runs_json(p, "term")["status"], "KILLED");
+}
+
+#[test]
+fn control_characters_in_run_names_are_refused_and_artifact_uris_are_encoded() {
+    let (train, _) = fashion_mnist();
+    let root = tempfile::tempdir().unwrap();
+    let p = root.path().join("my proj #1 100%");
+    copy_classes(&train, &p.join("dataset"), &CLASSES, 10);
+    write_config(&p, 1, "");
+    let err = fails(&p, &["train", "--name", "evil\nstatus: 3"]);
+    assert!(err.contains("control character"), "{err}");
+    assert!(!p.join("runs").exists(), "nothing written for a bad name");
+
+    ok(&p, &["train", "--name", "fine"]);
+    let (exp, run) = only_run(&p);
+    let encoded = "/my%20proj%20%231%20100%25/runs/";
+    let rm = yaml(&run.join("meta.yaml"));
+    assert!(rm["artifact_uri"].contains(encoded), "{}", rm["artifact_uri"]);
+    assert!(!rm["artifact_uri"].contains(' '));
+    let em = yaml(&exp.join("meta.yaml"));
+    assert!(
+        em["artifact_location"].contains(encoded),
+        "{}",
+        em["artifact_location"]
+    );
+}

@@ -16,9 +16,7 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
     }
     if let Some(batch) = &args.undo {
         let report = merge::undo(&layout, batch, args.dry_run)?;
-        for n in &report.notes {
-            eprintln!("note: {n}");
-        }
+        print_notes(&report.notes);
         if args.dry_run {
             for r in &report.restored {
                 println!("restore  {}  ->  {}", r.destination, r.source);
@@ -53,9 +51,7 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
         dry_run: args.dry_run,
     };
     let report = merge::merge(&layout, sorter.as_ref(), &opts)?;
-    for n in &report.notes {
-        eprintln!("note: {n}");
-    }
+    print_notes(&report.notes);
     if args.dry_run {
         for r in &report.rows {
             let conf = r
@@ -93,6 +89,18 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
         );
     }
     Ok(exit(&report.notes))
+}
+
+/// Notes on stderr; a refused journal or manifest entry as an error.
+fn print_notes(notes: &[String]) {
+    for n in notes {
+        let tag = if n.starts_with("refused ") {
+            "error"
+        } else {
+            "note"
+        };
+        eprintln!("{tag}: {n}");
+    }
 }
 
 fn exit(notes: &[String]) -> ExitCode {

@@ -47,7 +47,7 @@ pub fn run(settings: &Settings, args: &PromoteArgs) -> Result<ExitCode> {
     println!(
         "promoted run {} ({}) to {} (accuracy {:.2}%){}",
         p.info.run_name,
-        &p.info.run_id[..8],
+        crate::store::short_id(&p.info.run_id),
         p.slot,
         100.0 * p.info.accuracy.unwrap_or(0.0),
         if p.made_live { "; it is live" } else { "" }
@@ -84,7 +84,7 @@ pub fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode> {
             r.run_name
                 .unwrap_or_else(|| if r.filled { dash() } else { "(empty)".into() }),
             r.run_id
-                .map(|s| s[..8.min(s.len())].to_string())
+                .map(|s| crate::store::short_id(&s).to_string())
                 .unwrap_or_else(dash),
             r.accuracy
                 .map(|a| format!("{:.2}%", 100.0 * a))

@@ -8,7 +8,8 @@ use crate::cli::RunsArgs;
 use crate::config::Settings;
 use crate::store::{self, RunStore};
 
-/// Prints one row (or JSON line) per run: id, name, status, best val accuracy.
+/// Prints one row (or JSON line) per run: id, name, status, best val accuracy. A RUNNING run
+/// whose process is gone shows as CRASHED.
 pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
     let store = RunStore::new(settings.runs_dir());
     let runs = store.runs()?;
@@ -27,7 +28,7 @@ pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
             .unwrap_or_default();
         if args.json {
             let line = serde_json::json!({
-                "run_id": r.run_id, "run_name": r.run_name, "status": r.status.as_str(),
+                "run_id": r.run_id, "run_name": r.run_name, "status": r.status_label(),
                 "val_accuracy": acc, "start_time": r.start_time, "experiment_id": r.experiment_id,
             });
             println!("{line}");
@@ -35,9 +36,9 @@ pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
             let acc = acc.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
             println!(
                 "{:<10} {:<28} {:<9} {:>8}  {started}",
-                &r.run_id[..8.min(r.run_id.len())],
+                store::short_id(&r.run_id),
                 r.run_name,
-                r.status.as_str(),
+                r.status_label(),
                 acc
             );
         }

@@ -43,11 +43,19 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
         t.patience = v;
     }
     settings.config.validate()?;
+    if let Some(name) = &args.name {
+        crate::store::checked_name("run", name)?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Ctrl-C, SIGTERM and SIGHUP: the first stops after the batch; a second quits at once,
+    // with the run marked KILLED rather than left RUNNING.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
+            if let Some(id) = crate::train::abandon_active_run() {
+                eprintln!("\ninterrupted again: run {id} marked KILLED, quitting");
+            }
             std::process::exit(super::EXIT_INTERRUPTED as i32);
         }
         eprintln!("\ninterrupt: stopping after this batch (Ctrl-C again to quit at once)");

@@ -43,6 +43,19 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Every path of the entry passes [`Layout::checked`], or why not.
+    pub fn check(&self, layout: &Layout) -> Result<(), String> {
+        let r = &self.row;
+        let mut paths = vec![r.source.clone(), r.destination.clone()];
+        if let Some(side_src) = self.sidecar_source() {
+            paths.extend([r.sidecar.clone(), side_src]);
+        }
+        for p in &paths {
+            layout.checked(p)?;
+        }
+        Ok(())
+    }
+
     /// The sidecar's place in collected_data before the merge.
     pub fn sidecar_source(&self) -> Option<String> {
         (!self.row.sidecar.is_empty()).then(|| {
@@ -66,6 +79,9 @@ pub struct Journal {
 pub struct Outcome {
     pub done: Vec<bool>,
     pub warnings: Vec<String>,
+    /// Entries refused because a path in them is unsafe ([`Layout::checked`]): nothing was
+    /// done for them.
+    pub refused: Vec<usize>,
 }
 
 impl Journal {
@@ -86,12 +102,25 @@ impl Journal {
 
     /// Moves every file as planned (again, if a run was killed), then fsyncs the folders.
     /// A merge whose destination turned out taken picks a free name, journalled first.
+    /// An entry with a path that [`Layout::checked`] refuses is left alone and reported.
     pub fn execute(&mut self, layout: &Layout) -> Result<Outcome> {
         let mut done = vec![false; self.entries.len()];
         let mut warnings = Vec::new();
+        let mut refused = Vec::new();
         let mut dirs = BTreeSet::new();
         #[allow(clippy::needless_range_loop)] // entries[i] is rewritten inside the loop
         for i in 0..self.entries.len() {
+            if let Err(why) = self.entries[i].check(layout) {
+                warnings.push(format!(
+                    "refused entry {} of {} (source {:?}, destination {:?}): {why}; nothing was done for it",
+                    i + 1,
+                    self.path(layout).display(),
+                    self.entries[i].row.source,
+                    self.entries[i].row.destination,
+                ));
+                refused.push(i);
+                continue;
+            }
             for sidecar in [false, true] {
                 if sidecar && !done[i] {
                     break; // a sidecar only goes where its image went
@@ -110,9 +139,10 @@ impl Journal {
                             e.row.sha256.clone(),
                         )
                     };
+                    let (src, dst) = (layout.abs(&src), layout.abs(&dst));
                     let (from, to) = match self.op {
-                        Op::Merge => (layout.abs(&src), layout.abs(&dst)),
-                        Op::Undo => (layout.abs(&dst), layout.abs(&src)),
+                        Op::Merge => (src, dst),
+                        Op::Undo => (dst, src),
                     };
                     let r = settle(&from, &to, &sha)?;
                     dirs.extend(from.parent().map(Path::to_path_buf));
@@ -141,6 +171,11 @@ impl Journal {
                             from.display(),
                             to.display()
                         )),
+                        (Settled::Changed, _) => warnings.push(format!(
+                            "{} was not moved to {}: its content changed since it was recorded (sha256 {sha}); left in place",
+                            from.display(),
+                            to.display()
+                        )),
                         (Settled::Missing, _) => warnings.push(format!(
                             "{} is gone (moved or removed since): nothing to move to {}",
                             from.display(),
@@ -154,7 +189,11 @@ impl Journal {
         for d in &dirs {
             sync_dir(d);
         }
-        Ok(Outcome { done, warnings })
+        Ok(Outcome {
+            done,
+            warnings,
+            refused,
+        })
     }
 
     /// Records the finished batch and removes the journal. Safe to repeat.

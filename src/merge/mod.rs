@@ -11,13 +11,16 @@
 //!   in the dataset). The manifest row of the image names where it went.
 //! dataset/_UNLABELED_SORT_ME/merge.csv         the manifest: one row per image
 //! dataset/_UNLABELED_SORT_ME/.merge/           lock, journals of unfinished batches,
-//!                                              <batch>.undone.csv for undone batches
+//!                                              <batch>.undone.csv for undone batches,
+//!                                              hashes.json (the dataset's hash cache)
 //! ```
 //! Nothing is ever deleted or overwritten: every move is journalled first and replayable
 //! ([`journal`]), and destination names that are taken get a `-2`, `-3`... suffix.
 
+pub mod hashes;
 pub mod journal;
 pub mod moves;
+pub mod paths;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,11 +131,11 @@ impl Layout {
             }
             None => settings.collected_dir(),
         };
-        let dataset = settings.data_dir();
+        let dataset = paths::normalize(&settings.data_dir());
         Ok(Self {
-            base: settings.base.clone(),
+            base: paths::normalize(&settings.base),
             inbox: dataset.join(INBOX),
-            collected,
+            collected: paths::normalize(&collected),
             dataset,
         })
     }
@@ -165,9 +168,15 @@ impl Layout {
             .into_owned()
     }
 
-    /// A manifest path made absolute again.
+    /// A manifest path made absolute again, unchecked: only for looking up, never for moving
+    /// (see [`Layout::checked`]).
     pub fn abs(&self, s: &str) -> PathBuf {
         self.base.join(s)
+    }
+
+    /// `.merge/hashes.json`: the dataset's content hashes by (path, size, mtime).
+    pub fn hash_cache(&self) -> PathBuf {
+        self.state_dir().join("hashes.json")
     }
 
     /// Removes the now-empty folders that held `file`, within the inbox and collected_data's
@@ -206,6 +215,24 @@ impl Layout {
         let mut notes = Vec::new();
         for mut j in pending(self)? {
             let outcome = j.execute(self)?;
+            if !outcome.refused.is_empty() {
+                // Keep the refused entries for the record; they are never replayed.
+                let kept = Journal {
+                    op: j.op,
+                    batch: j.batch.clone(),
+                    entries: outcome
+                        .refused
+                        .iter()
+                        .map(|&i| j.entries[i].clone())
+                        .collect(),
+                };
+                let path = j.path(self).with_extension("refused.json");
+                crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&kept)?)?;
+                notes.push(format!(
+                    "kept the refused entries in {} (if that batch ran with --from DIR, run with the same --from)",
+                    path.display()
+                ));
+            }
             j.commit(self, &outcome)?;
             let op = match j.op {
                 Op::Merge => "merge",
@@ -341,7 +368,18 @@ pub fn merge(layout: &Layout, sorter: Option<&Sorter>, opts: &MergeOptions) -> R
     };
     let scan = plan::scan(&layout.collected)?;
     let batch = new_batch();
-    let entries = plan::plan(layout, &batch, &scan.images, sorter, opts.accept_above)?;
+    let hashed = hashes::dataset_hashes(layout)?;
+    if !opts.dry_run {
+        hashed.save(layout)?;
+    }
+    let entries = plan::plan(
+        layout,
+        &batch,
+        &scan.images,
+        sorter,
+        opts.accept_above,
+        hashed.known,
+    )?;
     let mut report = MergeReport {
         batch,
         rows: entries.iter().map(|e| e.row.clone()).collect(),
@@ -416,13 +454,12 @@ pub fn undo(layout: &Layout, batch: &str, dry_run: bool) -> Result<UndoReport> {
     let entries = rows
         .into_iter()
         .map(|row| {
-            let side = layout.abs(&row.sidecar);
-            let sidecar_sha256 = if row.sidecar.is_empty() {
-                None
-            } else if moves::exists(&side) {
-                Some(moves::file_sha(&side)?)
-            } else {
-                Some(String::new())
+            // Read only when the path is safe; a refused one is reported by `execute`.
+            let side = layout.checked(&row.sidecar).ok();
+            let sidecar_sha256 = match side {
+                _ if row.sidecar.is_empty() => None,
+                Some(side) if moves::exists(&side) => Some(moves::file_sha(&side)?),
+                _ => Some(String::new()),
             };
             Ok(journal::Entry {
                 row,

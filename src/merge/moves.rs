@@ -20,14 +20,18 @@ pub enum Settled {
     Conflict,
     /// Neither end exists: the file was moved or removed by someone else.
     Missing,
+    /// `from` no longer has content `sha` (edited since it was recorded): nothing was moved.
+    Changed,
 }
 
 /// Brings the move `from` → `to` of a file whose content hash is `sha` (lower-case hex) to its
-/// end, whatever state an earlier, interrupted attempt left behind.
+/// end, whatever state an earlier, interrupted attempt left behind. A `from` whose content is
+/// no longer `sha` is left where it is.
 pub fn settle(from: &Path, to: &Path, sha: &str) -> Result<Settled> {
     let stale = copy_temp(to);
     let (has_from, has_to) = (exists(from), exists(to));
     let out = match (has_from, has_to) {
+        (true, false) if file_sha(from)? != sha => Settled::Changed,
         (true, false) => match move_file(from, to) {
             Ok(()) => Settled::Done,
             Err(e) if is_exists(&e) => return settle(from, to, sha),
@@ -169,6 +173,12 @@ mod tests {
         let sha_y = file_sha(&a).unwrap();
         assert_eq!(settle(&a, &b, &sha_y).unwrap(), Settled::Conflict);
         assert_eq!(std::fs::read(&b).unwrap(), b"x");
+        assert_eq!(std::fs::read(&a).unwrap(), b"y");
+        // A source edited since its hash was recorded stays where it is.
+        assert_eq!(
+            settle(&a, &dir.path().join("c"), &sha).unwrap(),
+            Settled::Changed
+        );
         assert_eq!(std::fs::read(&a).unwrap(), b"y");
         std::fs::remove_file(&a).unwrap();
         assert_eq!(

@@ -73,39 +73,6 @@ pub fn scan(collected: &Path) -> Result<Scan> {
     })
 }
 
-/// Content hash → first path (relative to the dataset) of every file already in the dataset,
-/// inbox included (the merge's own bookkeeping excepted).
-pub fn dataset_hashes(layout: &Layout) -> Result<HashMap<String, String>> {
-    let root = &layout.dataset;
-    if !root.is_dir() {
-        return Ok(HashMap::new());
-    }
-    let manifest = layout.manifest();
-    let mut files = Vec::new();
-    let walker = WalkDir::new(root)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
-    for e in walker {
-        let e = e.with_context(|| format!("listing {}", root.display()))?;
-        if e.file_type().is_file() && e.path() != manifest {
-            files.push(e.into_path());
-        }
-    }
-    let hashed: Vec<(String, String)> = files
-        .par_iter()
-        .map(|p| -> Result<(String, String)> {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            Ok((hex(&sha256(&bytes)), layout.rel(p)))
-        })
-        .collect::<Result<_>>()?;
-    let mut map = HashMap::new();
-    for (h, rel) in hashed {
-        map.entry(h).or_insert(rel);
-    }
-    Ok(map)
-}
-
 /// One collected image, read and judged.
 struct Looked {
     sha: String,
@@ -206,15 +173,16 @@ fn collected_date(layout: &Layout, path: &Path, sidecar: Option<&Sidecar>) -> St
         .unwrap_or_default()
 }
 
-/// Plans batch `batch`: one entry per image of `images`, in order.
+/// Plans batch `batch`: one entry per image of `images`, in order. `known` maps the content
+/// hashes already in the dataset to where they are ([`super::hashes::dataset_hashes`]).
 pub fn plan(
     layout: &Layout,
     batch: &str,
     images: &[PathBuf],
     sorter: Option<&Sorter>,
     accept_above: Option<f32>,
+    mut known: HashMap<String, String>,
 ) -> Result<Vec<Entry>> {
-    let mut known = dataset_hashes(layout)?;
     let mut reserved = HashSet::new();
     let size = sorter.map(|s| s.bundle.meta.image_size);
     let now = jiff::Timestamp::now().to_string();
