@@ -198,6 +198,8 @@ pub struct ServeConfig {
     pub allowed_origins: Vec<String>,
     /// Peer addresses of reverse proxies whose `X-Forwarded-Host` header is trusted.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The JSON-lines access log: `"-"` stdout, `""` off, else a file (relative to flora.toml).
+    pub access_log: String,
 }
 
 impl Default for ServeConfig {
@@ -221,6 +223,7 @@ impl Default for ServeConfig {
             collect_min_free_bytes: 1024 * 1024 * 1024,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            access_log: "-".into(),
         }
     }
 }
@@ -466,6 +469,7 @@ max_queue_bytes = 67108864     # 64 MB of decoded pixels waiting for the model; 
 collect_min_free_bytes = 1073741824  # below 1 GB free on its disk, uploads are not saved (still answered)
 allowed_origins = []           # browser origins, besides the server's own, that may POST (e.g. "https://app.example.org")
 trusted_proxies = []           # proxy IPs whose X-Forwarded-Host counts as the host (e.g. ["127.0.0.1"])
+access_log = "-"               # one JSON line per request: "-" stdout, "" off, or a file path
 # admin_token = "..."          # or set FLORA_ADMIN_TOKEN; without one the admin endpoints answer 403
 
 # Free facts per class, shown by `flora predict` and `flora serve`:

@@ -366,6 +366,15 @@ fn metrics_parse_and_move_with_requests() {
         value(&before, "flora_model_info", &[("slot", "green")]),
         1.0
     );
+    // The accuracy each slot's model scored at promotion, marked live or not.
+    assert_eq!(
+        value(
+            &before,
+            "flora_model_accuracy",
+            &[("slot", "blue"), ("live", "true")]
+        ),
+        0.9
+    );
 
     let png = bag_png();
     let mut classes = Vec::new();
@@ -422,3 +431,63 @@ fn metrics_parse_and_move_with_requests() {
     );
 }
 
+#[test]
+fn every_request_gets_an_id_and_an_access_log_line() {
+    let dir = slotted_project("");
+    let server = Server::start(dir.path(), None, &[]);
+    // A proxy's id is kept and returned; without one the server makes one.
+    let mut r = agent()
+        .post(&server.url("/predict"))
+        .header("Content-Type", "image/png")
+        .header("X-Request-Id", "proxy-42")
+        .send(&bag_png())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "proxy-42");
+    let _ = r.body_mut().read_to_string();
+    let r = agent().get(&server.url("/health")).call().unwrap();
+    let own = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!own.is_empty() && own != "proxy-42");
+    wait_for("two access log lines", || server.access_log().len() >= 2);
+    let lines = server.access_log();
+    let predict = lines
+        .iter()
+        .find(|l| l["request_id"] == "proxy-42")
+        .unwrap();
+    assert_eq!(predict["route"], "/predict");
+    assert_eq!(predict["method"], "POST");
+    assert_eq!(predict["status"], 200);
+    assert_eq!(predict["slot"], "blue");
+    assert!(predict["class"].is_string() && predict["latency_ms"].is_number());
+    assert!(predict["time"].as_str().unwrap().ends_with('Z'));
+    let health = lines
+        .iter()
+        .find(|l| l["request_id"] == own.as_str())
+        .unwrap();
+    assert_eq!(health["route"], "/health");
+    assert!(health["class"].is_null());
+}
+
+#[test]
+fn a_truncated_jpeg_is_refused_with_422() {
+    let dir = slotted_project("");
+    let server = Server::start(dir.path(), None, &[]);
+    let photo = image::load_from_memory(&bag_png()).unwrap().resize_exact(
+        96,
+        96,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    let (status, body) = server.post("/predict", "image/jpeg", &jpeg[..jpeg.len() * 6 / 10], None);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("truncated"),
+        "{body}"
+    );
+    // Nothing was collected from it; the whole JPEG still predicts.
+    assert!(walk(&dir.path().join("collected_data")).is_empty());
+    let (status, _) = server.post("/predict", "image/jpeg", &jpeg, None);
+    assert_eq!(status, 200);
+}

@@ -66,6 +66,7 @@ pub struct Metrics {
     low_confidence: Counter,
     live_slot: Family<SlotLabels, Gauge>,
     model_info: Family<ModelLabels, Gauge>,
+    model_accuracy: Family<ModelLabels, FloatGauge>,
     model_reloads: Counter,
     collected: Counter,
     collection_failures: Counter,
@@ -142,6 +143,12 @@ impl Metrics {
             "The loaded models: 1 per slot (or fallback run), with its run",
             model_info.clone(),
         );
+        let model_accuracy = Family::<ModelLabels, FloatGauge>::default();
+        registry.register(
+            "flora_model_accuracy",
+            "Accuracy of each loaded slot's model on the promote gate's data, at promotion",
+            model_accuracy.clone(),
+        );
         let model_reloads = Counter::default();
         registry.register(
             "flora_model_changes",
@@ -210,6 +217,7 @@ impl Metrics {
             low_confidence: low,
             live_slot,
             model_info,
+            model_accuracy,
             model_reloads,
             collected,
             collection_failures,
@@ -302,15 +310,18 @@ impl Metrics {
                 .set(i64::from(serving == Some(slot.as_str())));
         }
         self.model_info.clear();
+        self.model_accuracy.clear();
         for (label, loaded) in snap.loaded() {
-            self.model_info
-                .get_or_create(&ModelLabels {
-                    slot: label.into(),
-                    run_id: loaded.bundle.meta.run_id.clone().unwrap_or_default(),
-                    run_name: loaded.bundle.meta.run_name.clone().unwrap_or_default(),
-                    live: (serving == Some(label)).to_string(),
-                })
-                .set(1);
+            let labels = ModelLabels {
+                slot: label.into(),
+                run_id: loaded.bundle.meta.run_id.clone().unwrap_or_default(),
+                run_name: loaded.bundle.meta.run_name.clone().unwrap_or_default(),
+                live: (serving == Some(label)).to_string(),
+            };
+            if let Some(acc) = loaded.info.as_ref().and_then(|i| i.accuracy) {
+                self.model_accuracy.get_or_create(&labels).set(acc);
+            }
+            self.model_info.get_or_create(&labels).set(1);
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`listen`]: the accept loop (timeouts, connection cap, shutdown deadline);
 //!   [`limits`]: the per-request deadline; [`origin`]: the cross-origin check.
 
+pub mod access;
 pub mod error;
 pub mod limits;
 pub mod listen;
@@ -69,6 +70,8 @@ pub struct App {
     pub stall_timeout: Duration,
     pub request_timeout: Duration,
     pub origins: origin::OriginPolicy,
+    /// One JSON line per request (`serve.access_log`).
+    pub access_log: access::AccessLog,
 }
 
 impl App {
@@ -190,6 +193,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         stall_timeout: Duration::from_secs(cfg.stall_timeout_secs),
         request_timeout: Duration::from_secs(cfg.request_timeout_secs),
         origins: origin::OriginPolicy::new(&cfg.allowed_origins, &cfg.trusted_proxies),
+        access_log: access::AccessLog::open(&cfg.access_log, &settings.base)?,
     });
     let conn_limits = listen::ConnLimits {
         stall: Duration::from_secs(cfg.stall_timeout_secs),
@@ -237,7 +241,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
                  or the admin token and uploads travel in clear text"
             );
         }
-        println!("flora serve listening on http://{local}");
+        eprintln!("flora serve listening on http://{local}");
         listen::serve(
             listener,
             router(app.clone(), cfg.max_body_bytes),

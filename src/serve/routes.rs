@@ -12,9 +12,9 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::App;
 use super::error::{ApiError, Reason};
 use super::models::Loaded;
+use super::{App, access};
 use crate::collect::{self, Outcome, Sidecar};
 use crate::imaging;
 use crate::registry::Slot;
@@ -101,7 +101,7 @@ pub struct PredictQuery {
 }
 
 /// `POST /predict`: a multipart field `file`, or a raw `image/*` body.
-pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<Value>, ApiError> {
+pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let query = Query::<PredictQuery>::try_from_uri(req.uri())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let (bytes, filename) = read_upload(&app, req).await?;
@@ -133,13 +133,18 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
 
     let size = model.bundle.meta.image_size;
     let limits = app.limits;
-    let permit = app.decode_permits.clone().acquire_owned().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is stopping",
-        )
-    })?;
+    let permit = app
+        .decode_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })?;
     let decode_input = bytes.clone();
     let running = app.metrics.decodes_running().clone();
     // The permit lives in the blocking task: if the client goes away, the decode still
@@ -238,7 +243,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
         (None, "off")
     };
 
-    Ok(Json(json!({
+    let mut resp = Json(json!({
         "model_used": label,
         "run_id": model.bundle.meta.run_id,
         "prediction": {
@@ -249,7 +254,13 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
         "top_k": top,
         "data_collected_at": collected,
         "collection": collection,
-    })))
+    }))
+    .into_response();
+    resp.extensions_mut().insert(access::Answered {
+        slot: label,
+        class: best.class,
+    });
+    Ok(resp)
 }
 
 /// Decrements a gauge when dropped (also when the decode panics).
@@ -412,13 +423,28 @@ pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     let start = Instant::now();
     let route = route_label(req.uri().path());
     let method = method_label(req.method());
-    let resp = next.run(req).await;
+    let id = access::request_id(req.headers());
+    let mut resp = next.run(req).await;
     let status = resp.status();
-    app.metrics
-        .request(route, method, status.as_u16(), start.elapsed());
+    let took = start.elapsed();
+    app.metrics.request(route, method, status.as_u16(), took);
     if status.is_client_error() || status.is_server_error() {
         let reason = resp.extensions().get::<Reason>().map_or("other", |r| r.0);
         app.metrics.failure(reason);
+    }
+    if app.access_log.enabled() {
+        let answered = resp.extensions().get::<access::Answered>();
+        app.access_log.write(&access::line(
+            &id,
+            method,
+            route,
+            status.as_u16(),
+            took,
+            answered,
+        ));
+    }
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(access::REQUEST_ID, v);
     }
     resp
 }

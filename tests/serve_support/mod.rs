@@ -69,6 +69,19 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub log: Arc<Mutex<String>>,
+    /// What the server wrote to stdout: its JSON-lines access log.
+    pub stdout: Arc<Mutex<String>>,
+}
+
+/// Appends every line `from` gives to `into`, on a thread of its own.
+fn drain(from: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let mut l = into.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
 }
 
 impl Server {
@@ -77,26 +90,21 @@ impl Server {
         let mut cmd = flora(dir);
         cmd.args(["serve", "--port", &port.to_string()])
             .args(extra_args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(t) = token {
             cmd.env("FLORA_ADMIN_TOKEN", t);
         }
         let mut child = cmd.spawn().expect("starting flora serve");
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let stdout = Arc::new(Mutex::new(String::new()));
+        drain(child.stderr.take().unwrap(), log.clone());
+        drain(child.stdout.take().unwrap(), stdout.clone());
         let mut s = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
+            stdout,
         };
         let start = Instant::now();
         loop {
@@ -117,6 +125,16 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The access log lines written so far, parsed (each must be one JSON object).
+    pub fn access_log(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -382,4 +400,3 @@ pub fn value(
         .map(|(_, _, v)| v)
         .sum()
 }
-
