@@ -278,7 +278,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
-        let out = collect(dir.path(), b"abc", ImageFormat::Png, &mut sidecar(), u64::MAX).unwrap();
+        let out = collect(
+            dir.path(),
+            b"abc",
+            ImageFormat::Png,
+            &mut sidecar(),
+            u64::MAX,
+        )
+        .unwrap();
         assert!(matches!(out, Outcome::LowDisk { .. }), "{out:?}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -421,4 +421,3 @@ fn metrics_parse_and_move_with_requests() {
         4.0
     );
 }
-

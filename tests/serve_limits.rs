@@ -156,7 +156,10 @@ fn stalled_headers_bodies_and_idle_connections_are_closed() {
         .unwrap();
     let (_, closed, took) = read_to_close(&mut s, limit);
     assert!(closed, "a connection stalled in its headers stayed open");
-    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "closed late: {took:?}");
 
     // Nothing at all (an idle connection).
@@ -178,16 +181,29 @@ fn stalled_headers_bodies_and_idle_connections_are_closed() {
     let (resp, closed, took) = read_to_close(&mut s, limit);
     let resp = String::from_utf8_lossy(&resp);
     assert!(closed, "a stalled upload stayed open: {resp}");
-    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "closed late: {took:?}");
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("stall_timeout_secs"), "{resp}");
 
     // The server is fine and counted them.
     let samples = scrape(&server);
-    assert!(value(&samples, "flora_failures_total", &[("reason", "header_timeout")]) >= 2.0);
+    assert!(
+        value(
+            &samples,
+            "flora_failures_total",
+            &[("reason", "header_timeout")]
+        ) >= 2.0
+    );
     assert_eq!(
-        value(&samples, "flora_failures_total", &[("reason", "body_stalled")]),
+        value(
+            &samples,
+            "flora_failures_total",
+            &[("reason", "body_stalled")]
+        ),
         1.0
     );
     let (status, _) = server.predict_multipart(&png, "x.png", "");
@@ -218,8 +234,8 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
     // ...and is served as soon as one closes.
     drop(held.remove(0));
     let start = Instant::now();
-    let (status, _) = read_response(&mut third, Duration::from_secs(5))
-        .expect("served once a connection closed");
+    let (status, _) =
+        read_response(&mut third, Duration::from_secs(5)).expect("served once a connection closed");
     assert_eq!(status, 200);
     assert!(start.elapsed() < Duration::from_secs(2));
 }
@@ -430,7 +446,10 @@ fn a_broken_standby_slot_is_skipped_retried_slowly_and_never_made_live() {
     );
     assert_eq!(reg.live().unwrap(), Some(Slot::Blue));
     assert_eq!(reg.history().unwrap().len(), history);
-    assert_eq!(server.predict_multipart(&png, "x.png", "").1["model_used"], "blue");
+    assert_eq!(
+        server.predict_multipart(&png, "x.png", "").1["model_used"],
+        "blue"
+    );
 
     // Retries back off: at 250 ms polls, 3.5 s would log ~14 failures.
     std::thread::sleep(Duration::from_millis(3500));
@@ -464,8 +483,14 @@ fn cross_origin_posts_are_refused() {
     let (status, j) = post(&[("Origin", "https://evil.example")]);
     assert_eq!(status, 403, "{j}");
     let msg = j["error"].as_str().unwrap();
-    assert!(msg.contains("allowed_origins") && msg.contains("evil.example"), "{j}");
-    assert!(!dir.path().join("collected_data").exists(), "nothing collected");
+    assert!(
+        msg.contains("allowed_origins") && msg.contains("evil.example"),
+        "{j}"
+    );
+    assert!(
+        !dir.path().join("collected_data").exists(),
+        "nothing collected"
+    );
     let own = format!("http://127.0.0.1:{}", server.port());
     for headers in [
         vec![],

@@ -167,7 +167,11 @@ impl Models {
         };
         models.refresh_locked(true)?;
         let mut snap = (*models.snapshot()).clone();
-        let failed = models.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failed = models
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let broken = |slot: Slot| failed[index(slot)].as_ref().map(|f| f.error.clone());
         if let Some(live) = snap.live
             && snap.slot(live).is_none()
@@ -287,8 +291,8 @@ impl Models {
                         }
                         Err(e) => {
                             self.metrics.failure("model_load");
-                            let delay = before
-                                .map_or(RETRY_FIRST, |f| (f.delay * 2).min(RETRY_MAX));
+                            let delay =
+                                before.map_or(RETRY_FIRST, |f| (f.delay * 2).min(RETRY_MAX));
                             let keeping = if new.slots[i].is_some() {
                                 "keeping the model it had"
                             } else {
@@ -358,17 +362,22 @@ impl Models {
         std::thread::Builder::new()
             .name("flora-watch".into())
             .spawn(move || {
-                poll_until(&stop, POLL_INTERVAL, || self.refresh(), |problem| {
-                    if problem.panicked {
-                        self.metrics.failure("watcher_panic");
-                    }
-                    eprintln!(
-                        "{}: reading {}: {}",
-                        if problem.panicked { "error" } else { "warning" },
-                        self.registry.dir().display(),
-                        problem.message
-                    );
-                })
+                poll_until(
+                    &stop,
+                    POLL_INTERVAL,
+                    || self.refresh(),
+                    |problem| {
+                        if problem.panicked {
+                            self.metrics.failure("watcher_panic");
+                        }
+                        eprintln!(
+                            "{}: reading {}: {}",
+                            if problem.panicked { "error" } else { "warning" },
+                            self.registry.dir().display(),
+                            problem.message
+                        );
+                    },
+                )
             })
             .expect("spawning the models watcher")
     }

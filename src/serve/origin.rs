@@ -148,7 +148,10 @@ mod tests {
         assert!(ok(&[("host", "127.0.0.1:8000")], local));
         // Same origin, with and without a default port.
         assert!(ok(
-            &[("host", "127.0.0.1:8000"), ("origin", "http://127.0.0.1:8000")],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "http://127.0.0.1:8000")
+            ],
             local
         ));
         assert!(ok(
@@ -157,17 +160,29 @@ mod tests {
         ));
         // Another site, a different port, a scheme-only or opaque origin: refused.
         assert!(!ok(
-            &[("host", "127.0.0.1:8000"), ("origin", "https://evil.example")],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "https://evil.example")
+            ],
             local
         ));
         assert!(!ok(
-            &[("host", "127.0.0.1:8000"), ("origin", "http://127.0.0.1:9999")],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "http://127.0.0.1:9999")
+            ],
             local
         ));
-        assert!(!ok(&[("host", "127.0.0.1:8000"), ("origin", "null")], local));
+        assert!(!ok(
+            &[("host", "127.0.0.1:8000"), ("origin", "null")],
+            local
+        ));
         // The allow-list.
         assert!(ok(
-            &[("host", "127.0.0.1:8000"), ("origin", "https://app.example.org")],
+            &[
+                ("host", "127.0.0.1:8000"),
+                ("origin", "https://app.example.org")
+            ],
             local
         ));
         // X-Forwarded-Host counts only from a trusted proxy.

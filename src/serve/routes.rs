@@ -133,13 +133,18 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Json<V
 
     let size = model.bundle.meta.image_size;
     let limits = app.limits;
-    let permit = app.decode_permits.clone().acquire_owned().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is stopping",
-        )
-    })?;
+    let permit = app
+        .decode_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })?;
     let decode_input = bytes.clone();
     let running = app.metrics.decodes_running().clone();
     // The permit lives in the blocking task: if the client goes away, the decode still

@@ -191,7 +191,9 @@ mod tests {
         assert_eq!(budget.used(), 100);
         drop(a);
         assert_eq!(budget.used(), 40);
-        let c = budget.reserve(60).expect("fits again once a job is answered");
+        let c = budget
+            .reserve(60)
+            .expect("fits again once a job is answered");
         drop((b, c));
         assert_eq!(budget.used(), 0);
         // One job larger than the whole budget runs alone, never beside another.

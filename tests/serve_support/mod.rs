@@ -382,4 +382,3 @@ pub fn value(
         .map(|(_, _, v)| v)
         .sum()
 }
-
