@@ -211,6 +211,49 @@ fn stalled_headers_bodies_and_idle_connections_are_closed() {
 }
 
 #[test]
+fn a_trickling_upload_is_cut_at_the_request_deadline() {
+    let dir = slotted_project("[serve]\nstall_timeout_secs = 30\nrequest_timeout_secs = 2\n");
+    let server = Server::start(dir.path(), None, &[]);
+    let png = bag_png();
+    let mut s = connect(&server);
+    write!(
+        s,
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        png.len()
+    )
+    .unwrap();
+    // One byte every 200 ms: never stalled, never done.
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    for b in &png[..png.len() / 2] {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let (rest, _, _) = read_to_close(&mut s, Duration::from_secs(5));
+    answer.extend_from_slice(&rest);
+    let took = start.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{took:?}: {answer}");
+    assert!(answer.contains("request_timeout_secs"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn connections_beyond_the_cap_wait_until_one_closes() {
     let dir = slotted_project("[serve]\nmax_connections = 2\nstall_timeout_secs = 30\n");
     let server = Server::start(dir.path(), None, &[]);
