@@ -50,7 +50,10 @@ impl Snapshot {
     fn take(registry: &Registry) -> Result<Self> {
         Ok(Self {
             live: registry.live()?,
-            versions: [registry.resolve(Slot::Blue)?, registry.resolve(Slot::Green)?],
+            versions: [
+                registry.resolve(Slot::Blue)?,
+                registry.resolve(Slot::Green)?,
+            ],
         })
     }
 

@@ -217,9 +217,8 @@ impl Registry {
         if slot_path.is_dir() && !slot_path.is_symlink() {
             // A slot made by hand as a real folder: keep it as a version, then link.
             let kept = versions.join(format!("{}-manual-{}-{id}", slot.as_str(), now_ms()));
-            std::fs::rename(&slot_path, &kept).with_context(|| {
-                format!("moving {} to {}", slot_path.display(), kept.display())
-            })?;
+            std::fs::rename(&slot_path, &kept)
+                .with_context(|| format!("moving {} to {}", slot_path.display(), kept.display()))?;
             eprintln!(
                 "note: the hand-made folder {} was kept as {}",
                 slot_path.display(),

@@ -84,7 +84,9 @@ impl RunInfo {
         if !Path::new("/proc/self/stat").exists() {
             return Owner::Unknown;
         }
-        let recorded = tags.get(TAG_START).and_then(|t| t.trim().parse::<u64>().ok());
+        let recorded = tags
+            .get(TAG_START)
+            .and_then(|t| t.trim().parse::<u64>().ok());
         match (process_start_time(pid), recorded) {
             (None, _) => Owner::Gone,
             (Some(now), Some(then)) if now != then => Owner::Gone, // the pid was reused
@@ -654,7 +656,8 @@ mod tests {
         assert_eq!(run.info.owner(), Owner::Gone);
         assert_eq!(run.info.status_label(), "CRASHED");
         // A pid no process has.
-        run.set_tag(TAG_PID, &(i32::MAX as u32).to_string()).unwrap();
+        run.set_tag(TAG_PID, &(i32::MAX as u32).to_string())
+            .unwrap();
         assert_eq!(run.info.owner(), Owner::Gone);
         // Another machine: cannot tell.
         run.set_tag(TAG_HOST, "elsewhere.invalid").unwrap();

@@ -863,8 +863,18 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
     let twin = "dataset/bag/twin-of-abs.png";
     std::fs::copy(&elsewhere, p.join(twin)).unwrap();
     let victims_intact = || {
-        assert_eq!(sha_file(&outside), outside_sha, "{} touched", outside.display());
-        assert_eq!(sha_file(&elsewhere), abs_sha, "{} touched", elsewhere.display());
+        assert_eq!(
+            sha_file(&outside),
+            outside_sha,
+            "{} touched",
+            outside.display()
+        );
+        assert_eq!(
+            sha_file(&elsewhere),
+            abs_sha,
+            "{} touched",
+            elsewhere.display()
+        );
     };
     let collected = p.join("collected_data");
     let good = upload(&collected, &std::fs::read(&imgs[2]).unwrap(), "ok.png");
@@ -874,7 +884,12 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
         op: flora::merge::journal::Op::Merge,
         batch: "20260101-000000-evil".into(),
         entries: [
-            row("20260101-000000-evil", "../outside.png", &format!("{INBOX}/stolen.png"), &outside_sha),
+            row(
+                "20260101-000000-evil",
+                "../outside.png",
+                &format!("{INBOX}/stolen.png"),
+                &outside_sha,
+            ),
             row("20260101-000000-evil", &abs, twin, &abs_sha),
         ]
         .into_iter()
@@ -898,7 +913,11 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
     assert!(p.join(twin).is_file());
     // The journal is not replayed again; its refused entries are kept for the record.
     assert!(!jpath.exists());
-    assert!(state.join("20260101-000000-evil.merge.refused.json").is_file());
+    assert!(
+        state
+            .join("20260101-000000-evil.merge.refused.json")
+            .is_file()
+    );
     // The real upload was merged all the same.
     assert!(!good.exists());
     let rows = manifest(&p);
@@ -908,7 +927,12 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
 
     // A hand-made merge.csv: undo trusts none of its paths either.
     let mut rows = rows;
-    rows.push(row("evil", "collected_data/back.png", "../outside.png", &outside_sha));
+    rows.push(row(
+        "evil",
+        "collected_data/back.png",
+        "../outside.png",
+        &outside_sha,
+    ));
     rows.push(row("evil", twin, &abs, &abs_sha));
     flora::merge::journal::write_manifest(&p.join(INBOX).join("merge.csv"), &rows).unwrap();
     let out = run(&p, &["merge", "--undo", "evil"]);
@@ -919,7 +943,11 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
     victims_intact();
     assert!(!collected.join("back.png").exists());
     assert!(p.join(twin).is_file());
-    assert_eq!(manifest(&p).len(), 3, "the refused rows stay in the manifest");
+    assert_eq!(
+        manifest(&p).len(),
+        3,
+        "the refused rows stay in the manifest"
+    );
 }
 
 #[test]
@@ -991,7 +1019,10 @@ fn merge_stats(p: &Path, extra: &[&str]) -> (usize, usize, usize) {
 fn merge_hashes_only_new_or_changed_dataset_files() {
     let dir = project(10, 1);
     let p = dir.path();
-    for e in walkdir::WalkDir::new(p.join("dataset")).into_iter().flatten() {
+    for e in walkdir::WalkDir::new(p.join("dataset"))
+        .into_iter()
+        .flatten()
+    {
         if e.file_type().is_file() {
             age(e.path(), 3600);
         }
@@ -999,7 +1030,10 @@ fn merge_hashes_only_new_or_changed_dataset_files() {
     let collected = p.join("collected_data");
     let imgs = test_images(2, &["bag"]);
     for i in &imgs {
-        age(&upload(&collected, &std::fs::read(i).unwrap(), "a.png"), 3600);
+        age(
+            &upload(&collected, &std::fs::read(i).unwrap(), "a.png"),
+            3600,
+        );
     }
     assert_eq!(merge_stats(p, &[]), (40, 40, 0));
     let cache: Value =
@@ -1021,13 +1055,23 @@ fn merge_hashes_only_new_or_changed_dataset_files() {
     assert_eq!(merge_stats(p, &[]), (42, 1, 41));
     let rows = manifest(p);
     assert_eq!(rows.len(), before + 1);
-    assert_eq!(rows.last().unwrap().action, Action::Inbox, "not a duplicate any more");
+    assert_eq!(
+        rows.last().unwrap().action,
+        Action::Inbox,
+        "not a duplicate any more"
+    );
 
     // A cache that names paths outside the dataset is not trusted for them.
     let mut cache: Value =
         serde_json::from_slice(&std::fs::read(p.join(INBOX).join(".merge/hashes.json")).unwrap())
             .unwrap();
-    let some = cache["files"].as_object().unwrap().values().next().unwrap().clone();
+    let some = cache["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
     cache["files"]["../../etc/passwd"] = some.clone();
     cache["files"]["/etc/passwd"] = some;
     std::fs::write(
@@ -1040,5 +1084,11 @@ fn merge_hashes_only_new_or_changed_dataset_files() {
     let cache: Value =
         serde_json::from_slice(&std::fs::read(p.join(INBOX).join(".merge/hashes.json")).unwrap())
             .unwrap();
-    assert!(cache["files"].as_object().unwrap().keys().all(|k| !k.contains("passwd")));
+    assert!(
+        cache["files"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.contains("passwd"))
+    );
 }

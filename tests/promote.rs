@@ -356,7 +356,10 @@ fn promote_races_hand_made_slots_and_odd_run_ids() {
     drop(lock);
     let both = format!("{}\n{}", a.finish(), b.finish());
     assert!(both.contains("slots changed while the gate ran"), "{both}");
-    assert!(both.contains("vs live blue"), "the second was gated: {both}");
+    assert!(
+        both.contains("vs live blue"),
+        "the second was gated: {both}"
+    );
     let s = status(p);
     assert_eq!(slot(&s, "blue")["live"], true);
     let filled = std::collections::BTreeSet::from(["blue", "green"].map(run_of));
@@ -382,7 +385,11 @@ fn promote_races_hand_made_slots_and_odd_run_ids() {
     );
     let s = status(p);
     assert_eq!(slot(&s, "green")["live"], true);
-    assert_eq!(run_of("green"), green_run, "the live slot was not overwritten");
+    assert_eq!(
+        run_of("green"),
+        green_run,
+        "the live slot was not overwritten"
+    );
     assert_eq!(run_of("blue"), weak);
 
     // A slot made by hand as a real folder is kept as a version, also after later promotes.

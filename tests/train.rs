@@ -463,13 +463,19 @@ fn start_training(
             .flatten()
             .map(|e| e.into_path())
             .find(|r| {
-                std::fs::read_to_string(r.join("tags/mlflow.runName")).ok().as_deref() == Some(name)
+                std::fs::read_to_string(r.join("tags/mlflow.runName"))
+                    .ok()
+                    .as_deref()
+                    == Some(name)
                     && r.join("artifacts/config.toml").exists()
             });
         if let Some(run) = found {
             return (child, run);
         }
-        assert!(Instant::now() < deadline, "run {name} did not start in time");
+        assert!(
+            Instant::now() < deadline,
+            "run {name} did not start in time"
+        );
         assert!(
             child.try_wait().unwrap().is_none(),
             "training {name} ended before it was signalled"
@@ -499,11 +505,7 @@ fn runs_json(dir: &Path, name: &str) -> serde_json::Value {
 fn sigterm_and_a_second_ctrl_c_end_the_run_killed_and_sigkill_shows_crashed() {
     let dir = project(30, 500);
     let p = dir.path();
-    write_config(
-        p,
-        500,
-        "[serve]\nadmin_token = \"s3cret-admin-token\"\n",
-    );
+    write_config(p, 500, "[serve]\nadmin_token = \"s3cret-admin-token\"\n");
 
     // SIGTERM stops after the batch, like Ctrl-C.
     let (child, run) = start_training(p, "term", &[]);
@@ -515,11 +517,19 @@ fn sigterm_and_a_second_ctrl_c_end_the_run_killed_and_sigkill_shows_crashed() {
         child.id().to_string()
     );
     for t in ["flora.owner.start_time", "flora.owner.host"] {
-        assert!(!std::fs::read_to_string(tags.join(t)).unwrap().is_empty(), "{t}");
+        assert!(
+            !std::fs::read_to_string(tags.join(t)).unwrap().is_empty(),
+            "{t}"
+        );
     }
     signal(&child, "-TERM");
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(yaml(&run.join("meta.yaml"))["status"], "5", "KILLED");
 
     // No secret in the run store: not in config.toml, params, tags or anywhere else.
@@ -534,15 +544,15 @@ fn sigterm_and_a_second_ctrl_c_end_the_run_killed_and_sigkill_shows_crashed() {
         }
     }
     let config = std::fs::read_to_string(run.join("artifacts/config.toml")).unwrap();
-    assert!(config.contains("admin_token is set but left out"), "{config}");
+    assert!(
+        config.contains("admin_token is set but left out"),
+        "{config}"
+    );
 
     // Ctrl-C twice: quits at once, the run marked KILLED (not left RUNNING).
     // Big, slow batches, so that the second one comes while a batch still runs.
-    let (mut child, run) = start_training(
-        p,
-        "twice",
-        &["--batch-size", "128", "--image-size", "64"],
-    );
+    let (mut child, run) =
+        start_training(p, "twice", &["--batch-size", "128", "--image-size", "64"]);
     let stderr = child.stderr.take().unwrap();
     signal(&child, "-INT");
     let mut err = String::new();
@@ -564,7 +574,11 @@ fn sigterm_and_a_second_ctrl_c_end_the_run_killed_and_sigkill_shows_crashed() {
     let (mut child, run) = start_training(p, "sigkilled", &[]);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(yaml(&run.join("meta.yaml"))["status"], "1", "RUNNING on disk");
+    assert_eq!(
+        yaml(&run.join("meta.yaml"))["status"],
+        "1",
+        "RUNNING on disk"
+    );
     assert_eq!(runs_json(p, "sigkilled")["status"], "CRASHED");
     let table = ok(p, &["runs"]);
     let line = table.lines().find(|l| l.contains("sigkilled")).unwrap();
@@ -587,7 +601,11 @@ fn control_characters_in_run_names_are_refused_and_artifact_uris_are_encoded() {
     let (exp, run) = only_run(&p);
     let encoded = "/my%20proj%20%231%20100%25/runs/";
     let rm = yaml(&run.join("meta.yaml"));
-    assert!(rm["artifact_uri"].contains(encoded), "{}", rm["artifact_uri"]);
+    assert!(
+        rm["artifact_uri"].contains(encoded),
+        "{}",
+        rm["artifact_uri"]
+    );
     assert!(!rm["artifact_uri"].contains(' '));
     let em = yaml(&exp.join("meta.yaml"));
     assert!(

@@ -170,7 +170,14 @@ mod tests {
     #[test]
     fn cache_keys_must_be_plain_relative_paths() {
         assert!(safe_key("bag/a.png"));
-        for bad in ["", "/etc/passwd", "../x.png", "bag/../../x", ".merge/lock", "./a"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.png",
+            "bag/../../x",
+            ".merge/lock",
+            "./a",
+        ] {
             assert!(!safe_key(bad), "{bad:?}");
         }
     }
