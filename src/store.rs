@@ -168,14 +168,10 @@ impl RunStore {
         &self.root
     }
 
-    /// Takes `runs/.lock`, which keeps read-modify-write changes to the store (creating an
-    /// experiment, appending a metric line) from two processes apart.
+    /// Locks the store's folder itself while an experiment is created (no lock file is left
+    /// among MLflow's folders).
     fn lock(&self) -> Result<std::fs::File> {
-        crate::fsutil::lock_file(
-            &self.root.join(".lock"),
-            std::time::Duration::from_secs(30),
-            "write to the run store",
-        )
+        lock_dir(&self.root)
     }
 
     /// The id of the experiment called `name`, created if it does not exist.
@@ -355,23 +351,14 @@ impl Run {
         write_atomic(&path, value.as_bytes())
     }
 
-    /// Appends one metric value at `step` (under the store's lock: two processes logging to
-    /// one run, such as two `flora eval`s, never lose a line).
+    /// Appends one metric value at `step`, with the run's `metrics/` folder locked: two
+    /// processes logging to one run (such as two `flora eval`s) never lose a line.
     pub fn log_metric(&self, key: &str, value: f64, step: u64) -> Result<()> {
-        let path = self.info.dir.join("metrics").join(checked_key(key)?);
-        let _lock = self.store().lock()?;
+        let dir = self.info.dir.join("metrics");
+        let path = dir.join(checked_key(key)?);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _lock = lock_dir(&dir)?;
         append_line_atomic(&path, &format!("{} {} {}", now_ms(), value, step))
-    }
-
-    /// The store this run lives in (`runs/`, two folders up).
-    fn store(&self) -> RunStore {
-        let root = self
-            .info
-            .dir
-            .parent()
-            .and_then(Path::parent)
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        RunStore::new(root)
     }
 
     /// Sets (or replaces) a tag.
@@ -524,6 +511,30 @@ fn checked_key(key: &str) -> Result<&str> {
         Ok(key)
     } else {
         bail!("invalid run store key {key:?}")
+    }
+}
+
+/// Takes an exclusive lock (`flock`) on the folder `dir` itself, waiting up to 30 s for
+/// another flora process to finish its write.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let start = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock)
+                if start.elapsed() < std::time::Duration::from_secs(30) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{} stayed locked by another flora process for 30 s; try again when it has finished",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", dir.display()));
+            }
+        }
     }
 }
 
