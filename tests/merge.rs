@@ -146,11 +146,22 @@ fn fill(collected: &Path, new: &[PathBuf], dups: &[PathBuf], corrupt: usize) -> 
         "twice.png",
     ));
     for i in 0..corrupt {
-        let bytes = if i % 2 == 0 {
-            b"this is not an image at all".to_vec()
-        } else {
-            let b = std::fs::read(&new[i % new.len()]).unwrap();
-            b[..b.len() / 3].to_vec() // a truncated PNG
+        let b = std::fs::read(&new[i % new.len()]).unwrap();
+        let bytes = match i % 3 {
+            0 => b"this is not an image at all".to_vec(),
+            1 => b[..b.len() / 3].to_vec(), // a truncated PNG
+            _ => {
+                // A JPEG cut at 60%: its decoder alone would invent the missing rows.
+                let img = image::load_from_memory(&b).unwrap().resize_exact(
+                    96,
+                    96,
+                    image::imageops::FilterType::Triangle,
+                );
+                let mut jpeg = std::io::Cursor::new(Vec::new());
+                img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+                let jpeg = jpeg.into_inner();
+                jpeg[..jpeg.len() * 6 / 10].to_vec()
+            }
         };
         images.push(upload(collected, &bytes, "broken.png"));
     }
