@@ -11,6 +11,7 @@ pub mod config;
 pub mod dataset;
 pub mod device;
 pub mod eval;
+pub mod finetune;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod imaging;
