@@ -12,7 +12,7 @@ lscpu | grep -E 'Model name' || true
 lscpu | grep -oE 'avx512f|avx2' | sort -u | tr '\n' ' '; echo
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-RAYON_NUM_THREADS=$threads cargo bench --quiet --bench mobilenet -- "$steps" 96 32 35 | tee "$out"
+RAYON_NUM_THREADS=$threads cargo test --release --quiet --bench mobilenet -- "$steps" 96 32 35 | tee "$out"
 "$venv/bin/python" bench/torch_mobilenet.py "$steps" 96 32 0.35 "$threads" | tee -a "$out"
 val() { grep "$1" "$out" | grep -oE "$2=[0-9.]+" | cut -d= -f2; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

@@ -2,7 +2,7 @@
 //! loss, backward, Adam on a fixed random batch), inference img/s in batches and batch-1
 //! latency, through the fused path and through Burn's forward pass.
 //!
-//! `cargo bench --bench mobilenet -- [STEPS] [SIZE] [BATCH] [WIDTH×100]` (defaults 10, 96, 32,
+//! `cargo test --release --bench mobilenet -- [STEPS] [SIZE] [BATCH] [WIDTH×100]` (defaults 10, 96, 32,
 //! 35). Prints `BENCH mobilenet ...` lines; `bench/mobilenet.sh` sets them beside PyTorch's.
 
 use std::time::Instant;
