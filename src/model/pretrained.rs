@@ -69,8 +69,10 @@ fn container(path: &Path) -> Result<Container> {
     let mut f = std::fs::File::open(path)
         .with_context(|| format!("opening pretrained weights {}", path.display()))?;
     let n = f.read(&mut head).unwrap_or(0);
-    if (n >= 4 && head[..4] == *b"PK\x03\x04") || (n >= 1 && head[0] == 0x80) {
-        return Ok(Container::Pytorch); // a zip (torch.save) or a legacy pickle
+    if (n >= 4 && head[..4] == *b"PK\x03\x04")
+        || (n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]))
+    {
+        return Ok(Container::Pytorch); // a zip (torch.save) or a legacy pickle (PROTO 2-5)
     }
     if n == 9 && head[8] == b'{' {
         return Ok(Container::Safetensors); // u64 header length, then the JSON header
