@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device;
 use crate::imaging::Normalization;
-use crate::model::{Arch, Classifier, FusedCnn};
+use crate::model::{Arch, Classifier, Fused};
 
 /// Version of the bundle layout; a bundle of another version is refused.
 pub const BUNDLE_FORMAT: u32 = 1;
@@ -33,6 +33,13 @@ pub struct BundleMeta {
     pub classes: Vec<String>,
     pub normalization: Normalization,
     pub dropout: f64,
+    /// MobileNetV2's width multiplier (1.0 for the `cnn`, and for bundles written before
+    /// widths existed).
+    #[serde(default = "width_one")]
+    pub width: f64,
+    /// The ImageNet weights the model started from (`file name (layout)`), if any.
+    #[serde(default)]
+    pub pretrained: Option<String>,
     pub run_id: Option<String>,
     pub run_name: Option<String>,
     pub data_fingerprint: String,
@@ -61,6 +68,17 @@ impl BundleMeta {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout = {} must be in [0, 1)", self.dropout);
+        }
+        let widths = crate::model::mobilenet::WIDTHS;
+        let width_ok = match self.arch {
+            crate::model::Arch::Cnn => self.width == 1.0,
+            crate::model::Arch::MobilenetV2 => widths.contains(&self.width),
+        };
+        if !width_ok {
+            bail!(
+                "width = {} is not one of {widths:?} (1.0 for the cnn)",
+                self.width
+            );
         }
         if self.classes.len() < 2 {
             bail!(
@@ -94,15 +112,14 @@ impl BundleMeta {
 pub struct ModelBundle {
     pub meta: BundleMeta,
     pub model: Classifier,
-    /// The fast inference form of a `cnn` model (see [`Engine`]); `None` runs Burn's forward.
-    fused: Option<Arc<FusedCnn>>,
+    /// The fast inference form of the model (see [`Engine`]); `None` runs Burn's forward.
+    fused: Option<Arc<Fused>>,
 }
 
 /// Which forward pass [`ModelBundle::predict_pixels`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
-    /// The fused channels-last path for the reference CNN ([`FusedCnn`]); other architectures
-    /// use Burn. The default.
+    /// The fused channels-last path ([`Fused`]: the reference CNN and MobileNetV2). The default.
     Fused,
     /// Burn's forward pass on the Flex backend, for every architecture.
     Burn,
@@ -119,7 +136,7 @@ impl Engine {
     }
 
     /// The fused form of `model` when this engine uses one for its architecture.
-    pub fn fused(self, model: &Classifier) -> Option<FusedCnn> {
+    pub fn fused(self, model: &Classifier) -> Option<Fused> {
         match self {
             Engine::Fused => model.fused(),
             Engine::Burn => None,
@@ -240,7 +257,13 @@ impl ModelBundle {
             );
         }
         let device = device::inference();
-        let model = Classifier::new(meta.arch, meta.classes.len(), meta.dropout, &device)
+        let model = Classifier::with_width(
+            meta.arch,
+            meta.width,
+            meta.classes.len(),
+            meta.dropout,
+            &device,
+        )
             .try_load_file(&weights)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| {
@@ -304,6 +327,10 @@ impl ModelBundle {
     }
 }
 
+fn width_one() -> f64 {
+    1.0
+}
+
 /// Probabilities from logits (max-shifted, so large logits do not overflow).
 fn softmax_vec(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -315,4 +342,21 @@ fn softmax_vec(logits: &[f32]) -> Vec<f32> {
 /// The path of the bundle inside a run's artifacts.
 pub fn run_bundle_dir(artifacts: &Path) -> PathBuf {
     artifacts.join("model")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundles_from_before_widths_read_as_width_one() {
+        // bundle.json as flora wrote it before `width` and `pretrained` existed.
+        let old = r#"{"format":1,"flora_version":"0.1.0","arch":"mobilenet_v2","image_size":32,
+            "classes":["bag","trouser"],"normalization":{"mean":[0.485,0.456,0.406],
+            "std":[0.229,0.224,0.225]},"dropout":0.3,"run_id":null,"run_name":null,
+            "data_fingerprint":"sha256:0","metrics":{},"created_at_ms":0}"#;
+        let meta: BundleMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(meta.width, 1.0);
+        assert_eq!(meta.pretrained, None);
+    }
 }

@@ -94,6 +94,13 @@ pub struct TrainArgs {
     /// Early-stopping patience in epochs, 0 = off (train.patience).
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
+    /// MobileNetV2 width multiplier: 0.35, 0.5, 0.75 or 1.0 (train.width).
+    #[arg(long, value_name = "W")]
+    pub width: Option<f64>,
+    /// ImageNet weights to start from: torchvision .pth or timm model.safetensors
+    /// (train.pretrained).
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
     /// Turn augmentation off (data.augment = false).
     #[arg(long)]
     pub no_augment: bool,

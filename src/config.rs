@@ -84,16 +84,37 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
-    /// Learning-rate schedule: `cosine` (to 1% of the start, per step) or `constant`.
+    /// Learning-rate schedule: `cosine` (to 1% of the start, per step), `constant`, or
+    /// `plateau` (halved when the validation loss stalls).
     pub lr_schedule: LrSchedule,
     /// L2 weight decay added by Adam (0 disables it).
     pub weight_decay: f64,
-    /// Dropout before the classifier layer.
-    pub dropout: f64,
+    /// Dropout before the classifier layer (default per architecture:
+    /// [`Arch::default_dropout`](crate::model::Arch::default_dropout)).
+    pub dropout: Option<f64>,
     /// Stop after this many epochs without a better validation accuracy (0 disables it).
     pub patience: usize,
     /// Worker threads for the CPU backend and decoding (0: one per core).
     pub threads: usize,
+    /// MobileNetV2's width multiplier: 0.35, 0.5, 0.75 or 1.0.
+    pub width: f64,
+    /// ImageNet weights to start from (torchvision `.pth` or timm `model.safetensors`;
+    /// `mobilenet_v2` only), relative to the config file.
+    pub pretrained: Option<PathBuf>,
+    /// Epochs of phase 1, which trains only the head over a frozen backbone (0: no phases).
+    pub freeze_epochs: usize,
+    /// Share of the backbone (its 17 inverted residual blocks plus the final 1×1 conv, counted
+    /// from the top) that phase 2 unfreezes.
+    pub unfreeze_fraction: f64,
+    /// Learning rate of phase 2.
+    pub finetune_learning_rate: f64,
+}
+
+impl TrainConfig {
+    /// `dropout`, or the architecture's default.
+    pub fn dropout(&self) -> f64 {
+        self.dropout.unwrap_or(self.arch.default_dropout())
+    }
 }
 
 impl Default for TrainConfig {
@@ -105,9 +126,14 @@ impl Default for TrainConfig {
             learning_rate: 1e-3,
             lr_schedule: LrSchedule::Cosine,
             weight_decay: 0.0,
-            dropout: 0.3,
+            dropout: None,
             patience: 5,
             threads: 0,
+            width: 1.0,
+            pretrained: None,
+            freeze_epochs: 0,
+            unfreeze_fraction: 0.3,
+            finetune_learning_rate: 1e-4,
         }
     }
 }
@@ -120,13 +146,19 @@ pub enum LrSchedule {
     Cosine,
     /// The same value throughout.
     Constant,
+    /// Halved after [`PLATEAU_PATIENCE`] epochs without a lower validation loss (see
+    /// [`crate::finetune`]).
+    Plateau,
 }
+
+/// Epochs without a lower validation loss before `plateau` halves the learning rate.
+pub const PLATEAU_PATIENCE: usize = 2;
 
 impl LrSchedule {
     /// The learning rate at `step` of `total` steps.
     pub fn at(self, base: f64, step: usize, total: usize) -> f64 {
         match self {
-            LrSchedule::Constant => base,
+            LrSchedule::Constant | LrSchedule::Plateau => base,
             LrSchedule::Cosine => {
                 let min = base * 0.01;
                 let t = step as f64 / total.max(1) as f64;
@@ -302,9 +334,54 @@ impl Settings {
     pub fn collected_dir(&self) -> PathBuf {
         self.resolve(&self.config.paths.collected_data)
     }
+    /// The pretrained weights file, if any.
+    pub fn pretrained_file(&self) -> Option<PathBuf> {
+        self.config
+            .train
+            .pretrained
+            .as_deref()
+            .map(|p| self.resolve(p))
+    }
 }
 
 impl Config {
+    /// The `[train]` keys that only MobileNetV2 uses.
+    fn validate_mobilenet(&self) -> Result<()> {
+        let t = &self.train;
+        let mobilenet = t.arch == crate::model::Arch::MobilenetV2;
+        if !crate::model::mobilenet::WIDTHS.contains(&t.width) {
+            bail!(
+                "train.width = {} is not offered: use 0.35, 0.5, 0.75 or 1.0",
+                t.width
+            );
+        }
+        for (key, used) in [
+            ("width", t.width != 1.0),
+            ("pretrained", t.pretrained.is_some()),
+            ("freeze_epochs", t.freeze_epochs > 0),
+        ] {
+            if used && !mobilenet {
+                bail!(
+                    "train.{key} applies to train.arch = \"mobilenet_v2\" only (arch is \"{}\")",
+                    t.arch.as_str()
+                );
+            }
+        }
+        if !(t.unfreeze_fraction > 0.0 && t.unfreeze_fraction <= 1.0) {
+            bail!(
+                "train.unfreeze_fraction = {} must be in (0, 1]",
+                t.unfreeze_fraction
+            );
+        }
+        if !(t.finetune_learning_rate > 0.0 && t.finetune_learning_rate.is_finite()) {
+            bail!(
+                "train.finetune_learning_rate = {} must be a positive number",
+                t.finetune_learning_rate
+            );
+        }
+        Ok(())
+    }
+
     /// Parses and validates a `flora.toml` text.
     pub fn parse(text: &str) -> Result<Self> {
         let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -358,9 +435,12 @@ impl Config {
                 t.learning_rate
             );
         }
-        if !(0.0..1.0).contains(&t.dropout) {
-            bail!("train.dropout = {} must be in [0, 1)", t.dropout);
+        if let Some(d) = t.dropout
+            && !(0.0..1.0).contains(&d)
+        {
+            bail!("train.dropout = {d} must be in [0, 1)");
         }
+        self.validate_mobilenet()?;
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
             bail!(
                 "train.weight_decay = {} must be zero or positive",
@@ -440,11 +520,16 @@ arch = "cnn"                   # cnn | mobilenet_v2
 epochs = 10
 batch_size = 32
 learning_rate = 0.001
-lr_schedule = "cosine"         # cosine | constant
+lr_schedule = "cosine"         # cosine | constant | plateau (halved after 2 epochs without a lower val loss)
 weight_decay = 0.0
-dropout = 0.3
+# dropout = 0.3                # default per arch: cnn 0.3, mobilenet_v2 0.2 (torchvision's)
 patience = 5                   # early stopping on val accuracy (0 = off)
 threads = 0                    # 0 = one per core
+width = 1.0                    # mobilenet_v2 width multiplier: 0.35 | 0.5 | 0.75 | 1.0
+# pretrained = "weights/mobilenet_v2-b0353104.pth"  # ImageNet weights, mobilenet_v2 only (README)
+freeze_epochs = 0              # > 0: phase 1 trains only the head over the frozen backbone,
+unfreeze_fraction = 0.3        #   then phase 2 unfreezes this top share of the backbone
+finetune_learning_rate = 0.0001  # phase 2's learning rate
 
 [paths]
 runs = "runs"                  # run store, readable by MLflow (MLFLOW_ALLOW_FILE_STORE=true)
@@ -496,6 +581,20 @@ mod tests {
     fn negative_epochs_is_refused() {
         let err = Config::parse("[train]\nepochs = -1\n").unwrap_err();
         assert!(format!("{err:#}").contains("epochs"), "{err:#}");
+    }
+
+    #[test]
+    fn mobilenet_keys_are_checked() {
+        let err = Config::parse("[train]\nwidth = 0.6\narch = \"mobilenet_v2\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("train.width = 0.6"), "{err:#}");
+        let err = Config::parse("[train]\nwidth = 0.5\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("applies to train.arch"),
+            "{err:#}"
+        );
+        let ok = Config::parse("[train]\narch = \"mobilenet_v2\"\nwidth = 0.35\n").unwrap();
+        assert_eq!(ok.train.dropout(), 0.2);
+        assert_eq!(Config::default().train.dropout(), 0.3);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod dataset;
 pub mod device;
 pub mod eval;
 pub mod explain;
+pub mod finetune;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod imaging;

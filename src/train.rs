@@ -20,6 +20,7 @@ use crate::bundle::{BUNDLE_FORMAT, BundleMeta, Engine, ModelBundle, run_bundle_d
 use crate::cache::ImageCache;
 use crate::config::Settings;
 use crate::dataset::{DatasetIndex, Subset};
+use crate::finetune::{self, Schedule};
 use crate::imaging::{self, Normalization};
 use crate::model::Classifier;
 use crate::progress;
@@ -43,6 +44,8 @@ pub struct TrainOutcome {
     pub seconds: f64,
     pub images_per_second: f64,
     pub bundle_dir: Option<std::path::PathBuf>,
+    /// The epochs of each training phase (`head 1-3, finetune 4-10`).
+    pub phases: String,
 }
 
 /// One epoch's figures, as logged to the run store and `results.csv`.
@@ -56,6 +59,8 @@ pub struct EpochStats {
     pub learning_rate: f64,
     pub epoch_seconds: f64,
     pub images_per_second: f64,
+    /// `full`, or `head` / `finetune` (see [`crate::finetune`]).
+    pub phase: &'static str,
 }
 
 /// Data ready for training: decoded pixels with each sample's subset.
@@ -239,7 +244,20 @@ fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
             format!("{:?}", t.lr_schedule).to_lowercase(),
         ),
         ("train.weight_decay", t.weight_decay.to_string()),
-        ("train.dropout", t.dropout.to_string()),
+        ("train.dropout", t.dropout().to_string()),
+        ("train.width", t.width.to_string()),
+        (
+            "train.pretrained",
+            settings
+                .pretrained_file()
+                .map_or("none".into(), |p| p.display().to_string()),
+        ),
+        ("train.freeze_epochs", t.freeze_epochs.to_string()),
+        ("train.unfreeze_fraction", t.unfreeze_fraction.to_string()),
+        (
+            "train.finetune_learning_rate",
+            t.finetune_learning_rate.to_string(),
+        ),
         ("train.patience", t.patience.to_string()),
         ("train.threads", t.threads.to_string()),
         ("num_classes", data.classes.len().to_string()),
@@ -270,7 +288,17 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
     let started = Instant::now();
     let device = device::training();
     device.seed(cfg.data.seed);
-    let mut model = Classifier::new(t.arch, data.classes.len(), t.dropout, &device);
+    let mut model =
+        Classifier::with_width(t.arch, t.width, data.classes.len(), t.dropout(), &device);
+    let mut pretrained = None;
+    if let Some(file) = settings.pretrained_file() {
+        let (loaded, source) = crate::model::pretrained::load_classifier(model, t.width, &file)?;
+        eprintln!(
+            "starting from pretrained weights {source}; new {}-class head",
+            data.classes.len()
+        );
+        (model, pretrained) = (loaded, Some(source));
+    }
     let mut adam = AdamConfig::new();
     if t.weight_decay > 0.0 {
         adam = adam.with_weight_decay(Some(WeightDecayConfig::new(t.weight_decay as f32)));
@@ -278,8 +306,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
     let mut optim = adam.init();
     let norm = Normalization::default();
     let batches_per_epoch = data.train.len().div_ceil(t.batch_size);
-    let total_steps = batches_per_epoch * t.epochs;
-    let mut step = 0usize;
+    let mut schedule = Schedule::new(t, batches_per_epoch);
     let mut history: Vec<EpochStats> = Vec::new();
     let mut best: Option<(EpochStats, Classifier)> = None;
     let mut since_best = 0usize;
@@ -293,12 +320,13 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         order.shuffle(&mut rng);
+        model = schedule.begin_epoch(epoch, model);
         let bar = progress::epoch_bar(batches_per_epoch as u64, epoch, t.epochs);
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        let mut lr = t.learning_rate;
-        for batch in order.chunks(t.batch_size) {
-            lr = t.lr_schedule.at(t.learning_rate, step, total_steps);
+        let mut lr = schedule.lr(epoch, 0);
+        for (k, batch) in order.chunks(t.batch_size).enumerate() {
+            lr = schedule.lr(epoch, k);
             let aug_seed = rng.random::<u64>();
             let input = batch_input(
                 data,
@@ -322,7 +350,6 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             seen += batch.len();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
-            step += 1;
             let secs = t0.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} acc {:.1}% {:.0} img/s",
@@ -355,7 +382,9 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             learning_rate: lr,
             epoch_seconds: t0.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_secs.max(1e-9),
+            phase: schedule.phase(epoch).as_str(),
         };
+        schedule.end_epoch(val_loss);
         log_epoch(run, &stats)?;
         report_epoch(&stats, t.epochs);
         history.push(stats.clone());
@@ -373,7 +402,11 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             stopped = true;
             break;
         }
-        if t.patience > 0 && since_best >= t.patience && epoch < t.epochs {
+        if t.patience > 0
+            && since_best >= t.patience
+            && epoch < t.epochs
+            && schedule.may_stop_early(epoch)
+        {
             eprintln!(
                 "early stopping: no better val accuracy for {} epochs",
                 t.patience
@@ -401,7 +434,9 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             image_size: cfg.data.image_size,
             classes: data.classes.clone(),
             normalization: norm,
-            dropout: t.dropout,
+            dropout: t.dropout(),
+            width: t.width,
+            pretrained,
             run_id: Some(run.info.run_id.clone()),
             run_name: Some(run.info.run_name.clone()),
             data_fingerprint: data.cache.fingerprint.clone(),
@@ -428,6 +463,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
         seconds: started.elapsed().as_secs_f64(),
         images_per_second: train_images as f64 / train_seconds.max(1e-9),
         bundle_dir: Some(bundle_dir),
+        phases: finetune::describe(&history.iter().map(|s| s.phase).collect::<Vec<_>>()),
     })
 }
 
@@ -559,9 +595,10 @@ fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
 
 fn report_epoch(s: &EpochStats, epochs: usize) {
     let line = format!(
-        "epoch {}/{}  train_loss {:.4}  train_acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  lr {:.2e}  {:.1}s  {:.0} img/s",
+        "epoch {}/{} {:<8} train_loss {:.4}  train_acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  lr {:.2e}  {:.1}s  {:.0} img/s",
         s.epoch,
         epochs,
+        s.phase,
         s.train_loss,
         100.0 * s.train_accuracy,
         s.val_loss,
@@ -638,6 +675,7 @@ pub fn summary(o: &TrainOutcome) -> String {
         "val loss",
         o.val_loss.map_or("-".into(), |l| format!("{l:.4}")),
     );
+    row(&mut s, "phases", o.phases.clone());
     row(&mut s, "time", format!("{:.1}s", o.seconds));
     row(
         &mut s,

@@ -42,6 +42,13 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     if let Some(v) = args.patience {
         t.patience = v;
     }
+    if let Some(v) = args.width {
+        t.width = v;
+    }
+    if let Some(p) = &args.pretrained {
+        // Relative to the current folder, like --data.
+        t.pretrained = Some(std::path::absolute(p)?);
+    }
     settings.config.validate()?;
     if let Some(name) = &args.name {
         crate::store::checked_name("run", name)?;

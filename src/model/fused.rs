@@ -34,7 +34,7 @@ pub struct FusedCnn {
 
 /// The weights of one trained conv + BatchNorm pair, as Burn stores them.
 pub struct ConvBnWeights {
-    /// `[cout][cin][3][3]`.
+    /// `[cout][cin / groups][k][k]`.
     pub conv_weight: Vec<f32>,
     pub conv_bias: Option<Vec<f32>>,
     pub gamma: Vec<f32>,
@@ -44,20 +44,39 @@ pub struct ConvBnWeights {
     pub epsilon: f64,
 }
 
+impl ConvBnWeights {
+    /// The BatchNorm folded into the conv: the weights scaled per output channel (same layout
+    /// as [`Self::conv_weight`]) and one bias per output channel.
+    pub fn fold(&self) -> (Vec<f32>, Vec<f32>) {
+        let cout = self.gamma.len();
+        let per_out = self.conv_weight.len() / cout;
+        let mut weight = vec![0f32; self.conv_weight.len()];
+        let mut bias = vec![0f32; cout];
+        for o in 0..cout {
+            let scale = self.gamma[o] as f64 / (self.running_var[o] as f64 + self.epsilon).sqrt();
+            let b = self.conv_bias.as_ref().map_or(0.0, |b| b[o] as f64);
+            bias[o] = ((b - self.running_mean[o] as f64) * scale + self.beta[o] as f64) as f32;
+            for (d, v) in weight[o * per_out..(o + 1) * per_out]
+                .iter_mut()
+                .zip(&self.conv_weight[o * per_out..(o + 1) * per_out])
+            {
+                *d = (*v as f64 * scale) as f32;
+            }
+        }
+        (weight, bias)
+    }
+}
+
 impl FusedBlock {
     /// Folds `w` (a conv with `cin` inputs and `cout` outputs, then its BatchNorm) into one conv.
     pub fn fold(cin: usize, cout: usize, w: &ConvBnWeights) -> Self {
         assert_eq!(w.conv_weight.len(), cout * cin * 9, "conv weight shape");
+        let (folded, bias) = w.fold();
         let mut weight = vec![0f32; 9 * cin * cout];
-        let mut bias = vec![0f32; cout];
         for o in 0..cout {
-            let scale = w.gamma[o] as f64 / (w.running_var[o] as f64 + w.epsilon).sqrt();
-            let b = w.conv_bias.as_ref().map_or(0.0, |b| b[o] as f64);
-            bias[o] = ((b - w.running_mean[o] as f64) * scale + w.beta[o] as f64) as f32;
             for c in 0..cin {
                 for k in 0..9 {
-                    let v = w.conv_weight[(o * cin + c) * 9 + k] as f64 * scale;
-                    weight[(k * cin + c) * cout + o] = v as f32;
+                    weight[(k * cin + c) * cout + o] = folded[(o * cin + c) * 9 + k];
                 }
             }
         }
@@ -107,31 +126,7 @@ impl FusedBlock {
                 }
             }
             conv.resize(m * cout, 0.0);
-            // SAFETY: the slices hold m×k, k×cout and m×cout row-major matrices, as described
-            // by the sizes and strides passed; `conv` is not read (read_dst = false).
-            unsafe {
-                gemm::gemm(
-                    m,
-                    cout,
-                    k,
-                    conv.as_mut_ptr(),
-                    1,
-                    cout as isize,
-                    false,
-                    patches.as_ptr(),
-                    1,
-                    k as isize,
-                    self.weight.as_ptr(),
-                    1,
-                    cout as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            matmul(m, cout, k, patches, &self.weight, conv, false, 1);
             // max(relu(v + b)) over the 2×2 window == relu(max(v) + b).
             for py in 0..n {
                 for px in 0..pw {
@@ -204,16 +199,9 @@ impl FusedCnn {
     /// Class logits of each image (RGB8, `side`×`side`, row-major), normalised with `norm`.
     /// Images run in parallel; a lone image splits its rows across the threads instead.
     pub fn logits(&self, images: &[&[u8]], norm: &Normalization, side: usize) -> Vec<Vec<f32>> {
-        let one = |pixels: &[u8], split: usize| {
-            assert_eq!(pixels.len(), 3 * side * side, "image size");
-            let mut x = vec![0f32; pixels.len()];
-            norm.write_hwc(pixels, &mut x);
+        per_image(images, norm, side, |x, split| {
             self.forward_one(x, side, split)
-        };
-        match images {
-            [image] => vec![one(image, rayon::current_num_threads())],
-            _ => images.par_iter().map(|image| one(image, 1)).collect(),
-        }
+        })
     }
 
     /// Logits of one normalised HWC image.
@@ -223,23 +211,103 @@ impl FusedCnn {
             x = b.forward(&x, h, w, split);
             (h, w) = (h / 2, w / 2);
         }
-        // Global average pooling, then the linear head.
-        let classes = self.head_bias.len();
-        let cin = self.head_weight.len() / classes;
-        let cells = (h * w).max(1) as f32;
-        let mut pooled = vec![0f32; cin];
-        for cell in x.chunks_exact(cin) {
-            for (p, v) in pooled.iter_mut().zip(cell) {
-                *p += v;
-            }
+        pool_and_classify(&x, (h * w).max(1), &self.head_weight, &self.head_bias)
+    }
+}
+
+/// Runs `forward` (a normalised HWC image and a thread count to split it over, to its logits)
+/// on each RGB8 `side`×`side` image: images in parallel, or a lone image split across the
+/// threads.
+pub(crate) fn per_image<F>(
+    images: &[&[u8]],
+    norm: &Normalization,
+    side: usize,
+    forward: F,
+) -> Vec<Vec<f32>>
+where
+    F: Fn(Vec<f32>, usize) -> Vec<f32> + Sync,
+{
+    let one = |pixels: &[u8], split: usize| {
+        assert_eq!(pixels.len(), 3 * side * side, "image size");
+        let mut x = vec![0f32; pixels.len()];
+        norm.write_hwc(pixels, &mut x);
+        forward(x, split)
+    };
+    match images {
+        [image] => vec![one(image, rayon::current_num_threads())],
+        _ => images.par_iter().map(|image| one(image, 1)).collect(),
+    }
+}
+
+/// Global average pooling of `cells` channels-last cells, then the linear head
+/// (`head_weight` `[cin][classes]`, row-major).
+pub(crate) fn pool_and_classify(
+    x: &[f32],
+    cells: usize,
+    head_weight: &[f32],
+    head_bias: &[f32],
+) -> Vec<f32> {
+    let classes = head_bias.len();
+    let cin = head_weight.len() / classes;
+    let mut pooled = vec![0f32; cin];
+    for cell in x.chunks_exact(cin) {
+        for (p, v) in pooled.iter_mut().zip(cell) {
+            *p += v;
         }
-        let mut logits = self.head_bias.clone();
-        for (p, row) in pooled.iter().zip(self.head_weight.chunks_exact(classes)) {
-            for (l, wv) in logits.iter_mut().zip(row) {
-                *l += p / cells * wv;
-            }
+    }
+    let cells = cells as f32;
+    let mut logits = head_bias.to_vec();
+    for (p, row) in pooled.iter().zip(head_weight.chunks_exact(classes)) {
+        for (l, wv) in logits.iter_mut().zip(row) {
+            *l += p / cells * wv;
         }
-        logits
+    }
+    logits
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, plus the old `dst` when `read_dst`; all row-major.
+/// `threads` > 1 lets the `gemm` crate split the product over that many rayon threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
+    read_dst: bool,
+    threads: usize,
+) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above make the slices hold m×k, k×n and m×n row-major matrices, as
+    // described by the sizes and strides passed; `dst` is only read when `read_dst` is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 

@@ -1,4 +1,12 @@
-//! MobileNetV2 (Sandler et al. 2018), width 1.0: inverted residual blocks with depthwise convs.
+//! MobileNetV2 (Sandler et al. 2018) in torchvision's layout: inverted residual blocks with
+//! ReLU6, depthwise 3×3 convolutions as grouped convs, BatchNorm, dropout before the classifier,
+//! and channel counts scaled by a width multiplier and rounded as torchvision's
+//! `_make_divisible` does, so torchvision's and timm's weights map onto it one tensor for one
+//! (see [`super::pretrained`]).
+//!
+//! Module paths: `stem.{conv,norm}`, `blocks.<i>.layers.<j>.{conv,norm}` (17 blocks; `j` runs
+//! over expand, depthwise, project, without the expand when the expansion is 1),
+//! `last.{conv,norm}`, `head`. Bundles written before widths existed have the same paths.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
@@ -8,8 +16,15 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::activation::relu6;
 
+use super::fused::ConvBnWeights;
+use super::fused_mobilenet::{FusedConv, FusedMobileNet, FusedUnit};
+use super::values;
+
+/// The width multipliers flora offers (torchvision and timm publish weights for some of them).
+pub const WIDTHS: [f64; 4] = [0.35, 0.5, 0.75, 1.0];
+
 /// (expansion t, output channels c, repeats n, first stride s), as in the paper.
-const SETTINGS: [(usize, usize, usize, usize); 7] = [
+pub const SETTINGS: [(usize, usize, usize, usize); 7] = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -18,6 +33,69 @@ const SETTINGS: [(usize, usize, usize, usize); 7] = [
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 ];
+
+/// Number of inverted residual blocks (the sum of the repeats in [`SETTINGS`]).
+pub const NUM_BLOCKS: usize = 17;
+
+/// torchvision's `_make_divisible(v, divisor)`: `v` rounded to the nearest multiple of
+/// `divisor`, at least `divisor`, and never more than 10% below `v`.
+pub fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let new = (((v + d / 2.0) / d).floor() * d).max(d);
+    (if new < 0.9 * v { new + d } else { new }) as usize
+}
+
+/// One inverted residual block's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPlan {
+    pub cin: usize,
+    pub cout: usize,
+    pub stride: usize,
+    pub expand: usize,
+}
+
+impl BlockPlan {
+    /// Channels of the expanded (depthwise) part.
+    pub fn hidden(&self) -> usize {
+        self.cin * self.expand
+    }
+}
+
+/// Every channel count of a MobileNetV2 at one width, as torchvision computes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Output channels of the 3×3 stride-2 stem.
+    pub stem: usize,
+    pub blocks: Vec<BlockPlan>,
+    /// Output channels of the final 1×1 conv (the classifier's input).
+    pub last: usize,
+}
+
+impl Plan {
+    /// The channel plan at `width`.
+    pub fn new(width: f64) -> Self {
+        let stem = make_divisible(32.0 * width, 8);
+        let mut blocks = Vec::with_capacity(NUM_BLOCKS);
+        let mut cin = stem;
+        for (t, c, n, s) in SETTINGS {
+            let cout = make_divisible(c as f64 * width, 8);
+            for i in 0..n {
+                blocks.push(BlockPlan {
+                    cin,
+                    cout,
+                    stride: if i == 0 { s } else { 1 },
+                    expand: t,
+                });
+                cin = cout;
+            }
+        }
+        Self {
+            stem,
+            blocks,
+            last: make_divisible(1280.0 * width.max(1.0), 8),
+        }
+    }
+}
 
 /// conv → BatchNorm → optional ReLU6.
 #[derive(Module, Debug)]
@@ -29,8 +107,7 @@ pub struct ConvBn {
 
 impl ConvBn {
     fn new(
-        cin: usize,
-        cout: usize,
+        [cin, cout]: [usize; 2],
         kernel: usize,
         stride: usize,
         groups: usize,
@@ -54,6 +131,29 @@ impl ConvBn {
         let y = self.norm.forward(self.conv.forward(x));
         if self.act { relu6(y) } else { y }
     }
+
+    /// The folded inference form of this conv + norm.
+    fn fused(&self) -> FusedConv {
+        let [cout, per_group, k, _] = self.conv.weight.dims();
+        let w = ConvBnWeights {
+            conv_weight: values(self.conv.weight.val()),
+            conv_bias: self.conv.bias.as_ref().map(|b| values(b.val())),
+            gamma: values(self.norm.gamma.val()),
+            beta: values(self.norm.beta.val()),
+            running_mean: values(self.norm.running_mean.value()),
+            running_var: values(self.norm.running_var.value()),
+            epsilon: self.norm.epsilon,
+        };
+        let cin = per_group * self.conv.groups;
+        FusedConv::fold(
+            &w,
+            [cin, cout],
+            k,
+            self.conv.stride[0],
+            self.conv.groups,
+            self.act,
+        )
+    }
 }
 
 /// Expand (1×1) → depthwise 3×3 → project (1×1), with a residual when shapes match.
@@ -64,17 +164,24 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn new(cin: usize, cout: usize, stride: usize, expand: usize, device: &Device) -> Self {
-        let hidden = cin * expand;
+    fn new(p: BlockPlan, device: &Device) -> Self {
+        let hidden = p.hidden();
         let mut layers = Vec::new();
-        if expand != 1 {
-            layers.push(ConvBn::new(cin, hidden, 1, 1, 1, true, device));
+        if p.expand != 1 {
+            layers.push(ConvBn::new([p.cin, hidden], 1, 1, 1, true, device));
         }
-        layers.push(ConvBn::new(hidden, hidden, 3, stride, hidden, true, device));
-        layers.push(ConvBn::new(hidden, cout, 1, 1, 1, false, device));
+        layers.push(ConvBn::new(
+            [hidden, hidden],
+            3,
+            p.stride,
+            hidden,
+            true,
+            device,
+        ));
+        layers.push(ConvBn::new([hidden, p.cout], 1, 1, 1, false, device));
         Self {
             layers,
-            residual: stride == 1 && cin == cout,
+            residual: p.stride == 1 && p.cin == p.cout,
         }
     }
 
@@ -99,30 +206,27 @@ pub struct MobileNetV2 {
 }
 
 impl MobileNetV2 {
-    /// A new MobileNetV2 with random weights.
-    pub fn new(num_classes: usize, dropout: f64, device: &Device) -> Self {
-        let stem = ConvBn::new(3, 32, 3, 2, 1, true, device);
-        let mut blocks = Vec::new();
-        let mut cin = 32;
-        for (t, c, n, s) in SETTINGS {
-            for i in 0..n {
-                blocks.push(InvertedResidual::new(
-                    cin,
-                    c,
-                    if i == 0 { s } else { 1 },
-                    t,
-                    device,
-                ));
-                cin = c;
-            }
-        }
+    /// A new MobileNetV2 at `width` (one of [`WIDTHS`]) with random weights.
+    pub fn new(width: f64, num_classes: usize, dropout: f64, device: &Device) -> Self {
+        let plan = Plan::new(width);
         Self {
-            stem,
-            blocks,
-            last: ConvBn::new(cin, 1280, 1, 1, 1, true, device),
+            stem: ConvBn::new([3, plan.stem], 3, 2, 1, true, device),
+            blocks: plan
+                .blocks
+                .iter()
+                .map(|&b| InvertedResidual::new(b, device))
+                .collect(),
+            last: ConvBn::new(
+                [plan.blocks[NUM_BLOCKS - 1].cout, plan.last],
+                1,
+                1,
+                1,
+                true,
+                device,
+            ),
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             dropout: DropoutConfig::new(dropout).init(),
-            head: LinearConfig::new(1280, num_classes).init(device),
+            head: LinearConfig::new(plan.last, num_classes).init(device),
         }
     }
 
@@ -134,5 +238,101 @@ impl MobileNetV2 {
         }
         let x: Tensor<2> = self.pool.forward(self.last.forward(x)).flatten(1, 3);
         self.head.forward(self.dropout.forward(x))
+    }
+
+    /// Number of classifier outputs.
+    pub fn num_classes(&self) -> usize {
+        self.head.weight.dims()[1]
+    }
+
+    /// Freezes the stem and the first `units - trainable` of the backbone's units (the 17
+    /// blocks, then the final 1×1 conv: [`Self::BACKBONE_UNITS`] in all) and unfreezes the last
+    /// `trainable` ones; the head always trains. A frozen unit gets no gradient and its
+    /// BatchNorm keeps its running statistics (Burn's `Module::freeze`).
+    pub fn with_trainable_tail(self, trainable: usize) -> Self {
+        let frozen = Self::BACKBONE_UNITS.saturating_sub(trainable);
+        let set = |m: ConvBn, freeze: bool| if freeze { m.freeze() } else { m.unfreeze() };
+        Self {
+            stem: set(self.stem, frozen > 0),
+            blocks: self
+                .blocks
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| if i < frozen { b.freeze() } else { b.unfreeze() })
+                .collect(),
+            last: set(self.last, frozen == Self::BACKBONE_UNITS),
+            ..self
+        }
+    }
+
+    /// Backbone units counted by [`Self::with_trainable_tail`]: 17 blocks and the last conv.
+    pub const BACKBONE_UNITS: usize = NUM_BLOCKS + 1;
+
+    /// The fast inference form (BatchNorm folded, channels-last).
+    pub fn fused(&self) -> FusedMobileNet {
+        let units = self
+            .blocks
+            .iter()
+            .map(|b| FusedUnit {
+                convs: b.layers.iter().map(ConvBn::fused).collect(),
+                residual: b.residual,
+            })
+            .collect();
+        let head_bias = match &self.head.bias {
+            Some(b) => values(b.val()),
+            None => vec![0.0; self.num_classes()],
+        };
+        FusedMobileNet::new(
+            self.stem.fused(),
+            units,
+            self.last.fused(),
+            values(self.head.weight.val()),
+            head_bias,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_plan_matches_torchvision() {
+        // torchvision.models.mobilenet_v2(width_mult=w): features[0] out, each block's out,
+        // features[18] out.
+        let outs = |p: &Plan| p.blocks.iter().map(|b| b.cout).collect::<Vec<_>>();
+        let p = Plan::new(1.0);
+        assert_eq!((p.stem, p.last), (32, 1280));
+        assert_eq!(
+            outs(&p),
+            [
+                16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320
+            ]
+        );
+        let p = Plan::new(0.5);
+        assert_eq!((p.stem, p.last), (16, 1280));
+        assert_eq!(
+            outs(&p),
+            [
+                8, 16, 16, 16, 16, 16, 32, 32, 32, 32, 48, 48, 48, 80, 80, 80, 160
+            ]
+        );
+        let p = Plan::new(0.35);
+        assert_eq!((p.stem, p.last), (16, 1280));
+        assert_eq!(
+            outs(&p),
+            [
+                8, 8, 8, 16, 16, 16, 24, 24, 24, 24, 32, 32, 32, 56, 56, 56, 112
+            ]
+        );
+        let p = Plan::new(0.75);
+        assert_eq!((p.stem, p.last), (24, 1280));
+        assert_eq!(
+            outs(&p),
+            [
+                16, 24, 24, 24, 24, 24, 48, 48, 48, 48, 72, 72, 72, 120, 120, 120, 240
+            ]
+        );
+        assert_eq!(p.blocks[1].hidden(), 96);
     }
 }

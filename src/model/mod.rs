@@ -4,22 +4,29 @@
 
 pub mod cnn;
 pub mod fused;
+pub mod fused_mobilenet;
 pub mod mobilenet;
+pub mod pretrained;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use cnn::Cnn;
 pub use fused::FusedCnn;
+pub use fused_mobilenet::FusedMobileNet;
 pub use mobilenet::MobileNetV2;
+
+use crate::imaging::Normalization;
 
 /// The architectures flora can train.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     /// 4 × [conv3x3 → BatchNorm → ReLU → MaxPool2] (32/64/128/256), GAP, dropout, linear.
+    /// Default dropout 0.3 (the PyTorch reference's).
     Cnn,
-    /// MobileNetV2 (width 1.0), trained from scratch.
+    /// MobileNetV2 in torchvision's layout at a width multiplier (`train.width`), from scratch
+    /// or from ImageNet weights (`train.pretrained`). Default dropout 0.2 (torchvision's).
     #[value(name = "mobilenet_v2")]
     MobilenetV2,
 }
@@ -41,6 +48,32 @@ impl Arch {
             Arch::MobilenetV2 => 8,
         }
     }
+
+    /// The dropout before the classifier when `train.dropout` is not set.
+    pub fn default_dropout(self) -> f64 {
+        match self {
+            Arch::Cnn => 0.3,
+            Arch::MobilenetV2 => 0.2,
+        }
+    }
+}
+
+/// The fast inference form of a [`Classifier`] (BatchNorm folded, channels-last).
+#[derive(Debug, Clone)]
+pub enum Fused {
+    Cnn(FusedCnn),
+    MobileNetV2(FusedMobileNet),
+}
+
+impl Fused {
+    /// Class logits of each image (RGB8, `side`×`side`, row-major), normalised with `norm`.
+    /// Images run in parallel; a lone image splits its work across the threads instead.
+    pub fn logits(&self, images: &[&[u8]], norm: &Normalization, side: usize) -> Vec<Vec<f32>> {
+        match self {
+            Fused::Cnn(m) => m.logits(images, norm, side),
+            Fused::MobileNetV2(m) => m.logits(images, norm, side),
+        }
+    }
 }
 
 /// An image classifier: NCHW float images in, class logits out.
@@ -52,22 +85,34 @@ pub enum Classifier {
 }
 
 impl Classifier {
-    /// A freshly initialised model of `arch` for `num_classes` classes.
+    /// A freshly initialised model of `arch` for `num_classes` classes (MobileNetV2 at width 1).
     pub fn new(arch: Arch, num_classes: usize, dropout: f64, device: &Device) -> Self {
+        Self::with_width(arch, 1.0, num_classes, dropout, device)
+    }
+
+    /// A freshly initialised model of `arch`; `width` is MobileNetV2's width multiplier (the
+    /// `cnn` has none and ignores it).
+    pub fn with_width(
+        arch: Arch,
+        width: f64,
+        num_classes: usize,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
         match arch {
             Arch::Cnn => Classifier::Cnn(Cnn::new(num_classes, dropout, device)),
             Arch::MobilenetV2 => {
-                Classifier::MobileNetV2(MobileNetV2::new(num_classes, dropout, device))
+                Classifier::MobileNetV2(MobileNetV2::new(width, num_classes, dropout, device))
             }
         }
     }
 
-    /// The fused inference form ([`FusedCnn`]) of a `cnn`; `None` for other architectures.
-    pub fn fused(&self) -> Option<FusedCnn> {
-        match self {
-            Classifier::Cnn(m) => Some(m.fused()),
-            Classifier::MobileNetV2(_) => None,
-        }
+    /// The fused inference form of the model.
+    pub fn fused(&self) -> Option<Fused> {
+        Some(match self {
+            Classifier::Cnn(m) => Fused::Cnn(m.fused()),
+            Classifier::MobileNetV2(m) => Fused::MobileNetV2(m.fused()),
+        })
     }
 
     /// Logits `[batch, classes]` for images `[batch, 3, size, size]`.
@@ -77,4 +122,12 @@ impl Classifier {
             Classifier::MobileNetV2(m) => m.forward(images),
         }
     }
+}
+
+/// A tensor's values in row-major order.
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("float weights convert to f32")
 }

@@ -1,0 +1,356 @@
+//! An inference-only form of [`MobileNetV2`](super::MobileNetV2), built from its trained weights,
+//! in the manner of [`FusedCnn`](super::FusedCnn).
+//!
+//! BatchNorm is folded into each convolution; activations are channels-last (HWC). A 1×1
+//! (pointwise) convolution is one matrix product over the image's pixels (the `gemm` crate),
+//! written onto the bias (and the block's input, for a residual block) so the adds cost
+//! nothing; a depthwise 3×3 is a direct kernel whose inner loop runs over the contiguous
+//! channels; the dense 3×3 stem is one im2col copy and one product. ReLU6 is one pass over the
+//! layer's output. Images of a batch run in parallel; a lone image splits its rows and products
+//! across threads. Training always uses the Burn model.
+
+use rayon::prelude::*;
+
+use super::fused::{ConvBnWeights, matmul, per_image, pool_and_classify};
+use crate::imaging::Normalization;
+
+/// Which kernel a [`FusedConv`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// 1×1, stride 1: weight `[cin][cout]`.
+    Pointwise,
+    /// 3×3, one group per channel: weight `[tap][channel]`.
+    Depthwise,
+    /// 3×3, one group: weight `[(ky * 3 + kx) * cin + c][cout]`.
+    Dense,
+}
+
+/// One conv (padding `k / 2`) with its BatchNorm folded in and an optional ReLU6.
+#[derive(Debug, Clone)]
+pub struct FusedConv {
+    kind: Kind,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    relu6: bool,
+}
+
+/// One inverted residual block: its convs in order, and whether the input is added at the end.
+#[derive(Debug, Clone)]
+pub struct FusedUnit {
+    pub convs: Vec<FusedConv>,
+    pub residual: bool,
+}
+
+/// A MobileNetV2 as plain arrays, ready for [`FusedMobileNet::logits`].
+#[derive(Debug, Clone)]
+pub struct FusedMobileNet {
+    stem: FusedConv,
+    units: Vec<FusedUnit>,
+    last: FusedConv,
+    /// `[cin][classes]`, row-major.
+    head_weight: Vec<f32>,
+    head_bias: Vec<f32>,
+}
+
+impl FusedConv {
+    /// Folds `w` (a `k`×`k` conv from `cin` to `cout` channels in `groups` groups, then its
+    /// BatchNorm). MobileNetV2 has three kinds: 1×1 stride 1, depthwise 3×3, dense 3×3.
+    pub fn fold(
+        w: &ConvBnWeights,
+        [cin, cout]: [usize; 2],
+        k: usize,
+        stride: usize,
+        groups: usize,
+        relu6: bool,
+    ) -> Self {
+        assert_eq!(
+            w.conv_weight.len(),
+            cout * cin / groups * k * k,
+            "conv weight shape"
+        );
+        let (folded, bias) = w.fold();
+        let (kind, weight) = match (k, groups) {
+            (1, 1) if stride == 1 => (Kind::Pointwise, transpose(&folded, cout, cin)),
+            (3, g) if g == cin && g == cout => (Kind::Depthwise, transpose(&folded, cout, 9)),
+            (3, 1) => {
+                let mut weight = vec![0f32; 9 * cin * cout];
+                for o in 0..cout {
+                    for c in 0..cin {
+                        for t in 0..9 {
+                            weight[(t * cin + c) * cout + o] = folded[(o * cin + c) * 9 + t];
+                        }
+                    }
+                }
+                (Kind::Dense, weight)
+            }
+            _ => panic!("no fused kernel for a {k}x{k} conv with {groups} groups, stride {stride}"),
+        };
+        Self {
+            kind,
+            cin,
+            cout,
+            stride,
+            weight,
+            bias,
+            relu6,
+        }
+    }
+
+    /// Output side for an input side `n` (padding 1 for 3×3 kernels).
+    fn out_side(&self, n: usize) -> usize {
+        match self.kind {
+            Kind::Pointwise => n,
+            Kind::Depthwise | Kind::Dense => (n - 1) / self.stride + 1,
+        }
+    }
+
+    /// This conv on an `h`×`w`×`cin` input: the output and its height and width. `residual`
+    /// (same shape as the output) is added before the activation. `threads` > 1 splits the work.
+    fn run(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        residual: Option<&[f32]>,
+        threads: usize,
+    ) -> (Vec<f32>, usize, usize) {
+        debug_assert_eq!(x.len(), h * w * self.cin);
+        let (oh, ow) = (self.out_side(h), self.out_side(w));
+        let m = oh * ow;
+        let mut out = match residual {
+            Some(r) => r
+                .chunks_exact(self.cout)
+                .flat_map(|px| px.iter().zip(&self.bias).map(|(a, b)| a + b))
+                .collect(),
+            None => self.bias.repeat(m),
+        };
+        assert_eq!(out.len(), m * self.cout, "residual shape");
+        match self.kind {
+            Kind::Pointwise => matmul(
+                m,
+                self.cout,
+                self.cin,
+                x,
+                &self.weight,
+                &mut out,
+                true,
+                threads,
+            ),
+            Kind::Dense => {
+                let patches = im2col3x3(x, (h, w), self.cin, self.stride, (oh, ow));
+                matmul(
+                    m,
+                    self.cout,
+                    9 * self.cin,
+                    &patches,
+                    &self.weight,
+                    &mut out,
+                    true,
+                    threads,
+                );
+            }
+            Kind::Depthwise => {
+                let row = |(oy, dst): (usize, &mut [f32])| self.depthwise_row(x, (h, w), oy, dst);
+                if threads > 1 && oh > 1 {
+                    out.par_chunks_mut(ow * self.cout).enumerate().for_each(row);
+                } else {
+                    out.chunks_mut(ow * self.cout).enumerate().for_each(row);
+                }
+            }
+        }
+        if self.relu6 {
+            for v in &mut out {
+                *v = v.clamp(0.0, 6.0);
+            }
+        }
+        (out, oh, ow)
+    }
+
+    /// Adds output row `oy` of the depthwise conv onto `dst` (which holds the bias).
+    fn depthwise_row(&self, x: &[f32], (h, w): (usize, usize), oy: usize, dst: &mut [f32]) {
+        let c = self.cout;
+        let s = self.stride;
+        for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+            for ky in 0..3 {
+                let Some(iy) = (oy * s + ky).checked_sub(1).filter(|&y| y < h) else {
+                    continue; // zero padding
+                };
+                for kx in 0..3 {
+                    let Some(ix) = (ox * s + kx).checked_sub(1).filter(|&v| v < w) else {
+                        continue;
+                    };
+                    let src = &x[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                    let wt = &self.weight[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                    for ((o, a), b) in o.iter_mut().zip(src).zip(wt) {
+                        *o += a * b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `[rows][cols]` → `[cols][rows]`.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}
+
+/// The 3×3 (padding 1) patches of an `h`×`w`×`cin` input at `stride`: one row of `9 * cin`
+/// values per output position.
+fn im2col3x3(
+    x: &[f32],
+    (h, w): (usize, usize),
+    cin: usize,
+    stride: usize,
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let k = 9 * cin;
+    let mut patches = vec![0f32; oh * ow * k];
+    for (p, row) in patches.chunks_exact_mut(k).enumerate() {
+        let (oy, ox) = (p / ow, p % ow);
+        for ky in 0..3 {
+            let Some(iy) = (oy * stride + ky).checked_sub(1).filter(|&y| y < h) else {
+                continue;
+            };
+            for kx in 0..3 {
+                let Some(ix) = (ox * stride + kx).checked_sub(1).filter(|&v| v < w) else {
+                    continue;
+                };
+                let src = (iy * w + ix) * cin;
+                let dst = (ky * 3 + kx) * cin;
+                row[dst..dst + cin].copy_from_slice(&x[src..src + cin]);
+            }
+        }
+    }
+    patches
+}
+
+impl FusedMobileNet {
+    /// Assembles the network from its folded parts and the linear head (`[cin][classes]`).
+    pub fn new(
+        stem: FusedConv,
+        units: Vec<FusedUnit>,
+        last: FusedConv,
+        head_weight: Vec<f32>,
+        head_bias: Vec<f32>,
+    ) -> Self {
+        assert_eq!(
+            head_weight.len(),
+            last.cout * head_bias.len(),
+            "head weight shape"
+        );
+        Self {
+            stem,
+            units,
+            last,
+            head_weight,
+            head_bias,
+        }
+    }
+
+    /// Class logits of each image (RGB8, `side`×`side`, row-major), normalised with `norm`.
+    pub fn logits(&self, images: &[&[u8]], norm: &Normalization, side: usize) -> Vec<Vec<f32>> {
+        per_image(images, norm, side, |x, threads| {
+            self.forward_one(&x, side, threads)
+        })
+    }
+
+    /// Logits of one normalised HWC image.
+    fn forward_one(&self, x: &[f32], side: usize, threads: usize) -> Vec<f32> {
+        let (mut x, mut h, mut w) = self.stem.run(x, (side, side), None, threads);
+        for unit in &self.units {
+            let n = unit.convs.len();
+            let mut y: Option<(Vec<f32>, usize, usize)> = None;
+            for (i, conv) in unit.convs.iter().enumerate() {
+                let (src, shape) = match &y {
+                    Some((v, a, b)) => (v.as_slice(), (*a, *b)),
+                    None => (x.as_slice(), (h, w)),
+                };
+                let residual = (unit.residual && i + 1 == n).then_some(x.as_slice());
+                y = Some(conv.run(src, shape, residual, threads));
+            }
+            (x, h, w) = y.expect("a block has convs");
+        }
+        let (x, h, w) = self.last.run(&x, (h, w), None, threads);
+        pool_and_classify(&x, h * w, &self.head_weight, &self.head_bias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::{Tensor, TensorData};
+
+    use crate::imaging::Normalization;
+    use crate::model::MobileNetV2;
+
+    /// A MobileNetV2 with random weights and non-trivial BatchNorm statistics (two forward
+    /// passes in training mode on random input).
+    fn trained_like(width: f64, classes: usize, side: usize) -> MobileNetV2 {
+        let device = crate::device::training();
+        device.seed(7);
+        let model = MobileNetV2::new(width, classes, 0.2, &device);
+        for seed in 0..2u32 {
+            let x: Vec<f32> = (0..4 * 3 * side * side)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32
+                        / 500.0
+                        - 1.0
+                })
+                .collect();
+            let _ = model.forward(Tensor::<4>::from_data(
+                TensorData::new(x, [4, 3, side, side]),
+                &device,
+            ));
+        }
+        model.valid()
+    }
+
+    #[test]
+    fn fused_mobilenet_matches_burn_forward() {
+        let norm = Normalization::default();
+        for (width, side) in [(0.35, 32), (0.5, 37), (1.0, 33), (0.75, 96), (0.35, 224)] {
+            let model = trained_like(width, 5, side.min(64));
+            let fused = model.fused();
+            let images: Vec<Vec<u8>> = (0..2)
+                .map(|k| {
+                    (0..3 * side * side)
+                        .map(|i| ((i * 37 + k * 101) % 256) as u8)
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            let mut input = vec![0f32; 2 * 3 * side * side];
+            for (img, out) in images.iter().zip(input.chunks_mut(3 * side * side)) {
+                norm.write_chw(img, side, false, out);
+            }
+            let device = crate::device::inference();
+            let x = Tensor::<4>::from_data(TensorData::new(input, [2, 3, side, side]), &device);
+            let want = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+            // A batch (images in parallel) and a lone image (split across threads).
+            let got: Vec<f32> = fused.logits(&refs, &norm, side).concat();
+            let lone = fused.logits(&refs[..1], &norm, side).concat();
+            let diff = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max)
+            };
+            assert_eq!(got.len(), want.len());
+            assert!(
+                diff(&got, &want) < 1e-4,
+                "w{width} {side}px: {}",
+                diff(&got, &want)
+            );
+            assert!(diff(&lone, &want[..5]) < 1e-4, "w{width} {side}px lone");
+        }
+    }
+}
