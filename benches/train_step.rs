@@ -36,13 +36,10 @@ fn main() {
         .collect();
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
     let engines = [TrainEngine::Fused, TrainEngine::Burn];
-    let mut models: Vec<Classifier> = engines
-        .iter()
-        .map(|_| {
-            device.seed(1);
-            Classifier::new(Arch::Cnn, classes, 0.3, &device)
-        })
-        .collect();
+    // Two copies of one model (parameters are initialised lazily: copy the record).
+    let first = Classifier::new(Arch::Cnn, classes, 0.3, &device);
+    let second = Classifier::new(Arch::Cnn, classes, 0.3, &device).load_record(first.clone().into_record());
+    let mut models = vec![first, second];
     let mut optims: Vec<_> = engines.iter().map(|_| AdamConfig::new().init()).collect();
     let phases = std::env::var("FLORA_PHASES").is_ok_and(|v| v == "1");
     let mut spent = [[0f64; 3]; 2];
