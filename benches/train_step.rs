@@ -38,7 +38,8 @@ fn main() {
     let engines = [TrainEngine::Fused, TrainEngine::Burn];
     // Two copies of one model (parameters are initialised lazily: copy the record).
     let first = Classifier::new(Arch::Cnn, classes, 0.3, &device);
-    let second = Classifier::new(Arch::Cnn, classes, 0.3, &device).load_record(first.clone().into_record());
+    let second =
+        Classifier::new(Arch::Cnn, classes, 0.3, &device).load_record(first.clone().into_record());
     let mut models = vec![first, second];
     let mut optims: Vec<_> = engines.iter().map(|_| AdamConfig::new().init()).collect();
     let phases = std::env::var("FLORA_PHASES").is_ok_and(|v| v == "1");
@@ -53,8 +54,7 @@ fn main() {
         let Classifier::Cnn(cnn) = &model else {
             unreachable!("the bench builds a cnn")
         };
-        let loss =
-            CrossEntropyLoss::new(None, &device).forward(cnn.forward_with(x, engines[e]), y);
+        let loss = CrossEntropyLoss::new(None, &device).forward(cnn.forward_with(x, engines[e]), y);
         let _: f32 = loss.clone().into_scalar();
         let t1 = Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -98,7 +98,23 @@ fn main() {
         );
         if phases {
             let [f, b, a] = spent[e].map(|t| 1e3 * t / steps as f64);
-            println!("PHASES engine={engine} size={size} forward_ms={f:.1} backward_ms={b:.1} adam_ms={a:.1}");
+            println!(
+                "PHASES engine={engine} size={size} forward_ms={f:.1} backward_ms={b:.1} adam_ms={a:.1}"
+            );
+            if e == 0 {
+                // The fused op's phases over all steps (warm-up included), CPU ms per step.
+                let per_step: Vec<String> = flora::ops::phases::report()
+                    .split(' ')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={:.1}",
+                            v.parse::<f64>().unwrap_or(0.0) / (steps + 3) as f64
+                        )
+                    })
+                    .collect();
+                println!("PHASES fused_op_cpu_ms_per_step {}", per_step.join(" "));
+            }
         }
     }
     println!(

@@ -158,7 +158,12 @@ fn fused_and_burn_engines_train_to_the_same_accuracy_and_repeat_exactly() {
     let loss = |name: &str| {
         let id = by_name(name)["run_id"].as_str().unwrap().to_string();
         let exp = by_name(name)["experiment_id"].as_str().unwrap().to_string();
-        let file = dir.path().join("runs").join(exp).join(id).join("metrics/val_loss");
+        let file = dir
+            .path()
+            .join("runs")
+            .join(exp)
+            .join(id)
+            .join("metrics/val_loss");
         std::fs::read_to_string(file).unwrap()
     };
     // Same seed, same data, same threads: identical metrics run to run.

@@ -128,7 +128,8 @@ impl Cnn {
     /// otherwise Burn's modules run as declared.
     pub fn forward_with(&self, mut x: Tensor<4>, engine: TrainEngine) -> Tensor<2> {
         let device = x.device();
-        let fused = engine == TrainEngine::Fused && self.blocks.iter().all(|b| b.trains_on(&device));
+        let fused =
+            engine == TrainEngine::Fused && self.blocks.iter().all(|b| b.trains_on(&device));
         let x: Tensor<2> = if fused {
             x = x.permute([0, 2, 3, 1]);
             for b in &self.blocks {
@@ -195,7 +196,8 @@ mod tests {
         let device = Device::flex().autodiff();
         for (n, side) in [(2, 16), (1, 28), (3, 20)] {
             device.seed(9);
-            let x = Tensor::<4>::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
+            let x =
+                Tensor::<4>::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
             let r = Tensor::<2>::random([n, 5], Distribution::Normal(0.0, 1.0), &device);
             // Two copies of one model (parameters are initialised lazily: copy the record).
             let fused = Cnn::new(5, 0.0, &device);
@@ -212,8 +214,16 @@ mod tests {
                 let g1 = |t: Tensor<1>, g: &Gradients| t.grad(g).unwrap();
                 let bias = |m: &ConvBlock| m.conv.bias.as_ref().unwrap().val();
                 close(&what("conv bias"), g1(bias(bf), &gf), g1(bias(bb), &gb));
-                close(&what("gamma"), g1(bf.norm.gamma.val(), &gf), g1(bb.norm.gamma.val(), &gb));
-                close(&what("beta"), g1(bf.norm.beta.val(), &gf), g1(bb.norm.beta.val(), &gb));
+                close(
+                    &what("gamma"),
+                    g1(bf.norm.gamma.val(), &gf),
+                    g1(bb.norm.gamma.val(), &gb),
+                );
+                close(
+                    &what("beta"),
+                    g1(bf.norm.beta.val(), &gf),
+                    g1(bb.norm.beta.val(), &gb),
+                );
                 let rm = |m: &ConvBlock| m.norm.running_mean.value();
                 let rv = |m: &ConvBlock| m.norm.running_var.value();
                 close(&what("running mean"), rm(bf), rm(bb));

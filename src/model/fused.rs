@@ -169,9 +169,26 @@ pub(crate) fn im2col3x3(
     cols: usize,
     patches: &mut Vec<f32>,
 ) {
-    let k = 9 * cin;
     patches.clear();
-    patches.resize(rows * cols * k, 0.0);
+    patches.resize(rows * cols * 9 * cin, 0.0);
+    im2col3x3_into(input, h, w, cin, y0, rows, cols, patches);
+}
+
+/// [`im2col3x3`] into a slice of exactly `rows * cols * 9 * cin` values, which it overwrites.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col3x3_into(
+    input: &[f32],
+    h: usize,
+    w: usize,
+    cin: usize,
+    y0: usize,
+    rows: usize,
+    cols: usize,
+    patches: &mut [f32],
+) {
+    let k = 9 * cin;
+    assert_eq!(patches.len(), rows * cols * k, "im2col buffer size");
+    patches.fill(0.0);
     for r in 0..rows {
         let y = y0 + r;
         for x in 0..cols {

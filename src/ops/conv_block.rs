@@ -17,7 +17,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::matmul::{View, matmul};
-use crate::model::fused::im2col3x3;
+use super::phases::{Phase, timed};
+use crate::model::fused::im2col3x3_into;
 
 /// Shape of one block call: `n` images of `h`×`w`×`cin` in, `cout` channels out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,14 @@ impl BlockShape {
         (self.h / 2, self.w / 2)
     }
 
+    /// Images per matrix product: enough for about [`PRODUCT_ROWS`] rows (small images
+    /// otherwise spend their time packing the weights), but no fewer chunks than threads.
+    fn chunk_images(&self) -> usize {
+        let by_rows = PRODUCT_ROWS.div_ceil(self.h * self.w);
+        let by_threads = self.n.div_ceil(rayon::current_num_threads());
+        by_rows.min(by_threads).max(1)
+    }
+
     fn conv_len(&self) -> usize {
         self.h * self.w * self.cout
     }
@@ -46,6 +55,23 @@ impl BlockShape {
     fn out_len(&self) -> usize {
         let (ph, pw) = self.pooled();
         ph * pw * self.cout
+    }
+}
+
+/// Target rows (conv output positions) per matrix product.
+const PRODUCT_ROWS: usize = 512;
+
+/// The im2col patches of consecutive images `xc` (each `h`×`w`×`cin`), stacked.
+fn im2col_images(s: BlockShape, xc: &[f32], patches: &mut Vec<f32>) {
+    let per = s.h * s.w * 9 * s.cin;
+    let imgs = xc.len() / s.in_len();
+    patches.clear();
+    patches.resize(imgs * per, 0.0);
+    for (xi, pi) in xc
+        .chunks_exact(s.in_len())
+        .zip(patches.chunks_exact_mut(per))
+    {
+        im2col3x3_into(xi, s.h, s.w, s.cin, 0, s.h, s.w, pi);
     }
 }
 
@@ -102,40 +128,48 @@ pub fn forward(
     let BlockShape { n, h, w, cin, cout } = s;
     assert_eq!(x.len(), n * s.in_len(), "conv block input size");
     assert_eq!(wmat.len(), 9 * cin * cout, "conv block weight size");
-    assert!(h >= 2 && w >= 2 && n > 0, "conv block needs a 2×2 image or larger");
+    assert!(
+        h >= 2 && w >= 2 && n > 0,
+        "conv block needs a 2×2 image or larger"
+    );
     let mut y = vec![0f32; n * s.conv_len()];
-    // Conv + bias per image, with its per-channel sum and sum of squares (in f64).
+    let imgs = s.chunk_images();
+    // Conv + bias per chunk of images, with per-channel sums and sums of squares (in f64).
     let sums: Vec<(Vec<f64>, Vec<f64>)> = y
-        .par_chunks_mut(s.conv_len())
-        .zip(x.par_chunks(s.in_len()))
-        .map(|(yi, xi)| {
-            SCRATCH.with(|sc| {
-                let mut sc = sc.borrow_mut();
-                let patches = &mut sc.0;
-                im2col3x3(xi, h, w, cin, 0, h, w, patches);
-                for row in yi.chunks_exact_mut(cout) {
-                    row.copy_from_slice(bias);
-                }
-                let k = 9 * cin;
-                matmul(
-                    h * w,
-                    cout,
-                    k,
-                    yi,
-                    true,
-                    View::rows(patches, k),
-                    View::rows(wmat, cout),
-                );
+        .par_chunks_mut(imgs * s.conv_len())
+        .zip(x.par_chunks(imgs * s.in_len()))
+        .map(|(yc, xc)| {
+            timed(Phase::FwdConv, || {
+                SCRATCH.with(|sc| {
+                    let mut sc = sc.borrow_mut();
+                    let patches = &mut sc.0;
+                    im2col_images(s, xc, patches);
+                    for row in yc.chunks_exact_mut(cout) {
+                        row.copy_from_slice(bias);
+                    }
+                    let k = 9 * cin;
+                    matmul(
+                        yc.len() / cout,
+                        cout,
+                        k,
+                        yc,
+                        true,
+                        View::rows(patches, k),
+                        View::rows(wmat, cout),
+                    );
+                })
             });
-            let (mut sum, mut sq) = (vec![0f64; cout], vec![0f64; cout]);
-            for row in yi.chunks_exact(cout) {
-                for ((a, b), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
-                    let v = v as f64;
-                    *a += v;
-                    *b += v * v;
+            timed(Phase::FwdStats, || {
+                let (mut sum, mut sq) = (vec![0f64; cout], vec![0f64; cout]);
+                for row in yc.chunks_exact(cout) {
+                    for ((a, b), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
+                        let v = v as f64;
+                        *a += v;
+                        *b += v * v;
+                    }
                 }
-            }
-            (sum, sq)
+                (sum, sq)
+            })
         })
         .collect();
     let count = (n * h * w) as f64;
@@ -152,9 +186,7 @@ pub fn forward(
     }
     // Normalise, ReLU and pool: z = y * scale + shift.
     let scale: Vec<f32> = (0..cout).map(|c| gamma[c] * inv_std[c]).collect();
-    let shift: Vec<f32> = (0..cout)
-        .map(|c| beta[c] - mean[c] * scale[c])
-        .collect();
+    let shift: Vec<f32> = (0..cout).map(|c| beta[c] - mean[c] * scale[c]).collect();
     let (ph, pw) = s.pooled();
     let mut out = vec![0f32; n * s.out_len()];
     let mut argmax = vec![0u8; n * s.out_len()];
@@ -162,29 +194,34 @@ pub fn forward(
         .zip(argmax.par_chunks_mut(s.out_len()))
         .zip(y.par_chunks(s.conv_len()))
         .for_each(|((oi, ai), yi)| {
-            for py in 0..ph {
-                for px in 0..pw {
-                    let o = (py * pw + px) * cout;
-                    let cell = |d: usize| ((2 * py + d / 2) * w + 2 * px + d % 2) * cout;
-                    let cells = [cell(0), cell(1), cell(2), cell(3)];
-                    for c in 0..cout {
-                        let (mut best, mut at) = (f32::NEG_INFINITY, 0u8);
-                        for (d, &base) in cells.iter().enumerate() {
-                            let z = yi[base + c] * scale[c] + shift[c];
-                            if z > best {
-                                (best, at) = (z, d as u8);
+            timed(Phase::FwdPool, || {
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let o = (py * pw + px) * cout;
+                        let cell = |d: usize| {
+                            let at = ((2 * py + d / 2) * w + 2 * px + d % 2) * cout;
+                            &yi[at..at + cout]
+                        };
+                        let (c0, c1, c2, c3) = (cell(0), cell(1), cell(2), cell(3));
+                        let out = oi[o..o + cout].iter_mut().zip(&mut ai[o..o + cout]);
+                        for (c, (ov, av)) in out.enumerate() {
+                            let z = |v: f32| v * scale[c] + shift[c];
+                            let (mut best, mut at) = (z(c0[c]), 0u8);
+                            for (d, v) in [(1u8, c1[c]), (2, c2[c]), (3, c3[c])] {
+                                let v = z(v);
+                                if v > best {
+                                    (best, at) = (v, d);
+                                }
                             }
-                        }
-                        if best > 0.0 {
-                            oi[o + c] = best;
-                            ai[o + c] = at;
-                        } else {
-                            oi[o + c] = 0.0;
-                            ai[o + c] = CLIPPED;
+                            (*ov, *av) = if best > 0.0 {
+                                (best, at)
+                            } else {
+                                (0.0, CLIPPED)
+                            };
                         }
                     }
                 }
-            }
+            })
         });
     let saved = Saved {
         y,
@@ -213,7 +250,11 @@ pub fn backward(
     need_x: bool,
 ) -> Grads {
     let BlockShape { n, h, w, cin, cout } = s;
-    assert_eq!(dout.len(), n * s.out_len(), "conv block output gradient size");
+    assert_eq!(
+        dout.len(),
+        n * s.out_len(),
+        "conv block output gradient size"
+    );
     let (ph, pw) = s.pooled();
     let Saved {
         y,
@@ -221,29 +262,33 @@ pub fn backward(
         mean,
         inv_std,
     } = saved;
-    let winner = |py: usize, px: usize, d: u8| ((2 * py + d as usize / 2) * w + 2 * px + d as usize % 2) * cout;
+    let winner = |py: usize, px: usize, d: u8| {
+        ((2 * py + d as usize / 2) * w + 2 * px + d as usize % 2) * cout
+    };
     // Pass 1: BatchNorm's parameter gradients, from the positions the pool let through.
     let partial: Vec<(Vec<f64>, Vec<f64>)> = dout
         .par_chunks(s.out_len())
         .zip(argmax.par_chunks(s.out_len()))
         .zip(y.par_chunks(s.conv_len()))
         .map(|((gi, ai), yi)| {
-            let (mut db, mut dg) = (vec![0f64; cout], vec![0f64; cout]);
-            for py in 0..ph {
-                for px in 0..pw {
-                    let o = (py * pw + px) * cout;
-                    for c in 0..cout {
-                        let d = ai[o + c];
-                        if d != CLIPPED {
-                            let g = gi[o + c] as f64;
-                            let xhat = (yi[winner(py, px, d) + c] - mean[c]) * inv_std[c];
-                            db[c] += g;
-                            dg[c] += g * xhat as f64;
+            timed(Phase::BwdParams, || {
+                let (mut db, mut dg) = (vec![0f64; cout], vec![0f64; cout]);
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let o = (py * pw + px) * cout;
+                        for c in 0..cout {
+                            let d = ai[o + c];
+                            if d != CLIPPED {
+                                let g = gi[o + c] as f64;
+                                let xhat = (yi[winner(py, px, d) + c] - mean[c]) * inv_std[c];
+                                db[c] += g;
+                                dg[c] += g * xhat as f64;
+                            }
                         }
                     }
                 }
-            }
-            (db, dg)
+                (db, dg)
+            })
         })
         .collect();
     let mut dbeta = vec![0f64; cout];
@@ -292,57 +337,73 @@ pub fn backward(
             SCRATCH.with(|sc| {
                 let mut sc = sc.borrow_mut();
                 let (patches, dy) = &mut *sc;
-                for i in g * per..((g + 1) * per).min(n) {
-                    let yi = &y[i * s.conv_len()..(i + 1) * s.conv_len()];
-                    let gi = &dout[i * s.out_len()..(i + 1) * s.out_len()];
-                    let ai = &argmax[i * s.out_len()..(i + 1) * s.out_len()];
-                    dy.clear();
-                    dy.resize(s.conv_len(), 0.0);
-                    for (dr, yr) in dy.chunks_exact_mut(cout).zip(yi.chunks_exact(cout)) {
-                        for c in 0..cout {
-                            dr[c] = a[c] * yr[c] + b[c];
-                        }
-                    }
-                    for py in 0..ph {
-                        for px in 0..pw {
-                            let o = (py * pw + px) * cout;
+                let (first, end) = (g * per, ((g + 1) * per).min(n));
+                let imgs = s.chunk_images().min(per);
+                for i0 in (first..end).step_by(imgs) {
+                    let i1 = (i0 + imgs).min(end);
+                    let rows = (i1 - i0) * h * w;
+                    timed(Phase::BwdDy, || {
+                        dy.clear();
+                        dy.resize((i1 - i0) * s.conv_len(), 0.0);
+                        let ys = &y[i0 * s.conv_len()..i1 * s.conv_len()];
+                        for (dr, yr) in dy.chunks_exact_mut(cout).zip(ys.chunks_exact(cout)) {
                             for c in 0..cout {
-                                let d = ai[o + c];
-                                if d != CLIPPED {
-                                    dy[winner(py, px, d) + c] += k1[c] * gi[o + c];
+                                dr[c] = a[c] * yr[c] + b[c];
+                            }
+                        }
+                        for (i, dyi) in (i0..i1).zip(dy.chunks_exact_mut(s.conv_len())) {
+                            let gi = &dout[i * s.out_len()..(i + 1) * s.out_len()];
+                            let ai = &argmax[i * s.out_len()..(i + 1) * s.out_len()];
+                            for py in 0..ph {
+                                for px in 0..pw {
+                                    let o = (py * pw + px) * cout;
+                                    for c in 0..cout {
+                                        let d = ai[o + c];
+                                        if d != CLIPPED {
+                                            dyi[winner(py, px, d) + c] += k1[c] * gi[o + c];
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                    for row in dy.chunks_exact(cout) {
-                        for (acc, &v) in dbias.iter_mut().zip(row) {
-                            *acc += v as f64;
+                        for row in dy.chunks_exact(cout) {
+                            for (acc, &v) in dbias.iter_mut().zip(row) {
+                                *acc += v as f64;
+                            }
                         }
-                    }
-                    let xi = &x[i * s.in_len()..(i + 1) * s.in_len()];
-                    im2col3x3(xi, h, w, cin, 0, h, w, patches);
-                    matmul(
-                        k,
-                        cout,
-                        h * w,
-                        &mut dw,
-                        true,
-                        View::transposed(patches, k),
-                        View::rows(dy, cout),
-                    );
-                    if let Some(dxg) = dxg.as_deref_mut() {
-                        // Reuse the patch buffer for dy · Wᵀ, then scatter it back.
+                    });
+                    let xs = &x[i0 * s.in_len()..i1 * s.in_len()];
+                    timed(Phase::BwdWeight, || {
+                        im2col_images(s, xs, patches);
                         matmul(
-                            h * w,
                             k,
                             cout,
-                            patches,
-                            false,
+                            rows,
+                            &mut dw,
+                            true,
+                            View::transposed(patches, k),
                             View::rows(dy, cout),
-                            View::transposed(wmat, cout),
                         );
-                        let j = i - g * per;
-                        col2im3x3(patches, h, w, cin, &mut dxg[j * s.in_len()..(j + 1) * s.in_len()]);
+                    });
+                    if let Some(dxg) = dxg.as_deref_mut() {
+                        timed(Phase::BwdInput, || {
+                            // Reuse the patch buffer for dy · Wᵀ, then scatter it back.
+                            matmul(
+                                rows,
+                                k,
+                                cout,
+                                patches,
+                                false,
+                                View::rows(dy, cout),
+                                View::transposed(wmat, cout),
+                            );
+                            let per_img = h * w * k;
+                            for (i, dp) in (i0..i1).zip(patches.chunks_exact(per_img)) {
+                                let j = i - first;
+                                let dxi = &mut dxg[j * s.in_len()..(j + 1) * s.in_len()];
+                                col2im3x3(dp, h, w, cin, dxi);
+                            }
+                        });
                     }
                 }
             });

@@ -12,9 +12,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension,
-};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, TensorData};
 
 use super::conv_block::{self, BlockShape, Saved};
@@ -37,10 +35,19 @@ pub trait ConvBlockBackend: Backend {
 
 /// The f32 values of a Flex tensor in row-major order (borrowed when already contiguous).
 fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-    assert_eq!(t.dtype(), DType::F32, "the fused conv block runs on f32 tensors");
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "the fused conv block runs on f32 tensors"
+    );
     match t.as_slice::<f32>() {
         Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()),
+        None => Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("contiguous")
+                .to_vec(),
+        ),
     }
 }
 
@@ -52,7 +59,11 @@ fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
 fn block_shape(x: &FlexTensor, weight: &FlexTensor) -> BlockShape {
     let (xs, ws) = (x.shape(), weight.shape());
     assert_eq!(xs.num_dims(), 4, "conv block input must be [n, h, w, c]");
-    assert_eq!(ws.num_dims(), 4, "conv block weight must be [cout, cin, 3, 3]");
+    assert_eq!(
+        ws.num_dims(),
+        4,
+        "conv block weight must be [cout, cin, 3, 3]"
+    );
     assert!(ws[2] == 3 && ws[3] == 3, "conv block kernel must be 3×3");
     assert_eq!(xs[3], ws[1], "conv block input channels");
     BlockShape {

@@ -32,7 +32,10 @@ impl<'a> View<'a> {
     fn check(&self, rows: usize, cols: usize, what: &str) {
         if rows > 0 && cols > 0 {
             let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
-            assert!(last < self.data.len(), "{what}: {rows}×{cols} view out of bounds");
+            assert!(
+                last < self.data.len(),
+                "{what}: {rows}×{cols} view out of bounds"
+            );
         }
     }
 }
@@ -102,7 +105,15 @@ mod tests {
         matmul(m, n, k, &mut c, true, View::rows(&a, k), View::rows(&b, n));
         // The same product through transposed views: (bᵀ aᵀ)ᵀ, computed as cᵀ = bᵀ · aᵀ.
         let mut ct = vec![0.0; n * m];
-        matmul(n, m, k, &mut ct, false, View::transposed(&b, n), View::transposed(&a, k));
+        matmul(
+            n,
+            m,
+            k,
+            &mut ct,
+            false,
+            View::transposed(&b, n),
+            View::transposed(&a, k),
+        );
         for i in 0..m {
             for j in 0..n {
                 assert!((c[i * n + j] - 1.0 - naive(i, j)).abs() < 1e-4);

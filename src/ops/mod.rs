@@ -10,8 +10,9 @@
 pub mod conv_block;
 pub mod extension;
 mod matmul;
+pub mod phases;
 
-use burn::backend::{DispatchDevice, Dispatch};
+use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm_train, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
@@ -42,7 +43,10 @@ impl TrainEngine {
 
 /// Whether the fused kernels run on `device` (the Flex CPU backend, with or without autodiff).
 pub fn fused_supported(device: &Device) -> bool {
-    matches!(device.clone().inner().as_dispatch(), DispatchDevice::Flex(_))
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// The result of [`conv_block_train`].
