@@ -56,12 +56,15 @@ impl ConvBlock {
     /// (batch statistics), updating the running statistics as [`BatchNorm`] does.
     fn forward_train_nhwc(&self, x: Tensor<4>, engine: TrainEngine) -> Tensor<4> {
         let device = x.device();
+        // The weight first, then the bias: parameters are initialised lazily, on first use, in
+        // the order Burn's Conv2d uses them, so both engines start from the same weights.
+        let weight = self.conv.weight.val();
         let bias = match &self.conv.bias {
             Some(b) => b.val(),
             None => Tensor::zeros(self.norm.gamma.val().dims(), &device),
         };
         let params = BlockParams {
-            weight: self.conv.weight.val(),
+            weight,
             bias,
             gamma: self.norm.gamma.val(),
             beta: self.norm.beta.val(),
