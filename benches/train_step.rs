@@ -1,10 +1,13 @@
 //! Bare model-step throughput of the reference CNN on the Flex CPU backend: forward, loss,
 //! backward and an Adam step on a fixed random batch, no data loading.
 //!
-//! `cargo bench --bench train_step -- [STEPS] [SIZE] [BATCH]` (defaults 30, 64, 32).
-//! Prints `BENCH train_step ... img_per_s=...`, then inference of the trained weights through
-//! Burn (`BENCH infer engine=burn`) and through the fused path (`BENCH infer engine=fused`), in
-//! batches of 64 and one image at a time, with the fused/burn ratio.
+//! `cargo bench --bench train_step -- [STEPS] [SIZE] [BATCH] [train-only]` (defaults 30, 64, 32).
+//! Prints `BENCH train_step engine=fused ... img_per_s=...` (the fused training op) and
+//! `BENCH train_step engine=burn ...` (Burn's generic ops) with their ratio, measured
+//! interleaved so a load change on the machine hits both, then (unless `train-only`) inference of
+//! the trained weights through Burn (`BENCH infer engine=burn`) and through the fused path
+//! (`BENCH infer engine=fused`), in batches of 64 and one image at a time. With
+//! `FLORA_PHASES=1` it also prints the time split of a fused step (forward, backward, Adam).
 
 use std::time::Instant;
 
@@ -13,6 +16,7 @@ use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
 use flora::model::{Arch, Classifier};
+use flora::ops::TrainEngine;
 use rand::{Rng, SeedableRng};
 
 fn main() {
@@ -31,31 +35,96 @@ fn main() {
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-    let mut model = Classifier::new(Arch::Cnn, classes, 0.3, &device);
-    let mut optim = AdamConfig::new().init();
-    let mut step = |model: Classifier| {
+    let engines = [TrainEngine::Fused, TrainEngine::Burn];
+    // Two copies of one model (parameters are initialised lazily: copy the record).
+    let first = Classifier::new(Arch::Cnn, classes, 0.3, &device);
+    let second =
+        Classifier::new(Arch::Cnn, classes, 0.3, &device).load_record(first.clone().into_record());
+    let mut models = vec![first, second];
+    let mut optims: Vec<_> = engines.iter().map(|_| AdamConfig::new().init()).collect();
+    let phases = std::env::var("FLORA_PHASES").is_ok_and(|v| v == "1");
+    let mut spent = [[0f64; 3]; 2];
+    let mut step = |e: usize, model: Classifier, times: &mut [f64; 3]| {
+        let t = Instant::now();
         let x = Tensor::<4>::from_data(
             TensorData::new(input.clone(), [batch, 3, size, size]),
             &device,
         );
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch]), &device);
-        let loss = CrossEntropyLoss::new(None, &device).forward(model.forward(x), y);
+        let Classifier::Cnn(cnn) = &model else {
+            unreachable!("the bench builds a cnn")
+        };
+        let loss = CrossEntropyLoss::new(None, &device).forward(cnn.forward_with(x, engines[e]), y);
         let _: f32 = loss.clone().into_scalar();
+        let t1 = Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        optim.step(1e-3, model, grads)
+        let t2 = Instant::now();
+        let model = optims[e].step(1e-3, model, grads);
+        let t3 = Instant::now();
+        times[0] += (t1 - t).as_secs_f64();
+        times[1] += (t2 - t1).as_secs_f64();
+        times[2] += (t3 - t2).as_secs_f64();
+        model
     };
-    for _ in 0..3 {
-        model = step(model);
+    let mut warm = [0f64; 3];
+    for e in 0..engines.len() {
+        for _ in 0..3 {
+            let m = models.remove(e);
+            models.insert(e, step(e, m, &mut warm));
+        }
     }
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        model = step(model);
+    // Interleaved rounds of a few steps per engine.
+    let round = 5.min(steps.max(1));
+    let mut done = 0;
+    while done < steps {
+        let k = round.min(steps - done);
+        for (e, times) in spent.iter_mut().enumerate() {
+            for _ in 0..k {
+                let m = models.remove(e);
+                models.insert(e, step(e, m, times));
+            }
+        }
+        done += k;
     }
-    let secs = t0.elapsed().as_secs_f64();
+    let ips: Vec<f64> = spent
+        .iter()
+        .map(|t| (steps * batch) as f64 / t.iter().sum::<f64>())
+        .collect();
+    for (e, engine) in ["fused", "burn"].iter().enumerate() {
+        let secs: f64 = spent[e].iter().sum();
+        println!(
+            "BENCH train_step engine={engine} arch=cnn size={size} batch={batch} steps={steps} seconds={secs:.2} img_per_s={:.1}",
+            ips[e]
+        );
+        if phases {
+            let [f, b, a] = spent[e].map(|t| 1e3 * t / steps as f64);
+            println!(
+                "PHASES engine={engine} size={size} forward_ms={f:.1} backward_ms={b:.1} adam_ms={a:.1}"
+            );
+            if e == 0 {
+                // The fused op's phases over all steps (warm-up included), CPU ms per step.
+                let per_step: Vec<String> = flora::ops::phases::report()
+                    .split(' ')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={:.1}",
+                            v.parse::<f64>().unwrap_or(0.0) / (steps + 3) as f64
+                        )
+                    })
+                    .collect();
+                println!("PHASES fused_op_cpu_ms_per_step {}", per_step.join(" "));
+            }
+        }
+    }
     println!(
-        "BENCH train_step arch=cnn size={size} batch={batch} steps={steps} seconds={secs:.2} img_per_s={:.1}",
-        (steps * batch) as f64 / secs
+        "RATIO train_step fused_vs_burn size={size} batch={batch} ratio={:.2}",
+        ips[0] / ips[1]
     );
+    if std::env::args().any(|a| a == "train-only") {
+        return;
+    }
+    let model = models.remove(0);
 
     let valid = model.valid();
     let infer_device = flora::device::inference();

@@ -20,6 +20,7 @@ pub mod infer;
 pub mod merge;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod plot;
 pub mod progress;
 pub mod promote;

@@ -4,8 +4,8 @@
 //! (HWC), so a 3×3 convolution is one im2col copy and one matrix product (the `gemm` crate,
 //! which Burn's Flex backend also uses); bias, ReLU and the 2×2 max-pool are one pass over the
 //! product. Images of a batch run in parallel, and a lone image splits its rows across threads.
-//! The result matches the Burn forward pass to float rounding (a test checks it); training
-//! always uses the Burn model.
+//! The result matches the Burn forward pass to float rounding (a test checks it). Training has
+//! its own fused op ([`crate::ops`]), which shares [`im2col3x3`] with this path.
 
 use std::cell::RefCell;
 
@@ -102,29 +102,7 @@ impl FusedBlock {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let (patches, conv) = &mut *s;
-            patches.clear();
-            patches.resize(m * k, 0.0);
-            for r in 0..rows {
-                let y = 2 * p0 + r;
-                for x in 0..cols {
-                    let row = &mut patches[(r * cols + x) * k..(r * cols + x + 1) * k];
-                    for ky in 0..3 {
-                        let iy = y + ky;
-                        if iy < 1 || iy > h {
-                            continue; // zero padding (already zero)
-                        }
-                        for kx in 0..3 {
-                            let ix = x + kx;
-                            if ix < 1 || ix > w {
-                                continue;
-                            }
-                            let src = ((iy - 1) * w + (ix - 1)) * cin;
-                            let dst = (ky * 3 + kx) * cin;
-                            row[dst..dst + cin].copy_from_slice(&input[src..src + cin]);
-                        }
-                    }
-                }
-            }
+            im2col3x3(input, h, w, cin, 2 * p0, rows, cols, patches);
             conv.resize(m * cout, 0.0);
             matmul(m, cout, k, patches, &self.weight, conv, false, 1);
             // max(relu(v + b)) over the 2×2 window == relu(max(v) + b).
@@ -168,6 +146,64 @@ impl FusedBlock {
             out.chunks_mut(chunk).enumerate().for_each(rows);
         }
         out
+    }
+}
+
+/// Writes the 3×3 (padding 1) patches of conv output rows `y0..y0 + rows`, columns
+/// `0..cols`, of an `h`×`w`×`cin` channels-last input into `patches`: one row of `9 * cin`
+/// values (`(ky * 3 + kx) * cin + c`) per output position, zeros where the window leaves the
+/// image. Shared by this inference path and the fused training op ([`crate::ops`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col3x3(
+    input: &[f32],
+    h: usize,
+    w: usize,
+    cin: usize,
+    y0: usize,
+    rows: usize,
+    cols: usize,
+    patches: &mut Vec<f32>,
+) {
+    patches.clear();
+    patches.resize(rows * cols * 9 * cin, 0.0);
+    im2col3x3_into(input, h, w, cin, y0, rows, cols, patches);
+}
+
+/// [`im2col3x3`] into a slice of exactly `rows * cols * 9 * cin` values, which it overwrites.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col3x3_into(
+    input: &[f32],
+    h: usize,
+    w: usize,
+    cin: usize,
+    y0: usize,
+    rows: usize,
+    cols: usize,
+    patches: &mut [f32],
+) {
+    let k = 9 * cin;
+    assert_eq!(patches.len(), rows * cols * k, "im2col buffer size");
+    patches.fill(0.0);
+    for r in 0..rows {
+        let y = y0 + r;
+        for x in 0..cols {
+            let row = &mut patches[(r * cols + x) * k..(r * cols + x + 1) * k];
+            for ky in 0..3 {
+                let iy = y + ky;
+                if iy < 1 || iy > h {
+                    continue; // zero padding (already zero)
+                }
+                for kx in 0..3 {
+                    let ix = x + kx;
+                    if ix < 1 || ix > w {
+                        continue;
+                    }
+                    let src = ((iy - 1) * w + (ix - 1)) * cin;
+                    let dst = (ky * 3 + kx) * cin;
+                    row[dst..dst + cin].copy_from_slice(&input[src..src + cin]);
+                }
+            }
+        }
     }
 }
 
