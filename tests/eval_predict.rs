@@ -416,14 +416,7 @@ fn predict_reports_bad_files_and_goes_on() {
     .unwrap();
     // A JPEG cut at 60% is refused (decoders fill the missing rows in silently); one that is
     // complete but lacks only its end marker, as some cameras write, is accepted.
-    let photo = image::load_from_memory(&png).unwrap().resize_exact(
-        96,
-        96,
-        image::imageops::FilterType::Triangle,
-    );
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
-    let jpeg = jpeg.into_inner();
+    let jpeg = jpeg_of(&png);
     std::fs::write(
         mixed.path().join("bag/cut.jpg"),
         &jpeg[..jpeg.len() * 6 / 10],

@@ -152,14 +152,7 @@ fn fill(collected: &Path, new: &[PathBuf], dups: &[PathBuf], corrupt: usize) -> 
             1 => b[..b.len() / 3].to_vec(), // a truncated PNG
             _ => {
                 // A JPEG cut at 60%: its decoder alone would invent the missing rows.
-                let img = image::load_from_memory(&b).unwrap().resize_exact(
-                    96,
-                    96,
-                    image::imageops::FilterType::Triangle,
-                );
-                let mut jpeg = std::io::Cursor::new(Vec::new());
-                img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
-                let jpeg = jpeg.into_inner();
+                let jpeg = jpeg_of(&b);
                 jpeg[..jpeg.len() * 6 / 10].to_vec()
             }
         };

@@ -472,14 +472,7 @@ fn every_request_gets_an_id_and_an_access_log_line() {
 fn a_truncated_jpeg_is_refused_with_422() {
     let dir = slotted_project("");
     let server = Server::start(dir.path(), None, &[]);
-    let photo = image::load_from_memory(&bag_png()).unwrap().resize_exact(
-        96,
-        96,
-        image::imageops::FilterType::Triangle,
-    );
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
-    let jpeg = jpeg.into_inner();
+    let jpeg = jpeg_of(&bag_png());
     let (status, body) = server.post("/predict", "image/jpeg", &jpeg[..jpeg.len() * 6 / 10], None);
     assert_eq!(status, 422, "{body}");
     assert!(

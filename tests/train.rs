@@ -216,13 +216,7 @@ fn bad_files_are_skipped_and_reported() {
         .path();
     std::fs::copy(&png, ds.join("sneaker/really_a_png.jpg")).unwrap();
     // A JPEG whose data stops at 60%: skipped, not trained on with invented rows.
-    let photo =
-        image::open(&png)
-            .unwrap()
-            .resize_exact(96, 96, image::imageops::FilterType::Triangle);
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
-    let jpeg = jpeg.into_inner();
+    let jpeg = jpeg_of(&std::fs::read(&png).unwrap());
     std::fs::write(ds.join("sneaker/cut.jpg"), &jpeg[..jpeg.len() * 6 / 10]).unwrap();
     // Inboxes are not classes.
     copy_classes(&ds, &ds.join("_UNLABELED_SORT_ME"), &["bag"], 5);

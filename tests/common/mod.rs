@@ -154,3 +154,16 @@ pub fn outside_program(path: &Path, what: &str, how: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED (not run): {msg}");
     None
 }
+
+/// `image` (any format flora reads) as a 96×96 JPEG: large enough that its scan spans many
+/// blocks, so a cut copy (`jpeg[..len * 6 / 10]`) has a real truncated scan.
+pub fn jpeg_of(image: &[u8]) -> Vec<u8> {
+    let photo = image::load_from_memory(image).unwrap().resize_exact(
+        96,
+        96,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    jpeg.into_inner()
+}
