@@ -1,8 +1,9 @@
 //! The container's final stage, proven without pulling any image: the statically linked flora
 //! (`RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --bin flora --target
 //! x86_64-unknown-linux-gnu`, as the Dockerfile builds it) runs alone in an empty root
-//! filesystem (a new mount and PID namespace rooted there, as `FROM scratch` gives it), serves a
-//! real model and answers a prediction, and `flora health` (the image's HEALTHCHECK) probes it.
+//! filesystem (new namespaces rooted there, with only the `/dev` nodes and `/proc` that a
+//! container runtime gives a `FROM scratch` image), serves a real model and answers a
+//! prediction, and `flora health` (the image's HEALTHCHECK) probes it.
 
 mod common;
 
@@ -35,8 +36,18 @@ fn is_static_elf(bytes: &[u8]) -> bool {
     })
 }
 
-/// `unshare` into a new mount + PID namespace whose root is `root`, working in /data.
+/// Runs `/flora args...` with `root` as its whole filesystem, as a container runtime would: in
+/// new user, mount and PID namespaces, with only what every runtime provides mounted in
+/// (`/dev/{null,zero,random,urandom}`, `/proc`), and the project in `/data`.
 fn in_root(root: &Path, args: &[&str]) -> Command {
+    let r = root.display();
+    let script = format!(
+        "set -e; mkdir -p '{r}/dev' '{r}/proc' '{r}/tmp'; \
+         for d in null zero random urandom; do touch \"{r}/dev/$d\"; \
+         mount --bind \"/dev/$d\" \"{r}/dev/$d\"; done; \
+         mount -t proc proc '{r}/proc'; \
+         exec chroot '{r}' /flora --config /data/flora.toml \"$@\""
+    );
     let mut c = Command::new("unshare");
     c.args([
         "--map-root-user",
@@ -44,12 +55,14 @@ fn in_root(root: &Path, args: &[&str]) -> Command {
         "--pid",
         "--fork",
         "--kill-child",
+        "sh",
+        "-c",
+        &script,
+        "flora",
     ])
-    .arg(format!("--root={}", root.display()))
-    .arg("--wd=/data")
-    .arg("/flora")
     .args(args)
-    .env_clear();
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     c
 }
 
@@ -113,7 +126,7 @@ fn static_flora_serves_from_an_empty_root_filesystem() {
         &["serve", "--host", "127.0.0.1", "--port", &port.to_string()],
     )
     .stdout(Stdio::null())
-    .stderr(Stdio::null())
+    .stderr(std::fs::File::create(project.path().join("serve.log")).unwrap())
     .spawn()
     .expect("running unshare (util-linux)");
     let health = format!("http://127.0.0.1:{port}/health");
@@ -132,7 +145,8 @@ fn static_flora_serves_from_an_empty_root_filesystem() {
     };
     assert!(
         healthy,
-        "flora health never saw the server in the empty root"
+        "flora health never saw the server in the empty root; its log:\n{}",
+        std::fs::read_to_string(project.path().join("serve.log")).unwrap_or_default()
     );
 
     let (_, test) = fashion_mnist();
