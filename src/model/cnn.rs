@@ -7,7 +7,8 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use super::fused::{ConvBnWeights, FusedBlock, FusedCnn};
+use super::fused::{FusedBlock, FusedCnn};
+use super::{conv_bn_weights, values};
 use crate::ops::{self, BlockParams, TrainEngine};
 
 /// Channel widths of the four blocks.
@@ -35,15 +36,7 @@ impl ConvBlock {
     }
 
     fn fused(&self, cin: usize, cout: usize) -> FusedBlock {
-        let w = ConvBnWeights {
-            conv_weight: values(self.conv.weight.val()),
-            conv_bias: self.conv.bias.as_ref().map(|b| values(b.val())),
-            gamma: values(self.norm.gamma.val()),
-            beta: values(self.norm.beta.val()),
-            running_mean: values(self.norm.running_mean.value()),
-            running_var: values(self.norm.running_var.value()),
-            epsilon: self.norm.epsilon,
-        };
+        let w = conv_bn_weights(&self.conv, &self.norm);
         FusedBlock::fold(cin, cout, &w)
     }
 
@@ -168,14 +161,6 @@ impl Cnn {
         };
         FusedCnn::new(blocks, values(self.head.weight.val()), head_bias)
     }
-}
-
-/// A tensor's values in row-major order.
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .expect("float weights convert to f32")
 }
 
 #[cfg(test)]

@@ -16,9 +16,8 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::activation::relu6;
 
-use super::fused::ConvBnWeights;
 use super::fused_mobilenet::{FusedConv, FusedMobileNet, FusedUnit};
-use super::values;
+use super::{conv_bn_weights, values};
 
 /// The width multipliers flora offers (torchvision and timm publish weights for some of them).
 pub const WIDTHS: [f64; 4] = [0.35, 0.5, 0.75, 1.0];
@@ -135,15 +134,7 @@ impl ConvBn {
     /// The folded inference form of this conv + norm.
     fn fused(&self) -> FusedConv {
         let [cout, per_group, k, _] = self.conv.weight.dims();
-        let w = ConvBnWeights {
-            conv_weight: values(self.conv.weight.val()),
-            conv_bias: self.conv.bias.as_ref().map(|b| values(b.val())),
-            gamma: values(self.norm.gamma.val()),
-            beta: values(self.norm.beta.val()),
-            running_mean: values(self.norm.running_mean.value()),
-            running_var: values(self.norm.running_var.value()),
-            epsilon: self.norm.epsilon,
-        };
+        let w = conv_bn_weights(&self.conv, &self.norm);
         let cin = per_group * self.conv.groups;
         FusedConv::fold(
             &w,

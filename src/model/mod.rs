@@ -131,3 +131,19 @@ pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .try_to_vec()
         .expect("float weights convert to f32")
 }
+
+/// The trained weights of a conv + BatchNorm pair, read out for folding into a fused form.
+pub(crate) fn conv_bn_weights(
+    conv: &burn::nn::conv::Conv2d,
+    norm: &burn::nn::BatchNorm,
+) -> fused::ConvBnWeights {
+    fused::ConvBnWeights {
+        conv_weight: values(conv.weight.val()),
+        conv_bias: conv.bias.as_ref().map(|b| values(b.val())),
+        gamma: values(norm.gamma.val()),
+        beta: values(norm.beta.val()),
+        running_mean: values(norm.running_mean.value()),
+        running_var: values(norm.running_var.value()),
+        epsilon: norm.epsilon,
+    }
+}
