@@ -64,12 +64,13 @@ pub fn samples_from_dir(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
 /// of the run's dataset when it has one, else the run's own validation split. Returns the
 /// samples and a description for the user ("dataset/test", "the validation split of run X").
 pub fn default_samples(run: &RunInfo, classes: &[String]) -> Result<(Vec<Sample>, String)> {
-    let test = run_data_dir(run)?.join("test");
+    let root = run_data_dir(run)?;
+    let test = root.join("test");
     if test.is_dir() {
         let samples = samples_from_dir(&test, classes)?;
         return Ok((samples, format!("the held-out set {}", test.display())));
     }
-    let samples = samples_from_run(run, classes)?;
+    let samples = val_split_samples(run, &root, classes)?;
     Ok((
         samples,
         format!("the validation split of run {}", run.run_name),
@@ -86,10 +87,9 @@ fn run_data_dir(run: &RunInfo) -> Result<PathBuf> {
     ))
 }
 
-/// The validation samples of a run's own split (`split.csv`), under the run's data folder.
+/// The validation samples of a run's own split (`split.csv`), under its data folder `root`.
 /// Every row's path and class are checked, since the file is read back from disk.
-pub fn samples_from_run(run: &RunInfo, classes: &[String]) -> Result<Vec<Sample>> {
-    let root = run_data_dir(run)?;
+fn val_split_samples(run: &RunInfo, root: &Path, classes: &[String]) -> Result<Vec<Sample>> {
     let csv = run.artifacts().join("split.csv");
     let rows = split::read_csv(&csv)?;
     let mut out = Vec::new();
