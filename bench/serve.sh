@@ -11,6 +11,9 @@
 # see ../shared/reference/README.md.
 # The flora model is trained here (reference CNN, 64 px, 5 epochs on 800 images, ~1 min) and
 # promoted into the blue slot.
+# MODEL=mobilenet_v2 compares MobileNetV2 instead (WIDTH default 0.35, SIZE default 96): flora
+# trains one for 1 epoch, torch serves torchvision's mobilenet_v2 at the same width and size
+# through the same reference app (bench/torch_serve_mobilenet.py).
 # Env: WORK (a folder to keep the trained models in between runs), REF_CKPT (a torch_train.py checkpoint; default: train one, 1 epoch), MAX_BATCH
 # (serve.max_batch, default 16; 1 turns batching off), ENGINES (default "fused"; "fused burn"
 # adds a row for flora with Burn's forward pass, FLORA_ENGINE=burn), SERVE_FLAGS (extra `flora serve` flags, e.g. --no-collect),
@@ -20,6 +23,7 @@
 # Usage: bench/serve.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 secs=${1:-15}
 concs=${CONCS:-1 8 64}
 port=${PORT:-18700}
@@ -37,9 +41,15 @@ cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; [ 
 trap cleanup EXIT
 
 # flora: a project with the trained run promoted into the blue slot and live.
+model=${MODEL:-cnn}
 mkdir -p "$work/flora"
-printf '[data]\nimage_size = 64\n[train]\nepochs = 5\n[serve]\nport = %s\nmax_batch = %s\n' \
-    "$port" "${MAX_BATCH:-16}" >"$work/flora/flora.toml"
+if [ "$model" = mobilenet_v2 ]; then
+  width=${WIDTH:-0.35} size=${SIZE:-96}
+  printf '[data]\nimage_size = %s\n[train]\narch = "mobilenet_v2"\nwidth = %s\nepochs = 1\n' "$size" "$width" >"$work/flora/flora.toml"
+else
+  printf '[data]\nimage_size = 64\n[train]\nepochs = 5\n' >"$work/flora/flora.toml"
+fi
+printf '[serve]\nport = %s\nmax_batch = %s\n' "$port" "${MAX_BATCH:-16}" >>"$work/flora/flora.toml"
 [ -d "$work/flora/runs" ] || (cd "$work/flora" && "$flora" train --data /tmp/flora-data/fmnist-ci/train --name bench64 >/dev/null 2>&1)
 [ -e "$work/flora/models/blue" ] || (cd "$work/flora" && "$flora" promote bench64 --to blue --live >/dev/null)
 rm -rf "$work/flora/collected_data" "$work/torch/collected_data"
@@ -87,11 +97,17 @@ have_torch=0
 venv=${REF_VENV:-/tmp/refvenv}
 if [ -x "$venv/bin/python" ]; then
   have_torch=1
-  ckpt=${REF_CKPT:-$work/ref64.pt}
-  [ -f "$ckpt" ] || "$venv/bin/python" "$ref/torch_train.py" --data /tmp/flora-data/fmnist-ci/train --epochs 1 \
-      --size 64 --save "$ckpt" >/dev/null 2>&1
   mkdir -p "$work/torch"
-  (cd "$work/torch" && exec "$venv/bin/python" "$ref/torch_serve.py" --ckpt "$ckpt" --port "$port" ${TORCH_THREADS:+--threads "$TORCH_THREADS"} >"$work/torch.log" 2>&1) &
+  if [ "$model" = mobilenet_v2 ]; then
+    (cd "$work/torch" && exec "$venv/bin/python" "$repo/bench/torch_serve_mobilenet.py" --width "$width" --size "$size" \
+        --port "$port" --shared "$shared" ${TORCH_THREADS:+--threads "$TORCH_THREADS"} >"$work/torch.log" 2>&1) &
+  else
+    ckpt=${REF_CKPT:-$work/ref64.pt}
+    [ -f "$ckpt" ] || "$venv/bin/python" "$ref/torch_train.py" --data /tmp/flora-data/fmnist-ci/train --epochs 1 \
+        --size 64 --save "$ckpt" >/dev/null 2>&1
+    (cd "$work/torch" && exec "$venv/bin/python" "$ref/torch_serve.py" --ckpt "$ckpt" --port "$port" \
+        ${TORCH_THREADS:+--threads "$TORCH_THREADS"} >"$work/torch.log" 2>&1) &
+  fi
   server=$!
   wait_health
   load_all torch "$server"
