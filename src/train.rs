@@ -81,6 +81,10 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let cfg = &settings.config;
     device::set_threads(cfg.train.threads);
+    if let Some(file) = settings.pretrained_file() {
+        // Refused before a run exists: a wrong file is a set-up error, not a failed run.
+        crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &file)?;
+    }
     let data = prepare(settings)?;
     let store = RunStore::new(settings.runs_dir());
     let exp = store.experiment(&cfg.project.name)?;

@@ -225,6 +225,11 @@ fn two_phases_log_into_one_run() {
     );
     let err = fails(dir.path(), &["train"]);
     assert!(err.contains("train.width = 0.5"), "{err}");
+    // ...and is refused before a run exists (no FAILED run left behind).
+    let created = std::fs::read_dir(dir.path().join("runs"))
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    assert_eq!(created, 0, "a refused pretrained file created a run");
     // ...from scratch it trains in two phases, epochs numbered on.
     let text = std::fs::read_to_string(dir.path().join("flora.toml")).unwrap();
     let text: String = text

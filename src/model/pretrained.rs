@@ -172,6 +172,14 @@ pub fn load(
     Ok((model, layout))
 }
 
+/// Checks, before anything is created, that `path` holds weights that [`load_classifier`] can
+/// load into an `arch` model at `width` (the same checks, on a throwaway model).
+pub fn check(arch: Arch, width: f64, path: &Path) -> Result<()> {
+    let device = crate::device::inference();
+    let model = Classifier::with_width(arch, width, 2, 0.0, &device);
+    load_classifier(model, width, path).map(|_| ())
+}
+
 /// [`load`] for a [`Classifier`], replacing the classifier; returns the model and a
 /// description of the source for the bundle (`file (layout)`).
 pub fn load_classifier(model: Classifier, width: f64, path: &Path) -> Result<(Classifier, String)> {
