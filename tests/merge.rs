@@ -844,6 +844,8 @@ fn row(batch: &str, source: &str, destination: &str, sha: &str) -> Row {
         sidecar: String::new(),
         reason: String::new(),
         merged_at: "2026-01-01T00:00:00Z".into(),
+        labelled_class: String::new(),
+        labelled_by: String::new(),
     }
 }
 
