@@ -234,6 +234,7 @@ fn check_accounted(
             }
             Action::Inbox => assert!(d.contains("_UNLABELED_SORT_ME/"), "{d}"),
             Action::Accepted => assert!(!d.contains("_UNLABELED"), "{d}"),
+            Action::Labelled => panic!("merge never labels: {d}"),
         }
     }
     // Everything in the merge's destination folders is named by the manifest.

@@ -139,7 +139,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
             println!("flora label: open http://{host}:{}/", local.port());
         } else {
             println!(
-                "flora label: open http://{host}:{}/?token=<admin token> (once; a cookie keeps it)",
+                "flora label: open http://{host}:{}/?token=ADMIN_TOKEN (with the admin token, once: a cookie keeps it)",
                 local.port()
             );
             eprintln!(

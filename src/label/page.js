@@ -73,7 +73,7 @@ function render() {
     `<span class="track"><span class="fill" style="width:${(100 * s.confidence).toFixed(1)}%;display:block"></span></span>` +
     `<span>${pct(s.confidence)}</span></div>`).join("");
   const facts = [];
-  if (it.date) facts.push(`uploaded ${esc(it.date)}`);
+  if (it.date) facts.push(`${it.given != null ? "file date" : "uploaded"} ${esc(it.date)}`);
   if (it.serve) facts.push(`serve said <b>${esc(it.serve.class)}</b> ${pct(it.serve.confidence)}` +
     (it.serve.slot ? ` (${esc(it.serve.slot)})` : ""));
   if (it.suggested_by) facts.push(`suggested by ${esc(it.suggested_by)}`);
