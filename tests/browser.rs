@@ -21,7 +21,7 @@ use flora::collect::{self, Sidecar};
 use flora::fingerprint::{hex, sha256};
 use flora::merge::{Action, Row};
 use serde_json::{Value, json};
-use serve_support::{Server, agent, bundles};
+use serve_support::{Server, bundles};
 
 const INBOX: &str = "dataset/_UNLABELED_SORT_ME";
 
@@ -341,6 +341,16 @@ fn label_sorts_the_inbox_with_the_keyboard_and_merge_undo_puts_the_batch_back() 
     ))
     .unwrap();
     assert!(cells.len() >= 2, "{cells:?}");
+    let shown = |id: &str| {
+        b.eval_js(
+            "return getComputedStyle(document.getElementById(arguments[0])).display",
+            json!([id]),
+        ) != "none"
+    };
+    assert!(
+        shown("grid") && !shown("single"),
+        "the grid replaces the single view"
+    );
     b.click("#grid-cells .cell");
     check_shot(&b, "label-grid");
     b.key(ENTER);
@@ -457,6 +467,15 @@ fn label_with_a_queue_file_relabels_or_keeps_and_works_without_a_model() {
     assert_eq!(decided(&b, &sneaker), sneaker);
     assert!(ds.join(&sneaker).is_file());
     check_shot(&b, "label-queue-done");
+    let display = b.eval_js(
+        "return [getComputedStyle(document.getElementById('done')).display, getComputedStyle(document.getElementById('single')).display]",
+        json!([]),
+    );
+    assert_eq!(
+        display,
+        json!(["block", "none"]),
+        "all sorted: only the note shows"
+    );
     let out = label.stop();
     assert!(out.contains("sorted 2 of 2"), "{out}");
     let rows = manifest(p);
@@ -491,7 +510,7 @@ fn label_with_a_queue_file_relabels_or_keeps_and_works_without_a_model() {
 fn serve_upload_page_shows_the_top_k_the_slot_and_why() {
     let Some(b) = browser() else { return };
     let dir = serve_support::slotted_project("");
-    let server = Server::start(dir.path(), None, &["--no-collect"]);
+    let server = Server::start(dir.path(), None, &[]);
     let (_, test) = fashion_mnist();
     let image = std::fs::read_dir(test.join("bag"))
         .unwrap()
@@ -513,6 +532,15 @@ fn serve_upload_page_shows_the_top_k_the_slot_and_why() {
         "const h = document.getElementById('why'); return h && h.complete && h.naturalWidth >= 256",
     );
     check_shot(&b, "serve-page-why");
+    // Only /predict collected the upload; /explain never does, and wants an image.
+    let collected = walkdir::WalkDir::new(dir.path().join("collected_data"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .count();
+    assert_eq!(collected, 1);
+    let (status, body) = server.post("/explain", "image/png", b"not an image", None);
+    assert_eq!(status, 415, "{body}");
     drop(server);
 }
 
@@ -524,7 +552,12 @@ fn label_refuses_hostile_requests() {
     let p = dir.path();
     let label = Label::start(p, &[], None);
     let base = label.base();
-    let a = agent();
+    let a: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
     let get = |path: &str| {
         let mut r = a.get(&format!("{base}{path}")).call().unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
@@ -601,6 +634,26 @@ fn label_refuses_hostile_requests() {
     );
     let (status, body) = get(&format!("/api/explain?path={inbox_file}"));
     assert_eq!(status, 409, "no model: {body}");
+    // A name that resolves here but is not this machine's (DNS rebinding) is refused.
+    let raw = |host: &str| {
+        use std::io::{Read, Write};
+        let addr = base.trim_start_matches("http://").to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /api/state HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.lines().next().unwrap_or_default().to_string()
+    };
+    assert!(
+        raw("evil.example:80").contains(" 403 "),
+        "{}",
+        raw("evil.example:80")
+    );
+    assert!(raw("localhost").contains(" 200 "), "{}", raw("localhost"));
     // The same origin passes (what the page sends).
     let own = base.clone();
     let (status, body) = post(

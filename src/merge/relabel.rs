@@ -134,3 +134,100 @@ pub fn revert(layout: &Layout, batch: &str, rows: &[Row]) -> Result<(Vec<Row>, V
         .collect();
     Ok((done, notes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::read_manifest;
+    use super::super::{Action, INBOX};
+    use super::*;
+
+    fn layout(base: &Path) -> Layout {
+        let dataset = base.join("dataset");
+        Layout {
+            base: base.to_path_buf(),
+            collected: base.join("collected_data"),
+            inbox: dataset.join(INBOX),
+            dataset,
+        }
+    }
+
+    fn template(class: &str) -> Row {
+        Row {
+            batch: String::new(),
+            action: Action::Labelled,
+            source: String::new(),
+            destination: String::new(),
+            sha256: String::new(),
+            collected_date: "2026-01-01".into(),
+            predicted_class: "bag".into(),
+            confidence: Some(0.4),
+            slot: String::new(),
+            run_id: String::new(),
+            predicted_by: "label".into(),
+            serve_class: String::new(),
+            serve_confidence: None,
+            serve_slot: String::new(),
+            serve_run_id: String::new(),
+            sidecar: String::new(),
+            reason: String::new(),
+            merged_at: String::new(),
+            labelled_class: class.into(),
+            labelled_by: "me".into(),
+        }
+    }
+
+    #[test]
+    fn decisions_grow_one_batch_never_overwrite_and_revert_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let inbox = l.inbox.join("bag");
+        std::fs::create_dir_all(&inbox).unwrap();
+        std::fs::create_dir_all(l.dataset.join("bag")).unwrap();
+        std::fs::write(inbox.join("a.png"), b"new").unwrap();
+        std::fs::write(l.inbox.join("b.png"), b"other").unwrap();
+        // Someone else's file already has the name: it is kept, the move gets `a-2.png`.
+        std::fs::write(l.dataset.join("bag/a.png"), b"old").unwrap();
+        let batch = new_batch();
+        let mv = |from: PathBuf| Move {
+            from,
+            to_dir: l.dataset.join("bag"),
+            row: template("bag"),
+        };
+        let (first, notes) = apply(&l, &batch, vec![mv(inbox.join("a.png"))]).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(first[0].destination, "dataset/bag/a-2.png");
+        assert_eq!(std::fs::read(l.dataset.join("bag/a.png")).unwrap(), b"old");
+        assert_eq!(
+            std::fs::read(l.dataset.join("bag/a-2.png")).unwrap(),
+            b"new"
+        );
+        let (second, _) = apply(&l, &batch, vec![mv(l.inbox.join("b.png"))]).unwrap();
+        let rows = read_manifest(&l.manifest()).unwrap();
+        assert_eq!(
+            rows,
+            vec![first[0].clone(), second[0].clone()],
+            "one batch, two rows"
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.batch == batch && !r.merged_at.is_empty())
+        );
+        // Paths outside the dataset, or the manifest itself, are refused before any move.
+        let outside = dir.path().join("flora.toml");
+        std::fs::write(&outside, b"x").unwrap();
+        assert!(apply(&l, &batch, vec![mv(outside.clone())]).is_err());
+        assert!(apply(&l, &batch, vec![mv(l.manifest())]).is_err());
+        assert!(outside.is_file());
+        // Single decisions go back one at a time; the undone rows are all kept.
+        let (back, _) = revert(&l, &batch, &second).unwrap();
+        assert_eq!(back, second);
+        assert!(l.inbox.join("b.png").is_file());
+        assert!(revert(&l, &batch, &second).is_err(), "already reverted");
+        revert(&l, &batch, &first).unwrap();
+        assert!(inbox.join("a.png").is_file());
+        assert!(read_manifest(&l.manifest()).unwrap().is_empty());
+        let undone = read_manifest(&l.state_dir().join(format!("{batch}.undone.csv"))).unwrap();
+        assert_eq!(undone.len(), 2);
+        assert!(super::super::journal::pending(&l).unwrap().is_empty());
+    }
+}
