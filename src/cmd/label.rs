@@ -27,15 +27,13 @@ pub fn run(settings: &Settings, args: &LabelArgs) -> Result<ExitCode> {
         },
     )?;
     println!(
-        "sorted {} of {} image(s) in batch {}; manifest {}",
-        summary.done,
-        summary.total,
-        summary.batch,
-        summary.manifest.display()
+        "sorted {} of {} image(s) in batch {}",
+        summary.done, summary.total, summary.batch
     );
+    println!("manifest: {}", summary.manifest.display());
     if summary.done > 0 {
         println!(
-            "undo the whole session with `flora merge --undo {}`",
+            "undo the whole session with: flora merge --undo {}",
             summary.batch
         );
     }

@@ -60,10 +60,8 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
             Some(merge::sorter(c)?)
         }
         None => {
-            eprintln!(
-                "no model (no live slot, no --model/--run/--slot): suggestions are the inbox \
-                 folders merge sorted the images into"
-            );
+            eprintln!("no model (no live slot, no --model/--run/--slot):");
+            eprintln!("suggestions are the inbox folders merge sorted the images into");
             None
         }
     };
@@ -132,20 +130,18 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        println!(
-            "{total} image(s) to sort; batch {batch} (undo all with `flora merge --undo {batch}`)"
-        );
+        println!("{total} image(s) to sort, as batch {batch}");
+        println!("(undo the whole session with: flora merge --undo {batch})");
         if loopback {
             println!("flora label: open http://{host}:{}/", local.port());
         } else {
             println!(
-                "flora label: open http://{host}:{}/?token=ADMIN_TOKEN (with the admin token, once: a cookie keeps it)",
+                "flora label: open http://{host}:{}/?token=ADMIN_TOKEN",
                 local.port()
             );
-            eprintln!(
-                "note: listening beyond this machine over plain HTTP: the token travels in clear \
-                 text unless a TLS proxy is in front"
-            );
+            println!("(with the admin token, once: a cookie keeps it)");
+            eprintln!("note: listening beyond this machine over plain HTTP: the token travels");
+            eprintln!("in clear text unless a TLS proxy is in front");
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -266,6 +266,17 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Saves a screenshot as `target/tmp/browser/NAME.png` (kept, to look at) and checks that
+    /// it is not blank.
+    #[track_caller]
+    pub fn shot(&self, name: &str) {
+        let png = self.screenshot(&shot_path(name));
+        let n = colours(&png);
+        assert!(n > 50, "screenshot {name} looks blank ({n} colours)");
+    }
+}
+
 fn get(agent: &ureq::Agent, url: &str) -> Value {
     let mut r = agent.get(url).call().expect("talking to chromedriver");
     serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
