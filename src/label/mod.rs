@@ -48,7 +48,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
     if !loopback && token.is_none() {
         bail!(
             "--host {} listens beyond this machine: set {} (or `admin_token` in the [serve] \
-             section of flora.toml) first; the page then asks for it once",
+             section of flora.toml) first: every request must then carry it",
             opts.host,
             crate::serve::TOKEN_ENV
         );

@@ -113,7 +113,10 @@ async function decide(paths, action, cls) {
     S.skipped = S.skipped.filter((p) => !paths.includes(p));
     (r.notes || []).forEach((n) => say(n, true));
     const moved = Object.values(r.changed)[0];
-    if (moved && !(r.notes || []).length) say(`${paths.length} → ${moved.class || "rejected"}: ${moved.destination}`);
+    if (moved && !(r.notes || []).length) {
+      say(action === "keep" ? `kept in ${moved.class}` :
+        `${paths.length} → ${moved.class || "rejected"}: ${moved.destination}`);
+    }
   } catch (e) {
     say(e.message, true);
   } finally {

@@ -230,4 +230,42 @@ mod tests {
         assert_eq!(undone.len(), 2);
         assert!(super::super::journal::pending(&l).unwrap().is_empty());
     }
+
+    #[test]
+    fn a_decision_cut_off_after_its_journal_is_finished_by_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        std::fs::create_dir_all(&l.inbox).unwrap();
+        std::fs::write(l.inbox.join("a.png"), b"a").unwrap();
+        std::fs::write(l.inbox.join("b.png"), b"b").unwrap();
+        let batch = new_batch();
+        // What a process killed right after writing its journal leaves.
+        let mut row = template("bag");
+        row.batch = batch.clone();
+        row.source = "dataset/_UNLABELED_SORT_ME/a.png".into();
+        row.destination = "dataset/bag/a.png".into();
+        row.sha256 = moves::file_sha(&l.inbox.join("a.png")).unwrap();
+        Journal {
+            op: Op::Merge,
+            batch: batch.clone(),
+            entries: vec![Entry {
+                row,
+                sidecar_sha256: None,
+            }],
+        }
+        .save(&l)
+        .unwrap();
+        let m = Move {
+            from: l.inbox.join("b.png"),
+            to_dir: l.dataset.join("bag"),
+            row: template("bag"),
+        };
+        let (_, notes) = apply(&l, &batch, vec![m]).unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("finished the interrupted")),
+            "{notes:?}"
+        );
+        assert!(l.dataset.join("bag/a.png").is_file() && l.dataset.join("bag/b.png").is_file());
+        assert_eq!(read_manifest(&l.manifest()).unwrap().len(), 2);
+    }
 }
