@@ -93,6 +93,26 @@ fn label_sorts_the_inbox_with_the_keyboard_and_merge_undo_puts_the_batch_back() 
         4
     );
     b.shot("label-single");
+    // o cycles the order: by date, by suggested class, back to most uncertain first.
+    b.key("o");
+    assert_eq!(b.eval_js("return S.order", json!([])), "date");
+    let dates: Vec<String> =
+        serde_json::from_value(b.eval_js("return queue().map(it => it.date)", json!([]))).unwrap();
+    assert!(dates.windows(2).all(|w| w[0] <= w[1]), "{dates:?}");
+    b.key("o");
+    let sugg: Vec<String> =
+        serde_json::from_value(b.eval_js("return queue().map(it => it.suggested)", json!([])))
+            .unwrap();
+    assert!(sugg.windows(2).all(|w| w[0] <= w[1]), "{sugg:?}");
+    // The class info from flora.toml, for a bag.
+    assert!(
+        b.text("#info").contains("care: wipe clean"),
+        "{}",
+        b.text("#info")
+    );
+    b.key("o");
+    assert_eq!(b.eval_js("return S.order", json!([])), "uncertainty");
+    assert_eq!(current(&b)["path"], first["path"]);
 
     // Enter accepts the suggestion.
     let path = first["path"].as_str().unwrap().to_string();

@@ -121,6 +121,7 @@ pub fn upload(collected: &Path, bytes: &[u8], class: &str) {
 /// class (and of `coat`, a class the model does not know), pre-sorted by `model` if given.
 pub fn inbox_project(per_class: usize, model: Option<&Path>) -> tempfile::TempDir {
     let dir = project(10, 1);
+    write_config(dir.path(), 1, "[class_info.bag]\ncare = \"wipe clean\"\n");
     let (_, test) = fashion_mnist();
     let collected = dir.path().join("collected_data");
     for class in CLASSES.iter().chain(&["coat"]) {
