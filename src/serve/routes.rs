@@ -311,10 +311,14 @@ pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Respon
             )
         })?;
     let limits = app.limits;
+    let running = app.metrics.decodes_running().clone();
     // The permits live in the blocking task: a client that leaves does not free them early.
     let png = tokio::task::spawn_blocking(move || {
         let _permits = (busy, decode);
-        let rgb = imaging::to_rgb(&imaging::decode(&bytes, limits)?);
+        running.inc();
+        let decoded = imaging::decode(&bytes, limits);
+        drop(DecGuard(running));
+        let rgb = imaging::to_rgb(&decoded?);
         crate::explain::top_class_overlay_png(&model.bundle, &rgb)
     })
     .await
