@@ -40,8 +40,30 @@ pub enum Command {
     Status(StatusArgs),
     /// Fold collected uploads back into the dataset, pre-sorted by the model.
     Merge(MergeArgs),
+    /// Sort the inbox in the browser: a local page, keyboard first, hardest images first.
+    Label(LabelArgs),
     /// Probe a running `flora serve` (GET /health): exit 0 if healthy, for container checks.
     Health(HealthArgs),
+}
+
+/// `flora label`
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Address to bind (default loopback only; any other needs the admin token).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0: any free port).
+    #[arg(long, value_name = "PORT", default_value_t = 8001)]
+    pub port: u16,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sort the images a CSV lists (path relative to the dataset, given, suggested, p_given,
+    /// p_suggested, score), in their class folders, instead of the inbox.
+    #[arg(long, value_name = "FILE.csv")]
+    pub queue: Option<PathBuf>,
+    /// Who decides, as recorded in the manifest (default: $USER).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 /// `flora health`

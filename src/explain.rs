@@ -125,6 +125,29 @@ impl Explanation {
     }
 }
 
+/// `image` (any size) as the model sees it, with the heat map of the model's top class laid
+/// over its centre square, shown at 256 to 512 px (never below the model's input), as PNG.
+pub fn top_class_overlay_png(bundle: &ModelBundle, image: &RgbImage) -> anyhow::Result<Vec<u8>> {
+    let side = bundle.meta.image_size;
+    let input = crate::imaging::square(image, side);
+    let probs = bundle.predict_pixels(&[input.as_raw()]).remove(0);
+    let class = (0..probs.len())
+        .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+        .ok_or_else(|| anyhow::anyhow!("the model has no classes"))?;
+    let exp = occlusion(bundle, input.as_raw(), class);
+    let shown = image.width().min(image.height()).clamp(256, 512).max(side);
+    let overlay = exp.overlay(&crate::imaging::square(image, shown));
+    let mut out = std::io::Cursor::new(Vec::new());
+    overlay.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+/// [`top_class_overlay_png`] of an image file.
+pub fn overlay_png(bundle: &ModelBundle, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let rgb = crate::imaging::to_rgb(&crate::imaging::load(path)?);
+    top_class_overlay_png(bundle, &rgb)
+}
+
 /// A perceptual dark-to-bright colour ramp (close to matplotlib's "inferno").
 fn heat_color(t: f32) -> [f32; 3] {
     const STOPS: [[f32; 3]; 5] = [

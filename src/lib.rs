@@ -17,6 +17,7 @@ pub mod fingerprint;
 pub mod fsutil;
 pub mod imaging;
 pub mod infer;
+pub mod label;
 pub mod merge;
 pub mod metrics;
 pub mod model;

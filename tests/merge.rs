@@ -234,6 +234,7 @@ fn check_accounted(
             }
             Action::Inbox => assert!(d.contains("_UNLABELED_SORT_ME/"), "{d}"),
             Action::Accepted => assert!(!d.contains("_UNLABELED"), "{d}"),
+            Action::Labelled => panic!("merge never labels: {d}"),
         }
     }
     // Everything in the merge's destination folders is named by the manifest.
@@ -844,6 +845,8 @@ fn row(batch: &str, source: &str, destination: &str, sha: &str) -> Row {
         sidecar: String::new(),
         reason: String::new(),
         merged_at: "2026-01-01T00:00:00Z".into(),
+        labelled_class: String::new(),
+        labelled_by: String::new(),
     }
 }
 

@@ -81,6 +81,57 @@ fn read_response(s: &mut TcpStream, limit: Duration) -> Option<(u16, String)> {
     }
 }
 
+#[test]
+fn explanations_run_one_at_a_time() {
+    let dir = slotted_project(
+        "[serve]\nmax_body_bytes = 67108864\nmax_image_side = 20000\nmax_decode_bytes = 2000000000\n",
+    );
+    let server = Server::start(dir.path(), None, &["--no-collect"]);
+    let explain = |url: String, png: Vec<u8>| {
+        let mut r = agent()
+            .post(&url)
+            .header("Content-Type", "image/png")
+            .send(&png[..])
+            .unwrap();
+        let ctype = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status().as_u16(),
+            ctype,
+            r.body_mut().read_to_vec().unwrap(),
+        )
+    };
+    let (url, big) = (server.url("/explain"), big_png(6000));
+    let first = std::thread::spawn(move || explain(url, big));
+    // While its decode runs, it holds the one explanation slot.
+    let start = Instant::now();
+    while samples_with(&server, "flora_decodes_running", &[]) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first explanation never decoded"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, body) = server.post("/explain", "image/png", &bag_png(), None);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("another explanation"),
+        "{body}"
+    );
+    let (status, ctype, png) = first.join().unwrap();
+    assert_eq!((status, ctype.as_deref()), (200, Some("image/png")));
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 512);
+    // Once it is done, the next one runs.
+    let (status, _, png) = explain(server.url("/explain"), bag_png());
+    assert_eq!(status, 200);
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 256);
+}
+
 fn samples_with(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(&scrape(server), name, labels)
 }

@@ -4,6 +4,7 @@
 pub mod eval;
 pub mod health;
 pub mod init;
+pub mod label;
 pub mod merge;
 pub mod predict;
 pub mod promote;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Promote(args) => promote::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Status(args) => promote::status(&Settings::load(cli.config.as_deref())?, &args),
         Command::Merge(args) => merge::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Label(args) => label::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Health(args) => health::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }

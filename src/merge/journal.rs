@@ -26,7 +26,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Op::Merge => "merge",
             Op::Undo => "undo",
@@ -202,14 +202,23 @@ impl Journal {
         let mut rows = read_manifest(&manifest)?;
         match self.op {
             Op::Merge => {
-                if !rows.iter().any(|r| r.batch == self.batch) {
-                    rows.extend(
-                        self.entries
-                            .iter()
-                            .zip(&outcome.done)
-                            .filter(|(_, d)| **d)
-                            .map(|(e, _)| e.row.clone()),
-                    );
+                // Row by row, so that a batch can grow (one `flora label` session journals
+                // each decision on its own) and a replay never records a row twice.
+                let recorded: BTreeSet<(String, String)> = rows
+                    .iter()
+                    .map(|r| (r.batch.clone(), r.destination.clone()))
+                    .collect();
+                let new: Vec<Row> = self
+                    .entries
+                    .iter()
+                    .zip(&outcome.done)
+                    .filter(|(e, d)| {
+                        **d && !recorded.contains(&(e.row.batch.clone(), e.row.destination.clone()))
+                    })
+                    .map(|(e, _)| e.row.clone())
+                    .collect();
+                if !new.is_empty() {
+                    rows.extend(new);
                     write_manifest(&manifest, &rows)?;
                 }
             }
@@ -229,7 +238,13 @@ impl Journal {
                     .state_dir()
                     .join(format!("{}.undone.csv", self.batch));
                 if !restored.is_empty() {
-                    let owned: Vec<Row> = restored.iter().map(|r| (*r).clone()).collect();
+                    // Appended: single decisions of a `flora label` batch are undone one by one.
+                    let mut owned = read_manifest(&undone)?;
+                    for r in &restored {
+                        if !owned.contains(r) {
+                            owned.push((*r).clone());
+                        }
+                    }
                     write_manifest(&undone, &owned)?;
                 }
                 rows.retain(|r| !gone.contains(&(r.batch.as_str(), r.destination.as_str())));

@@ -22,6 +22,7 @@ pub mod journal;
 pub mod moves;
 pub mod paths;
 pub mod plan;
+pub mod relabel;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -49,8 +50,12 @@ pub enum Action {
     Accepted,
     /// Already in the dataset: to `collected_data/_duplicates/`.
     Duplicate,
-    /// Not a decodable image: to `collected_data/_rejected/`.
+    /// Not a decodable image: to `collected_data/_rejected/`; or rejected by hand in
+    /// `flora label`: to `dataset/_rejected/`.
     Rejected,
+    /// Sorted by hand in `flora label`: into `dataset/<class>/` (or from one class folder
+    /// to another).
+    Labelled,
 }
 
 /// One row of `merge.csv`. Paths are relative to the project folder (the config's folder)
@@ -84,13 +89,19 @@ pub struct Row {
     pub sidecar: String,
     /// Why an image was rejected, or what a duplicate duplicates.
     pub reason: String,
-    /// RFC 3339 time of the merge.
+    /// RFC 3339 time of the merge (of the decision, for `flora label`'s rows).
     pub merged_at: String,
+    /// `flora label`: the class a person chose (empty for a rejection and merge's rows).
+    #[serde(default)]
+    pub labelled_class: String,
+    /// `flora label`: who chose it (`--user`, else `$USER`).
+    #[serde(default)]
+    pub labelled_by: String,
 }
 
 impl Row {
     /// The CSV header, in field order.
-    pub const HEADER: [&str; 18] = [
+    pub const HEADER: [&str; 20] = [
         "batch",
         "action",
         "source",
@@ -109,6 +120,8 @@ impl Row {
         "sidecar",
         "reason",
         "merged_at",
+        "labelled_class",
+        "labelled_by",
     ];
 }
 
@@ -336,7 +349,7 @@ impl MergeReport {
 }
 
 /// A new batch id: `YYYYMMDD-HHMMSS-xxxx` (sortable).
-fn new_batch() -> String {
+pub(crate) fn new_batch() -> String {
     format!(
         "{}-{}",
         jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"),
@@ -576,6 +589,8 @@ mod tests {
             sidecar: String::new(),
             reason: "x, \"y\"".into(),
             merged_at: "t".into(),
+            labelled_class: "c".into(),
+            labelled_by: "me".into(),
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.csv");

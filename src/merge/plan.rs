@@ -225,6 +225,8 @@ pub fn plan(
                 sidecar: String::new(),
                 reason: String::new(),
                 merged_at: now.clone(),
+                labelled_class: String::new(),
+                labelled_by: String::new(),
             };
             if let Some(m) = side_meta {
                 row.predicted_class = m.predicted_class.clone();

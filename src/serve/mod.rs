@@ -57,6 +57,8 @@ pub struct App {
     pub limits: DecodeLimits,
     /// Bounds how many uploads are decoded at once (and so the decoders' memory).
     pub decode_permits: Arc<Semaphore>,
+    /// Bounds explanations (`POST /explain`, dozens of forward passes each) to one at a time.
+    pub explain_permits: Arc<Semaphore>,
     pub collect: bool,
     pub collected_dir: PathBuf,
     /// Collection is skipped below this much free disk space.
@@ -116,8 +118,17 @@ impl App {
     }
 }
 
+/// The admin token: `FLORA_ADMIN_TOKEN`, else `serve.admin_token`; None when neither is set.
+pub fn admin_token(cfg: &crate::config::ServeConfig) -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| cfg.admin_token.clone().filter(|t| !t.trim().is_empty()))
+        .map(|t| t.trim().to_string())
+}
+
 /// The token of an `Authorization: Bearer <token>` header value (scheme in any case).
-fn bearer_token(value: &str) -> Option<&str> {
+pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -126,7 +137,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Whether `given` is the token whose SHA-256 is `expected`: digests compared in constant time.
-fn token_matches(given: &str, expected: &[u8; 32]) -> bool {
+pub fn token_matches(given: &str, expected: &[u8; 32]) -> bool {
     let digest = crate::fingerprint::sha256(given.as_bytes());
     digest
         .iter()
@@ -145,6 +156,7 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/models", get(routes::models))
         .route("/metrics", get(routes::metrics))
         .route("/predict", post(routes::predict))
+        .route("/explain", post(routes::explain))
         .route("/admin/switch-model", post(routes::switch_model))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::map_response(error::json_errors))
@@ -164,11 +176,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         metrics.clone(),
     )?);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let admin_token = std::env::var(TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| cfg.admin_token.clone().filter(|t| !t.trim().is_empty()))
-        .map(|t| t.trim().to_string());
+    let admin_token = admin_token(cfg);
     let decodes = if cfg.max_decodes == 0 {
         cores * 2
     } else {
@@ -183,6 +191,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
             max_alloc: cfg.max_decode_bytes,
         },
         decode_permits: Arc::new(Semaphore::new(decodes)),
+        explain_permits: Arc::new(Semaphore::new(1)),
         collect: opts.collect,
         collected_dir: settings.collected_dir(),
         collect_min_free_bytes: cfg.collect_min_free_bytes,

@@ -263,6 +263,82 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     Ok(resp)
 }
 
+/// `POST /explain`: the uploaded image (as for `/predict`, never collected) with the serving
+/// model's occlusion heat map for its top class over it, as PNG. Computed only when asked, one
+/// at a time (503 `busy` while another runs), decoded under the upload limits.
+pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    let (bytes, _) = read_upload(&app, req).await?;
+    if imaging::sniff_format(&bytes).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_an_image",
+            "not a supported image: send JPEG, PNG, BMP, GIF, WebP or TIFF content",
+        ));
+    }
+    let model = app
+        .models
+        .snapshot()
+        .serving()
+        .map(|(_, m)| m.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_model",
+                "no model is loaded",
+            )
+        })?;
+    let busy = app
+        .explain_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "explain_busy",
+                "another explanation is being computed: retry in a moment",
+            )
+        })?;
+    let decode = app
+        .decode_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })?;
+    let limits = app.limits;
+    let running = app.metrics.decodes_running().clone();
+    // The permits live in the blocking task: a client that leaves does not free them early.
+    let png = tokio::task::spawn_blocking(move || {
+        let _permits = (busy, decode);
+        running.inc();
+        let decoded = imaging::decode(&bytes, limits);
+        drop(DecGuard(running));
+        let rgb = imaging::to_rgb(&decoded?);
+        crate::explain::top_class_overlay_png(&model.bundle, &rgb)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decode_error",
+            "the image could not be explained",
+        )
+    })?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decode_error",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
 /// Decrements a gauge when dropped (also when the decode panics).
 struct DecGuard(prometheus_client::metrics::gauge::Gauge);
 
@@ -402,6 +478,7 @@ fn route_label(path: &str) -> &'static str {
         "/models" => "/models",
         "/metrics" => "/metrics",
         "/predict" => "/predict",
+        "/explain" => "/explain",
         "/admin/switch-model" => "/admin/switch-model",
         _ => "other",
     }
