@@ -189,7 +189,7 @@ impl RunSummary {
 
     /// Per-epoch results, from the training metrics logged at each epoch (step = epoch): the
     /// metric names present, and one row per epoch with a value (or None) for each.
-    pub fn epochs(&self) -> Result<(Vec<&'static str>, Vec<(u64, Vec<Option<f64>>)>)> {
+    pub fn epochs(&self) -> Result<(Vec<&'static str>, Vec<EpochRow>)> {
         let keys: Vec<&'static str> = EPOCH_METRICS
             .iter()
             .copied()
@@ -212,6 +212,9 @@ impl RunSummary {
             .collect())
     }
 }
+
+/// One epoch's values of the per-epoch metrics: (epoch, a value or None per metric).
+pub type EpochRow = (u64, Vec<Option<f64>>);
 
 /// The metrics training logs once per epoch, in table order.
 pub const EPOCH_METRICS: [&str; 7] = [

@@ -101,7 +101,7 @@ fn sort(runs: &mut [RunSummary], key: RunsSort) {
         RunsSort::Name => runs.sort_by(|a, b| a.info.run_name.cmp(&b.info.run_name)),
         RunsSort::Status => runs.sort_by(|a, b| a.shown_status().cmp(b.shown_status())),
         RunsSort::Arch => runs.sort_by_key(|s| s.arch_short()),
-        RunsSort::Epochs => runs.sort_by(|a, b| b.epochs_run().cmp(&a.epochs_run())),
+        RunsSort::Epochs => runs.sort_by_key(|s| std::cmp::Reverse(s.epochs_run())),
         RunsSort::Duration => runs.sort_by(|a, b| {
             desc(
                 a.duration_ms().map(|d| d as f64),
