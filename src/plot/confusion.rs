@@ -40,25 +40,35 @@ pub fn blues(share: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// The classes to draw, in index order: all of them, or the [`MAX_SHOWN`] with the most
-/// misclassified images (as true class plus as predicted class).
+/// The classes to draw, in index order: all of them, or [`MAX_SHOWN`] picked from the largest
+/// confusions: the two classes of each most frequent (true, predicted) mistake, largest first,
+/// so the cells that matter are on the image; classes with no mistakes fill any room left.
 pub fn shown_classes(matrix: &[Vec<usize>]) -> Vec<usize> {
     let n = matrix.len();
     if n <= MAX_SHOWN {
         return (0..n).collect();
     }
-    let mut confusion = vec![0usize; n];
+    let mut cells: Vec<(usize, usize, usize)> = Vec::new();
     for (i, row) in matrix.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            if i != j {
-                confusion[i] += v;
-                confusion[j] += v;
+            if i != j && v > 0 {
+                cells.push((v, i, j));
             }
         }
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| confusion[b].cmp(&confusion[a]).then(a.cmp(&b)));
-    let mut shown: Vec<usize> = order.into_iter().take(MAX_SHOWN).collect();
+    cells.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut picked = vec![false; n];
+    let mut shown = Vec::with_capacity(MAX_SHOWN);
+    let candidates = cells.iter().flat_map(|&(_, i, j)| [i, j]).chain(0..n);
+    for c in candidates {
+        if shown.len() == MAX_SHOWN {
+            break;
+        }
+        if !picked[c] {
+            picked[c] = true;
+            shown.push(c);
+        }
+    }
     shown.sort_unstable();
     shown
 }
@@ -87,7 +97,7 @@ pub fn confusion_png(
         + 10;
     let subtitle = (shown.len() < classes.len()).then(|| {
         format!(
-            "the {} most confused of {} classes; every class in confusion_matrix.csv",
+            "{} of {} classes: those of the most frequent mistakes; all in confusion_matrix.csv",
             shown.len(),
             classes.len()
         )
@@ -308,8 +318,10 @@ mod tests {
         let (_, m) = matrix(1000, |i| if i % 7 == 0 { 9 } else { 0 });
         let shown = shown_classes(&m);
         assert_eq!(shown.len(), MAX_SHOWN);
-        // Class 0 is confused with class 1 (9 times): both are among the most confused.
+        // Class 0 is confused with class 1 (9 times): both are among the most confused, and
+        // so are the two classes of every other drawn mistake.
         assert!(shown.contains(&0) && shown.contains(&1));
+        assert!(shown.contains(&7) && shown.contains(&8));
         assert!(shown.windows(2).all(|w| w[0] < w[1]));
     }
 
