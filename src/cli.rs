@@ -26,7 +26,7 @@ pub enum Command {
     Init(InitArgs),
     /// Train a model on a folder-per-class dataset and log the run.
     Train(TrainArgs),
-    /// List the runs in the run store, newest first.
+    /// See, compare, delete and restore the runs in the run store (default: list them).
     Runs(RunsArgs),
     /// Evaluate a model: accuracy, per-class precision/recall/F1, confusion matrix.
     Eval(EvalArgs),
@@ -129,14 +129,6 @@ pub struct TrainArgs {
     /// Run name (default: <arch>-<date>-<time>).
     #[arg(long)]
     pub name: Option<String>,
-}
-
-/// `flora runs`
-#[derive(Debug, Args)]
-pub struct RunsArgs {
-    /// Print JSON lines instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `flora eval`
@@ -261,4 +253,151 @@ fn parse_probability(s: &str) -> Result<f32, String> {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("{s:?} is not a probability between 0 and 1")),
     }
+}
+
+/// `flora runs`: a subcommand, or the `list` flags alone (`flora runs --json`).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: Option<RunsCommand>,
+    #[command(flatten)]
+    pub list: RunsListArgs,
+}
+
+/// The `flora runs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Table of runs, newest first: name, id, status, arch, epochs, accuracy, data, time.
+    List(RunsListArgs),
+    /// One run: params, final and best metrics, tags, artifacts, per-epoch results.
+    Show(RunsShowArgs),
+    /// Runs side by side: the params that differ, the metrics, and a PNG of their curves.
+    Compare(RunsCompareArgs),
+    /// Soft-delete a run as MLflow does (it stays in place until `flora runs gc`).
+    Delete(RunsDeleteArgs),
+    /// Bring back a deleted run.
+    Restore(RunsRestoreArgs),
+    /// Remove deleted runs for good, as `mlflow gc` does.
+    Gc(RunsGcArgs),
+}
+
+/// What `flora runs list --sort` orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunsSort {
+    /// Newest first.
+    #[value(name = "start_time", alias = "started", alias = "start-time")]
+    StartTime,
+    /// Best validation accuracy, highest first.
+    #[value(name = "val_accuracy", alias = "val-accuracy", alias = "accuracy")]
+    ValAccuracy,
+    /// Latest eval accuracy, highest first.
+    #[value(name = "eval_accuracy", alias = "eval-accuracy")]
+    EvalAccuracy,
+    /// Run name, A to Z.
+    Name,
+    /// Status, A to Z.
+    Status,
+    /// Architecture, A to Z.
+    Arch,
+    /// Epochs run, most first.
+    Epochs,
+    /// Duration, longest first.
+    Duration,
+}
+
+/// A run status to filter on (`CRASHED`: RUNNING, but its process is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum RunsStatus {
+    Running,
+    Scheduled,
+    Finished,
+    Failed,
+    Killed,
+    Crashed,
+}
+
+/// `flora runs list`
+#[derive(Debug, Args)]
+pub struct RunsListArgs {
+    /// Only runs with this status (several: comma-separated).
+    #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
+    pub status: Vec<RunsStatus>,
+    /// Only runs of this architecture.
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// Only runs whose name matches this glob (`*`, `?`, `[abc]`), e.g. 'lr-*'.
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+    /// Order of the rows.
+    #[arg(long, value_enum, default_value = "start_time")]
+    pub sort: RunsSort,
+    /// Reverse the order.
+    #[arg(long)]
+    pub reverse: bool,
+    /// At most N rows.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Include deleted runs.
+    #[arg(long, conflicts_with = "deleted")]
+    pub all: bool,
+    /// Only deleted runs.
+    #[arg(long)]
+    pub deleted: bool,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flora runs show`
+#[derive(Debug, Args)]
+pub struct RunsShowArgs {
+    /// The run: its name, id or a unique id prefix.
+    #[arg(value_name = "RUN")]
+    pub run: String,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flora runs compare`
+#[derive(Debug, Args)]
+pub struct RunsCompareArgs {
+    /// Two or more runs: names, ids or unique id prefixes.
+    #[arg(value_name = "RUN", num_args = 2.., required = true)]
+    pub runs: Vec<String>,
+    /// Where to write the PNG of the overlaid curves (default: compare-<ids>.png here).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// `flora runs delete`
+#[derive(Debug, Args)]
+pub struct RunsDeleteArgs {
+    /// The runs to delete: names, ids or unique id prefixes.
+    #[arg(value_name = "RUN", required = true)]
+    pub runs: Vec<String>,
+    /// Delete even a run whose model a blue/green slot holds (the slot keeps its copy).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `flora runs restore`
+#[derive(Debug, Args)]
+pub struct RunsRestoreArgs {
+    /// The deleted runs to bring back: names, ids or unique id prefixes.
+    #[arg(value_name = "RUN", required = true)]
+    pub runs: Vec<String>,
+}
+
+/// `flora runs gc`
+#[derive(Debug, Args)]
+pub struct RunsGcArgs {
+    /// Only runs deleted at least this long ago: 30d, 12h, 2d8h5m20s (as `mlflow gc`).
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    /// Say what would be removed and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -31,6 +31,8 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
     /// Fingerprint of the evaluated images.
     pub fingerprint: String,
+    /// The model's name for plot titles: its run name, else `model`.
+    pub model: String,
 }
 
 /// Labelled samples from a folder-per-class set, with class indices in the model's order.
@@ -159,6 +161,11 @@ pub fn evaluate(bundle: &ModelBundle, samples: &[Sample]) -> Result<Evaluation> 
         misclassified,
         skipped: cache.skipped,
         fingerprint: cache.fingerprint,
+        model: bundle
+            .meta
+            .run_name
+            .clone()
+            .unwrap_or_else(|| "model".into()),
     })
 }
 
@@ -170,8 +177,15 @@ impl Evaluation {
             &dir.join("confusion_matrix.csv"),
             self.report.confusion_csv().as_bytes(),
         )?;
+        let title = format!(
+            "Confusion matrix: {}, accuracy {:.1}% ({} images)",
+            plot::shorten(&self.model, 40),
+            100.0 * self.report.accuracy,
+            self.report.num_images
+        );
         plot::confusion_png(
             &dir.join("confusion_matrix.png"),
+            &title,
             &self.report.classes,
             &self.report.confusion_matrix,
         )?;

@@ -62,8 +62,30 @@ pub struct RunInfo {
     pub status: RunStatus,
     pub start_time: u64,
     pub end_time: Option<u64>,
+    /// MLflow's `lifecycle_stage`: soft-deleted runs (`flora runs delete`) stay in place.
+    pub lifecycle: Lifecycle,
+    /// When the run was soft-deleted (ms since the epoch), MLflow's `deleted_time`.
+    pub deleted_time: Option<u64>,
     /// `runs/<exp_id>/<run_id>`.
     pub dir: PathBuf,
+}
+
+/// MLflow's lifecycle stage of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Active,
+    /// Soft-deleted: hidden from listings and model choice until restored or purged by gc.
+    Deleted,
+}
+
+impl Lifecycle {
+    /// MLflow's name for the stage, as written in meta.yaml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Active => "active",
+            Lifecycle::Deleted => "deleted",
+        }
+    }
 }
 
 impl RunInfo {
@@ -92,6 +114,11 @@ impl RunInfo {
             (Some(now), Some(then)) if now != then => Owner::Gone, // the pid was reused
             _ => Owner::Alive,
         }
+    }
+
+    /// Whether the run is soft-deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.lifecycle == Lifecycle::Deleted
     }
 
     /// The status to show: MLflow's, except CRASHED for a RUNNING run whose process is gone
@@ -250,6 +277,8 @@ impl RunStore {
             status: RunStatus::Running,
             start_time: now_ms(),
             end_time: None,
+            lifecycle: Lifecycle::Active,
+            deleted_time: None,
             dir,
         };
         let run = Run { info };
@@ -268,8 +297,16 @@ impl RunStore {
         Ok(run)
     }
 
-    /// Every readable run of every experiment, newest first.
+    /// Every readable active run of every experiment, newest first (soft-deleted runs are left
+    /// out: see [`RunStore::all_runs`]).
     pub fn runs(&self) -> Result<Vec<RunInfo>> {
+        let mut runs = self.all_runs()?;
+        runs.retain(|r| !r.is_deleted());
+        Ok(runs)
+    }
+
+    /// Every readable run of every experiment, soft-deleted ones included, newest first.
+    pub fn all_runs(&self) -> Result<Vec<RunInfo>> {
         let mut runs = Vec::new();
         for (exp_id, _) in self.experiments()? {
             let exp_dir = self.root.join(&exp_id);
@@ -277,6 +314,10 @@ impl RunStore {
                 .with_context(|| format!("listing {}", exp_dir.display()))?
             {
                 let entry = entry?;
+                // Hidden folders are not runs (a run being purged by `flora runs gc`).
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
                 let meta = entry.path().join("meta.yaml");
                 if meta.is_file() {
                     runs.push(read_run_meta(&entry.path())?);
@@ -291,37 +332,78 @@ impl RunStore {
         Ok(runs)
     }
 
-    /// The run whose id is `key`, else whose name is `key` (newest wins), else whose id starts
-    /// with `key` (unique).
+    /// The active run whose id is `key`, else whose name is `key` (newest wins), else whose id
+    /// starts with `key` (unique). A key that names only a soft-deleted run is an error that
+    /// says how to restore it.
     pub fn find(&self, key: &str) -> Result<RunInfo> {
-        if key.is_empty() {
-            bail!("empty run id or name");
+        let (active, deleted): (Vec<RunInfo>, Vec<RunInfo>) =
+            self.all_runs()?.into_iter().partition(|r| !r.is_deleted());
+        if let Some(run) = find_among(&active, key)? {
+            return Ok(run);
         }
-        let runs = self.runs()?;
-        if let Some(r) = runs.iter().find(|r| r.run_id == key) {
-            return Ok(r.clone());
+        if let Ok(Some(run)) = find_among(&deleted, key) {
+            bail!(
+                "run {} ({}) is deleted: `flora runs restore {}` brings it back",
+                run.run_name,
+                run.run_id,
+                run.run_id
+            );
         }
-        // A name wins over an id prefix: "b" names run b even if another run's id starts with b.
-        if let Some(r) = runs.iter().find(|r| r.run_name == key) {
-            return Ok(r.clone());
-        }
-        let by_prefix: Vec<&RunInfo> = runs.iter().filter(|r| r.run_id.starts_with(key)).collect();
-        match by_prefix.len() {
-            1 => Ok(by_prefix[0].clone()),
-            0 => bail!(
-                "no run with id or name '{key}' in {} (see `flora runs`)",
-                self.root.display()
-            ),
-            n => bail!("run id prefix '{key}' matches {n} runs: give more characters"),
-        }
+        bail!(
+            "no run with id or name '{key}' in {} (see `flora runs`)",
+            self.root.display()
+        )
     }
 
-    /// The newest FINISHED run, if any.
+    /// Like [`RunStore::find`], but among the soft-deleted runs only.
+    pub fn find_deleted(&self, key: &str) -> Result<RunInfo> {
+        let (deleted, active): (Vec<RunInfo>, Vec<RunInfo>) =
+            self.all_runs()?.into_iter().partition(|r| r.is_deleted());
+        if let Some(run) = find_among(&deleted, key)? {
+            return Ok(run);
+        }
+        if let Ok(Some(run)) = find_among(&active, key) {
+            bail!("run {} ({}) is not deleted", run.run_name, run.run_id);
+        }
+        bail!(
+            "no deleted run with id or name '{key}' in {} (see `flora runs list --deleted`)",
+            self.root.display()
+        )
+    }
+
+    /// An active run as [`RunStore::find`] resolves it, else a soft-deleted one.
+    pub fn find_any(&self, key: &str) -> Result<RunInfo> {
+        self.find(key)
+            .or_else(|e| self.find_deleted(key).map_err(|_| e))
+    }
+
+    /// The newest FINISHED active run, if any.
     pub fn latest_finished(&self) -> Result<Option<RunInfo>> {
         Ok(self
             .runs()?
             .into_iter()
             .find(|r| r.status == RunStatus::Finished))
+    }
+}
+
+/// The run among `runs` whose id is `key`, else whose name is `key` (the first, i.e. newest),
+/// else whose id starts with `key` (an error when several do).
+fn find_among(runs: &[RunInfo], key: &str) -> Result<Option<RunInfo>> {
+    if key.is_empty() {
+        bail!("empty run id or name");
+    }
+    if let Some(r) = runs.iter().find(|r| r.run_id == key) {
+        return Ok(Some(r.clone()));
+    }
+    // A name wins over an id prefix: "b" names run b even if another run's id starts with b.
+    if let Some(r) = runs.iter().find(|r| r.run_name == key) {
+        return Ok(Some(r.clone()));
+    }
+    let by_prefix: Vec<&RunInfo> = runs.iter().filter(|r| r.run_id.starts_with(key)).collect();
+    match by_prefix.len() {
+        0 => Ok(None),
+        1 => Ok(Some(by_prefix[0].clone())),
+        n => bail!("run id prefix '{key}' matches {n} runs: give more characters"),
     }
 }
 
@@ -376,9 +458,11 @@ impl Run {
         self.write_meta()
     }
 
+    /// Writes the fields of meta.yaml this run owns; `lifecycle_stage` and `deleted_time` stay
+    /// as they are on disk (a run deleted while it trains stays deleted when it ends).
     fn write_meta(&self) -> Result<()> {
         let i = &self.info;
-        let yaml = yaml_map(&[
+        let fields = [
             ("artifact_uri", quote(&file_uri(&i.artifacts())?)),
             (
                 "end_time",
@@ -386,7 +470,6 @@ impl Run {
             ),
             ("entry_point_name", "''".into()),
             ("experiment_id", quote(&i.experiment_id)),
-            ("lifecycle_stage", "active".into()),
             ("run_id", i.run_id.clone()),
             ("run_name", quote(&i.run_name)),
             ("run_uuid", i.run_id.clone()),
@@ -397,9 +480,53 @@ impl Run {
             ("status", (i.status as i64).to_string()),
             ("tags", "[]".into()),
             ("user_id", quote(&i.user_id)),
-        ]);
-        write_atomic(&i.dir.join("meta.yaml"), yaml.as_bytes())
+        ];
+        update_run_meta(&i.dir, |meta| {
+            for (k, v) in fields {
+                meta.insert(k.to_string(), v);
+            }
+            meta.entry("lifecycle_stage".into())
+                .or_insert_with(|| Lifecycle::Active.as_str().into());
+        })
     }
+}
+
+/// Rewrites `dir/meta.yaml` (read, modify, write) with the run's folder locked, so that two
+/// writers (a run ending, `flora runs delete`) never lose each other's fields. `edit` gets the
+/// top-level fields as raw YAML text (quoted strings stay quoted); fields it leaves alone are
+/// written back as they were.
+pub fn update_run_meta(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<()> {
+    let _lock = lock_dir(dir)?;
+    let path = dir.join("meta.yaml");
+    let mut fields = match std::fs::read_to_string(&path) {
+        Ok(text) => raw_yaml_fields(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    edit(&mut fields);
+    let yaml: String = fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    write_atomic(&path, yaml.as_bytes())
+}
+
+/// The top-level `key: value` fields of a YAML mapping, values as raw text; indented or `- `
+/// lines that follow a key are kept with it.
+fn raw_yaml_fields(text: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with([' ', '-', '\t']) {
+            if let Some(v) = last.as_ref().and_then(|k| out.get_mut(k)) {
+                v.push('\n');
+                v.push_str(line);
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            out.insert(k.trim().to_string(), v.trim().to_string());
+            last = Some(k.trim().to_string());
+        }
+    }
+    out
 }
 
 /// All params of a run.
@@ -479,6 +606,11 @@ pub fn read_run_meta(dir: &Path) -> Result<RunInfo> {
             .parse()
             .with_context(|| format!("{}: bad start_time", path.display()))?,
         end_time: m.get("end_time").and_then(|v| v.parse().ok()),
+        lifecycle: match m.get("lifecycle_stage").map(String::as_str) {
+            Some("deleted") => Lifecycle::Deleted,
+            _ => Lifecycle::Active,
+        },
+        deleted_time: m.get("deleted_time").and_then(|v| v.parse().ok()),
         dir: dir.to_path_buf(),
     })
 }
@@ -516,7 +648,7 @@ fn checked_key(key: &str) -> Result<&str> {
 
 /// Takes an exclusive lock (`flock`) on the folder `dir` itself, waiting up to 30 s for
 /// another flora process to finish its write.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     let start = std::time::Instant::now();
     loop {

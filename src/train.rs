@@ -393,6 +393,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
         report_epoch(&stats, t.epochs);
         history.push(stats.clone());
         write_results(run, &history)?;
+        crate::plot::curves::save_for_run(run, &history);
         if best
             .as_ref()
             .is_none_or(|(b, _)| stats.val_accuracy > b.val_accuracy)

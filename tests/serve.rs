@@ -126,8 +126,15 @@ fn without_slots_it_serves_the_newest_finished_run() {
     assert_eq!(status, 200, "{j}");
     assert_eq!(j["model_used"], "run");
     // The newest of the two runs in that store is b.
-    let _ = run_a;
     assert_eq!(j["run_id"], bundles().4.as_str());
+    server.stop();
+    // A deleted run is not served: the newest remaining finished run is.
+    ok(dir.path(), &["runs", "delete", bundles().4.as_str()]);
+    let server = Server::start(dir.path(), None, &[]);
+    let (status, j) = server.predict_multipart(&bag_png(), "x.png", "");
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["run_id"], run_a.as_str());
+    server.stop();
 
     // Nothing at all to serve: a clear error.
     let empty = tempfile::tempdir().unwrap();

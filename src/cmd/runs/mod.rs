@@ -1,0 +1,29 @@
+//! `flora runs`: list, show, compare, delete, restore and gc the runs of the run store.
+
+mod compare;
+mod lifecycle;
+mod list;
+mod show;
+mod table;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{RunsArgs, RunsCommand};
+use crate::config::Settings;
+use crate::store::RunStore;
+
+/// Runs the `flora runs` subcommand (`list` when none is given).
+pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
+    let store = RunStore::new(settings.runs_dir());
+    match &args.command {
+        None => list::run(&store, &args.list),
+        Some(RunsCommand::List(a)) => list::run(&store, a),
+        Some(RunsCommand::Show(a)) => show::run(&store, a),
+        Some(RunsCommand::Compare(a)) => compare::run(&store, a),
+        Some(RunsCommand::Delete(a)) => lifecycle::delete(settings, &store, a),
+        Some(RunsCommand::Restore(a)) => lifecycle::restore(&store, a),
+        Some(RunsCommand::Gc(a)) => lifecycle::gc(settings, &store, a),
+    }
+}
