@@ -210,7 +210,7 @@ impl Weighting {
 
     /// Next epoch's order of training images. `order` holds dataset indices; `train` is the
     /// training set those positions refer to.
-    pub fn order(&self, order: &mut Vec<usize>, train: &[usize], rng: &mut impl Rng) {
+    pub fn order(&self, order: &mut [usize], train: &[usize], rng: &mut impl Rng) {
         match self.sampler {
             Sampler::Shuffle => order.shuffle(rng),
             Sampler::Balanced => {

@@ -88,7 +88,13 @@ mod tests {
 
     #[test]
     fn coverage_falls_and_accuracy_rises_with_the_threshold() {
-        let o = [(0.9, true), (0.8, true), (0.6, false), (0.55, true), (0.4, false)];
+        let o = [
+            (0.9, true),
+            (0.8, true),
+            (0.6, false),
+            (0.55, true),
+            (0.4, false),
+        ];
         let c = curve(&o, &[0.0, 0.5, 0.7]);
         assert_eq!(c[0].answered, 5);
         assert!((c[0].accuracy - 0.6).abs() < 1e-12);
@@ -99,7 +105,13 @@ mod tests {
 
     #[test]
     fn suggestion_keeps_the_most_coverage_that_reaches_the_target() {
-        let o = [(0.9, true), (0.8, true), (0.6, false), (0.55, true), (0.4, false)];
+        let o = [
+            (0.9, true),
+            (0.8, true),
+            (0.6, false),
+            (0.55, true),
+            (0.4, false),
+        ];
         let p = suggest(&o, 0.75).unwrap();
         assert_eq!(p.threshold, 0.55);
         assert_eq!(p.answered, 4);

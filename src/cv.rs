@@ -192,7 +192,10 @@ pub fn cross_validate(
         }
         Err(e) => {
             let _ = parent.end(RunStatus::Failed);
-            Err(e.context(format!("cross-validation run {} failed", parent.info.run_id)))
+            Err(e.context(format!(
+                "cross-validation run {} failed",
+                parent.info.run_id
+            )))
         }
     }
 }
@@ -286,7 +289,10 @@ fn summarise(
     let class_f1: BTreeMap<String, MeanStd> = classes
         .iter()
         .map(|c| {
-            let v: Vec<f64> = results.iter().filter_map(|r| r.f1.get(c).copied()).collect();
+            let v: Vec<f64> = results
+                .iter()
+                .filter_map(|r| r.f1.get(c).copied())
+                .collect();
             (c.clone(), MeanStd::of(&v))
         })
         .collect();
@@ -295,7 +301,13 @@ fn summarise(
     let paths: Vec<String> = cache.samples.iter().map(|s| s.rel.clone()).collect();
     let found = label_audit::find(classes, &paths, &truth, &probs);
     let dir = parent.artifacts();
-    write_oof(&dir.join("oof_predictions.csv"), cache, classes, folds, &probs)?;
+    write_oof(
+        &dir.join("oof_predictions.csv"),
+        cache,
+        classes,
+        folds,
+        &probs,
+    )?;
     let issues: Vec<Issue> = found.iter().map(|(i, _)| i.clone()).collect();
     label_audit::write_csv(&dir.join(label_audit::FILE), &issues)?;
     for (key, m) in [("cv_accuracy", accuracy), ("cv_macro_f1", macro_f1)] {
@@ -361,7 +373,10 @@ fn write_oof(
         rec.extend(p.iter().map(|v| format!("{v:.6}")));
         w.write_record(&rec)?;
     }
-    fsutil::write_atomic(path, &w.into_inner().context("writing oof_predictions.csv")?)
+    fsutil::write_atomic(
+        path,
+        &w.into_inner().context("writing oof_predictions.csv")?,
+    )
 }
 
 fn write_page(

@@ -1,8 +1,9 @@
 //! Label-error audit from out-of-fold probabilities (confident learning, as cleanlab): each
 //! class `c` gets a threshold `t_c`, the mean probability of `c` over the images labelled `c`
 //! (its self-confidence). An image labelled `g` is a suspect when `p_g < t_g` while another
-//! class `j` reaches `p_j >= t_j`; the suggestion is the most probable such `j`, and suspects
-//! are ranked by `score = p_suggested - p_given`. Written as `label_issues.csv`
+//! class `j` reaches its threshold (`p_j >= t_j`) or beats the given label (`p_j > p_g`); the
+//! suggestion is the most probable such `j`, and suspects are ranked by
+//! `score = p_suggested - p_given`. Written as `label_issues.csv`
 //! (`path,given,suggested,p_given,p_suggested,score`, path relative to the dataset folder),
 //! the queue `flora label --queue` reads.
 
@@ -58,7 +59,7 @@ pub fn find(
             continue;
         }
         let suggested = (0..classes.len())
-            .filter(|&j| j != g && p[j] >= t[j])
+            .filter(|&j| j != g && (p[j] >= t[j] || p[j] > p[g]))
             .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)));
         if let Some(j) = suggested {
             out.push((
@@ -74,14 +75,25 @@ pub fn find(
             ));
         }
     }
-    out.sort_by(|a, b| b.0.score.total_cmp(&a.0.score).then(a.0.path.cmp(&b.0.path)));
+    out.sort_by(|a, b| {
+        b.0.score
+            .total_cmp(&a.0.score)
+            .then(a.0.path.cmp(&b.0.path))
+    });
     out
 }
 
 /// Writes `label_issues.csv` atomically (a header even when there is no suspect).
 pub fn write_csv(path: &Path, issues: &[Issue]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["path", "given", "suggested", "p_given", "p_suggested", "score"])?;
+    w.write_record([
+        "path",
+        "given",
+        "suggested",
+        "p_given",
+        "p_suggested",
+        "score",
+    ])?;
     for i in issues {
         w.write_record([
             i.path.as_str(),

@@ -107,12 +107,17 @@ pub fn write(dir: &Path, page: &Page) -> Result<PathBuf> {
     );
     h += "<table class=\"facts\">";
     for (k, v) in &page.facts {
-        let _ = write!(h, "<tr><th class=\"l\">{}</th><td>{}</td></tr>", esc(k), esc(v));
+        let _ = write!(
+            h,
+            "<tr><th class=\"l\">{}</th><td>{}</td></tr>",
+            esc(k),
+            esc(v)
+        );
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<tr><th class=\"l\">accuracy</th><td id=\"accuracy\">{:.2}% of {} images</td></tr>\
-         <tr><th class=\"l\">macro F1</th><td>{:.3}</td></tr></table>\n",
+         <tr><th class=\"l\">macro F1</th><td>{:.3}</td></tr></table>",
         100.0 * r.accuracy,
         r.num_images,
         r.macro_f1
@@ -140,7 +145,11 @@ pub fn write(dir: &Path, page: &Page) -> Result<PathBuf> {
         let _ = write!(
             h,
             "<h3>{}</h3><table class=\"cm\" id=\"{}\"><tr><th>true \\ predicted</th>",
-            if normalised { "Row-normalised" } else { "Counts" },
+            if normalised {
+                "Row-normalised"
+            } else {
+                "Counts"
+            },
             if normalised { "cm-norm" } else { "cm-counts" }
         );
         for c in &r.classes {

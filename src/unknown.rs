@@ -80,7 +80,11 @@ impl Thresholds {
 
     /// The answer for a top class: its name, or [`UNKNOWN`].
     pub fn answer<'a>(&self, top: &'a Scored) -> &'a str {
-        if self.is_unknown(top) { UNKNOWN } else { &top.class }
+        if self.is_unknown(top) {
+            UNKNOWN
+        } else {
+            &top.class
+        }
     }
 
     /// A one-line description (`min_confidence 0.6, bag 0.8`), or `none`.

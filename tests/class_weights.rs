@@ -30,7 +30,14 @@ fn params(p: &Path, name: &str) -> std::collections::BTreeMap<String, String> {
 /// The first epoch's training loss.
 fn train_loss(p: &Path, name: &str) -> f64 {
     let text = std::fs::read_to_string(run_dir(p, name).join("metrics/train_loss")).unwrap();
-    text.lines().next().unwrap().split(' ').nth(1).unwrap().parse().unwrap()
+    text.lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -38,8 +45,28 @@ fn weights_are_recorded_and_change_the_loss() {
     let dir = imbalanced();
     let p = dir.path();
     ok(p, &["train", "--no-augment", "--name", "none"]);
-    ok(p, &["train", "--no-augment", "--name", "bal", "--class-weights", "balanced"]);
-    ok(p, &["train", "--no-augment", "--name", "table", "--class-weights", "bag=3"]);
+    ok(
+        p,
+        &[
+            "train",
+            "--no-augment",
+            "--name",
+            "bal",
+            "--class-weights",
+            "balanced",
+        ],
+    );
+    ok(
+        p,
+        &[
+            "train",
+            "--no-augment",
+            "--name",
+            "table",
+            "--class-weights",
+            "bag=3",
+        ],
+    );
 
     let none = params(p, "none");
     assert_eq!(none["train.class_weights"], "none");
@@ -61,14 +88,25 @@ fn weights_are_recorded_and_change_the_loss() {
     assert!(values.contains("trouser=1.0000"), "{values}");
     let table = params(p, "table");
     assert_eq!(table["train.class_weights"], "bag=3");
-    assert_eq!(table["train.class_weight_values"], "bag=3.0000,trouser=1.0000");
+    assert_eq!(
+        table["train.class_weight_values"],
+        "bag=3.0000,trouser=1.0000"
+    );
     // Same data, seed and init: only the loss weights differ, and so does the loss.
-    let (l_none, l_bal, l_table) = (train_loss(p, "none"), train_loss(p, "bal"), train_loss(p, "table"));
+    let (l_none, l_bal, l_table) = (
+        train_loss(p, "none"),
+        train_loss(p, "bal"),
+        train_loss(p, "table"),
+    );
     assert!((l_none - l_bal).abs() > 1e-4, "{l_none} vs {l_bal}");
     assert!((l_none - l_table).abs() > 1e-4 && (l_bal - l_table).abs() > 1e-4);
 
     // A milder power from the config is recorded and gives smaller weights.
-    write_config(p, 1, "class_weights = \"balanced\"\nclass_weight_power = 0.5\n");
+    write_config(
+        p,
+        1,
+        "class_weights = \"balanced\"\nclass_weight_power = 0.5\n",
+    );
     ok(p, &["train", "--no-augment", "--name", "half"]);
     let half = params(p, "half");
     assert_eq!(half["train.class_weight_power"], "0.5");
@@ -78,7 +116,10 @@ fn weights_are_recorded_and_change_the_loss() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((bag_half - bag.sqrt()).abs() < 1e-3, "{bag_half} vs sqrt({bag})");
+    assert!(
+        (bag_half - bag.sqrt()).abs() < 1e-3,
+        "{bag_half} vs sqrt({bag})"
+    );
 }
 
 #[test]
@@ -86,7 +127,17 @@ fn the_balanced_sampler_is_recorded_and_changes_the_loss() {
     let dir = imbalanced();
     let p = dir.path();
     ok(p, &["train", "--no-augment", "--name", "plain"]);
-    ok(p, &["train", "--no-augment", "--name", "sampled", "--sampler", "balanced"]);
+    ok(
+        p,
+        &[
+            "train",
+            "--no-augment",
+            "--name",
+            "sampled",
+            "--sampler",
+            "balanced",
+        ],
+    );
     let sampled = params(p, "sampled");
     assert_eq!(sampled["train.sampler"], "balanced");
     assert_eq!(sampled["train.class_weights"], "none");
@@ -98,13 +149,20 @@ fn bad_weight_settings_are_clear_errors() {
     let dir = imbalanced();
     let p = dir.path();
     let err = fails(p, &["train", "--class-weights", "hat=2"]);
-    assert!(err.contains("'hat'") && err.contains("bag, trouser"), "{err}");
+    assert!(
+        err.contains("'hat'") && err.contains("bag, trouser"),
+        "{err}"
+    );
     let err = fails(p, &["train", "--class-weights", "bag"]);
     assert!(err.contains("class=weight"), "{err}");
     write_config(p, 1, "class_weights = { bag = -1.0 }\n");
     let err = fails(p, &["train"]);
     assert!(err.contains("train.class_weights.bag = -1"), "{err}");
-    write_config(p, 1, "class_weights = \"balanced\"\nsampler = \"balanced\"\n");
+    write_config(
+        p,
+        1,
+        "class_weights = \"balanced\"\nsampler = \"balanced\"\n",
+    );
     let err = fails(p, &["train"]);
     assert!(err.contains("train.sampler"), "{err}");
     write_config(p, 1, "class_weight_power = 9\n");

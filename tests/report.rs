@@ -110,7 +110,10 @@ fn eval_html_matches_eval_and_every_link_resolves() {
             if let Some(s) = section {
                 let body = &html[s..s + html[s..].find("</section>").unwrap()];
                 assert_eq!(body.matches("<figure>").count(), n.min(60));
-                assert!(body.contains(&format!("true {} &rarr; predicted {}", classes[t], classes[q])));
+                assert!(body.contains(&format!(
+                    "true {} &rarr; predicted {}",
+                    classes[t], classes[q]
+                )));
             }
         }
     }
@@ -118,19 +121,42 @@ fn eval_html_matches_eval_and_every_link_resolves() {
     // Per-class figures, accuracy against coverage, params and the fingerprints.
     for c in &classes {
         let f1 = j["per_class"][c]["f1"].as_f64().unwrap();
-        assert!(html.contains(&format!("<td class=\"l\">{c}</td><td>{:.3}</td>", j["per_class"][c]["precision"].as_f64().unwrap())));
+        assert!(html.contains(&format!(
+            "<td class=\"l\">{c}</td><td>{:.3}</td>",
+            j["per_class"][c]["precision"].as_f64().unwrap()
+        )));
         assert!(html.contains(&format!("{f1:.3}")));
     }
-    assert!(html.contains(&format!("{:.2}% of {} images", 100.0 * j["accuracy"].as_f64().unwrap(), total)));
+    assert!(html.contains(&format!(
+        "{:.2}% of {} images",
+        100.0 * j["accuracy"].as_f64().unwrap(),
+        total
+    )));
     assert!(html.contains("id=\"coverage-chart\""));
     assert!(html.contains("Accuracy against coverage"));
     assert!(html.contains("train.epochs"));
-    let bundle = flora::store::RunStore::new(p.join("runs")).find("r").unwrap().artifacts().join("model");
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap()).unwrap();
+    let bundle = flora::store::RunStore::new(p.join("runs"))
+        .find("r")
+        .unwrap()
+        .artifacts()
+        .join("model");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
+            .unwrap();
     assert!(html.contains(meta["data_fingerprint"].as_str().unwrap()));
 
     // Without a folder to write into (no run, no --out) --html is a clear error.
-    let err = fails(p, &["eval", "--model", bundle.to_str().unwrap(), "--data", data.path().to_str().unwrap(), "--html"]);
+    let err = fails(
+        p,
+        &[
+            "eval",
+            "--model",
+            bundle.to_str().unwrap(),
+            "--data",
+            data.path().to_str().unwrap(),
+            "--html",
+        ],
+    );
     assert!(err.contains("--out"), "{err}");
 }
 
@@ -144,11 +170,18 @@ fn names_from_files_and_folders_are_escaped() {
     let data = p.join("dataset");
     copy_classes(&train, &data, &["trouser", "bag"], 12);
     std::fs::rename(data.join("bag"), data.join(evil_class)).unwrap();
-    let first = std::fs::read_dir(data.join("trouser")).unwrap().next().unwrap().unwrap().path();
+    let first = std::fs::read_dir(data.join("trouser"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::rename(&first, data.join("trouser").join(evil_file)).unwrap();
     write_config(p, 1, "");
     ok(p, &["cv", "--folds", "2", "--name", "x"]);
-    let parent = flora::store::RunStore::new(p.join("runs")).find("x").unwrap();
+    let parent = flora::store::RunStore::new(p.join("runs"))
+        .find("x")
+        .unwrap();
     let html = check_page(&parent.artifacts().join("report.html"));
     assert!(!html.contains("<img src=x"), "class name not escaped");
     assert!(!html.contains("a<b>"), "file name not escaped");

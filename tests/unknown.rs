@@ -17,7 +17,12 @@ const INBOX: &str = "dataset/_UNLABELED_SORT_ME";
 
 /// `flora predict --json` over `files` with `extra` args: file name → JSON line.
 fn predict(dir: &Path, extra: &[&str], files: &[PathBuf]) -> BTreeMap<String, Value> {
-    let mut args: Vec<String> = vec!["predict".into(), "--json".into(), "--top-k".into(), "2".into()];
+    let mut args: Vec<String> = vec![
+        "predict".into(),
+        "--json".into(),
+        "--top-k".into(),
+        "2".into(),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(files.iter().map(|f| f.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -52,7 +57,10 @@ fn median_confidence(preds: &BTreeMap<String, Value>) -> f64 {
         .collect();
     c.sort_by(f64::total_cmp);
     let m = (c[c.len() / 2 - 1] + c[c.len() / 2]) / 2.0;
-    assert!(c[0] < m && m < c[c.len() - 1], "confidences all equal: {c:?}");
+    assert!(
+        c[0] < m && m < c[c.len() - 1],
+        "confidences all equal: {c:?}"
+    );
     m
 }
 
@@ -63,7 +71,10 @@ fn predict_answers_unknown_below_the_global_and_per_class_thresholds() {
     ok(p, &["train", "--name", "plain"]);
     let files = test_files(6);
     let plain = predict(p, &[], &files);
-    assert!(plain.values().all(|v| v["unknown"] == false), "no thresholds: always a class");
+    assert!(
+        plain.values().all(|v| v["unknown"] == false),
+        "no thresholds: always a class"
+    );
     let t = median_confidence(&plain);
 
     // A global threshold in the config: the low half answers unknown, top-k still shown.
@@ -89,12 +100,16 @@ fn predict_answers_unknown_below_the_global_and_per_class_thresholds() {
     assert!(table.contains("class"), "{table}");
 
     // Per class: only answers of that class below its own threshold become unknown.
-    let class = plain.values().next().unwrap()["class"].as_str().unwrap().to_string();
+    let class = plain.values().next().unwrap()["class"]
+        .as_str()
+        .unwrap()
+        .to_string();
     write_config(p, 3, &format!("[thresholds]\n\"{class}\" = 0.999999\n"));
     let per_class = predict(p, &[], &files);
     for (name, v) in &per_class {
         let before = &plain[name];
-        let below = before["class"] == class.as_str() && before["confidence"].as_f64().unwrap() < 0.999999;
+        let below =
+            before["class"] == class.as_str() && before["confidence"].as_f64().unwrap() < 0.999999;
         assert_eq!(v["unknown"], below, "{name}: {v}");
     }
 
@@ -106,10 +121,17 @@ fn predict_answers_unknown_below_the_global_and_per_class_thresholds() {
     let store = flora::store::RunStore::new(p.join("runs"));
     let bundle = store.find("gated").unwrap().artifacts().join("model");
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap()).unwrap();
-    assert!((meta["thresholds"]["min_confidence"].as_f64().unwrap() - t).abs() < 1e-6, "{meta}");
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
+            .unwrap();
+    assert!(
+        (meta["thresholds"]["min_confidence"].as_f64().unwrap() - t).abs() < 1e-6,
+        "{meta}"
+    );
     let from_bundle = predict(p, &["--model", bundle.to_str().unwrap()], &files);
-    let unknown = from_bundle.values().filter(|v| v["unknown"] == true).count();
+    let unknown = from_bundle
+        .values()
+        .filter(|v| v["unknown"] == true)
+        .count();
     let low = from_bundle
         .values()
         .filter(|v| v["confidence"].as_f64().unwrap() < t)
@@ -146,9 +168,14 @@ fn eval_reports_accuracy_against_coverage_and_suggests_a_threshold() {
     let curve = j["coverage"].as_array().unwrap();
     assert_eq!(curve[0]["threshold"], 0.0);
     assert_eq!(curve[0]["coverage"], 1.0);
-    assert!((curve[0]["accuracy"].as_f64().unwrap() - j["accuracy"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(
+        (curve[0]["accuracy"].as_f64().unwrap() - j["accuracy"].as_f64().unwrap()).abs() < 1e-9
+    );
     for w in curve.windows(2) {
-        assert!(w[1]["coverage"].as_f64() <= w[0]["coverage"].as_f64(), "{w:?}");
+        assert!(
+            w[1]["coverage"].as_f64() <= w[0]["coverage"].as_f64(),
+            "{w:?}"
+        );
     }
     let s = &j["suggested_threshold"];
     assert!(s["accuracy"].as_f64().unwrap() >= 0.9, "{s}");
@@ -190,7 +217,11 @@ fn serve_answers_unknown_and_counts_it_in_metrics() {
     }
     let samples = scrape(&server);
     assert_eq!(
-        value(&samples, "flora_unknown_answers_total", &[("slot", "blue"), ("class", &class)]),
+        value(
+            &samples,
+            "flora_unknown_answers_total",
+            &[("slot", "blue"), ("class", &class)]
+        ),
         2.0
     );
     assert_eq!(

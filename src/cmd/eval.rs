@@ -142,7 +142,10 @@ fn write_html(
     let mut facts = vec![
         ("model".to_string(), chosen.describe()),
         ("classes".into(), bundle.meta.classes.join(", ")),
-        ("evaluated images fingerprint".into(), result.fingerprint.clone()),
+        (
+            "evaluated images fingerprint".into(),
+            result.fingerprint.clone(),
+        ),
         (
             "training data fingerprint".into(),
             bundle.meta.data_fingerprint.clone(),
@@ -151,7 +154,10 @@ fn write_html(
     let mut params = std::collections::BTreeMap::new();
     if let Some(run) = chosen.run() {
         params = store::read_params(run)?;
-        facts.insert(1, ("run".into(), format!("{} ({})", run.run_name, run.run_id)));
+        facts.insert(
+            1,
+            ("run".into(), format!("{} ({})", run.run_name, run.run_id)),
+        );
     }
     if !bundle.meta.thresholds.is_empty() {
         facts.push(("thresholds".into(), bundle.meta.thresholds.describe()));
