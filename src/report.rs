@@ -334,8 +334,15 @@ fn table(header: &[String], rows: &[Vec<String>]) -> String {
 /// Accuracy (y) against coverage (x) as an inline SVG line.
 fn coverage_svg(points: &[Point]) -> String {
     let (w, ht, pad) = (420.0, 260.0, 36.0);
+    // The accuracy axis runs from a round tenth below the lowest point to 100%.
+    let lowest = points
+        .iter()
+        .filter(|p| p.answered > 0)
+        .map(|p| p.accuracy)
+        .fold(1.0, f64::min);
+    let lo = ((lowest - 0.05) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
     let x = |c: f64| pad + c * (w - 2.0 * pad);
-    let y = |a: f64| ht - pad - a * (ht - 2.0 * pad);
+    let y = |a: f64| ht - pad - (a - lo) / (1.0 - lo) * (ht - 2.0 * pad);
     let line: Vec<String> = points
         .iter()
         .filter(|p| p.answered > 0)
@@ -346,13 +353,17 @@ fn coverage_svg(points: &[Point]) -> String {
          xmlns=\"http://www.w3.org/2000/svg\"><line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" \
          stroke=\"#888\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"#888\"/>\
          <text x=\"{cx}\" y=\"{ty}\" font-size=\"12\" text-anchor=\"middle\">coverage</text>\
-         <text x=\"10\" y=\"{pad}\" font-size=\"12\">accuracy</text>\
+         <text x=\"4\" y=\"20\" font-size=\"12\">accuracy</text>\
+         <text x=\"4\" y=\"{top}\" font-size=\"10\">100%</text>\
+         <text x=\"4\" y=\"{b}\" font-size=\"10\">{low}%</text>\
          <text x=\"{pad}\" y=\"{ty}\" font-size=\"10\">0%</text>\
          <text x=\"{r}\" y=\"{ty}\" font-size=\"10\" text-anchor=\"end\">100%</text>",
         b = ht - pad,
         r = w - pad,
         cx = w / 2.0,
-        ty = ht - 10.0
+        ty = ht - 10.0,
+        top = pad + 4.0,
+        low = (lo * 100.0).round()
     );
     let _ = write!(
         s,

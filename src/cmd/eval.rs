@@ -154,10 +154,6 @@ fn write_html(
     let mut params = std::collections::BTreeMap::new();
     if let Some(run) = chosen.run() {
         params = store::read_params(run)?;
-        facts.insert(
-            1,
-            ("run".into(), format!("{} ({})", run.run_name, run.run_id)),
-        );
     }
     if !bundle.meta.thresholds.is_empty() {
         facts.push(("thresholds".into(), bundle.meta.thresholds.describe()));
