@@ -18,11 +18,11 @@ use sha2::{Digest, Sha256};
 use crate::bundle::ModelBundle;
 use crate::cache::ImageCache;
 use crate::config::Settings;
-use crate::dataset::DatasetIndex;
+use crate::dataset::{DatasetIndex, Subset};
 use crate::label_audit::{self, Issue};
 use crate::metrics::{self, Report};
 use crate::store::{self, RunStatus, RunStore};
-use crate::{coverage, fsutil, infer, report, train};
+use crate::{coverage, fsutil, infer, report, split, train};
 
 /// Folds `flora cv` accepts.
 pub const FOLDS: std::ops::RangeInclusive<usize> = 2..=20;
@@ -54,6 +54,28 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+/// The train/val side of each image of `cache` outside `held_out` (a stable content split of
+/// the rest, as [`split::stable`]); `None` for the held-out images.
+pub fn split_rest(
+    cache: &ImageCache,
+    num_classes: usize,
+    held_out: &HashSet<[u8; 32]>,
+    fraction: f64,
+    seed: u64,
+) -> Vec<Option<Subset>> {
+    let pool: Vec<usize> = (0..cache.len())
+        .filter(|&i| !held_out.contains(&cache.content_hashes[i]))
+        .collect();
+    let hashes: Vec<[u8; 32]> = pool.iter().map(|&i| cache.content_hashes[i]).collect();
+    let classes_of: Vec<usize> = pool.iter().map(|&i| cache.samples[i].class).collect();
+    let sides = split::stable(&hashes, &classes_of, num_classes, fraction, seed);
+    let mut out = vec![None; cache.len()];
+    for (&i, side) in pool.iter().zip(sides) {
+        out[i] = Some(side);
+    }
+    out
+}
 
 /// One fold's figures.
 #[derive(Debug, Clone, Serialize)]

@@ -177,25 +177,14 @@ fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
             "warning: classes are imbalanced: the largest has {max} images, the smallest {min} (more than 5x)"
         );
     }
-    let held = |i: usize| plan.held_out.contains(&cache.content_hashes[i]);
     let subsets: Vec<Option<Subset>> = match &index.fixed_split {
-        _ if !plan.held_out.is_empty() => {
-            let pool: Vec<usize> = (0..cache.len()).filter(|&i| !held(i)).collect();
-            let hashes: Vec<[u8; 32]> = pool.iter().map(|&i| cache.content_hashes[i]).collect();
-            let classes_of: Vec<usize> = pool.iter().map(|&i| cache.samples[i].class).collect();
-            let sides = split::stable(
-                &hashes,
-                &classes_of,
-                index.classes.len(),
-                cfg.data.val_fraction,
-                cfg.data.seed,
-            );
-            let mut out = vec![None; cache.len()];
-            for (&i, side) in pool.iter().zip(sides) {
-                out[i] = Some(side);
-            }
-            out
-        }
+        _ if !plan.held_out.is_empty() => crate::cv::split_rest(
+            &cache,
+            index.classes.len(),
+            &plan.held_out,
+            cfg.data.val_fraction,
+            cfg.data.seed,
+        ),
         Some(fixed) => {
             let by_path: std::collections::HashMap<&str, Subset> = index
                 .samples
