@@ -48,6 +48,9 @@ pub struct BundleMeta {
     /// Per-class facts from `[class_info.<name>]` in flora.toml.
     #[serde(default)]
     pub class_info: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Minimum confidences below which the answer is "unknown" (none in older bundles).
+    #[serde(default, skip_serializing_if = "crate::unknown::Thresholds::is_empty")]
+    pub thresholds: crate::unknown::Thresholds,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }
@@ -93,6 +96,7 @@ impl BundleMeta {
                 bail!("class '{class}' is listed twice");
             }
         }
+        self.thresholds.validate(&self.classes)?;
         let n = &self.normalization;
         if n.mean.iter().any(|m| !m.is_finite())
             || n.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
@@ -358,5 +362,27 @@ mod tests {
         let meta: BundleMeta = serde_json::from_str(old).unwrap();
         assert_eq!(meta.width, 1.0);
         assert_eq!(meta.pretrained, None);
+        assert!(meta.thresholds.is_empty());
+        meta.validate().unwrap();
+    }
+
+    #[test]
+    fn thresholds_for_a_class_the_bundle_lacks_are_refused() {
+        let mut meta: BundleMeta = serde_json::from_str(
+            r#"{"format":1,"flora_version":"0.1.0","arch":"cnn","image_size":32,
+            "classes":["bag","trouser"],"normalization":{"mean":[0.5,0.5,0.5],
+            "std":[0.5,0.5,0.5]},"dropout":0.3,"run_id":null,"run_name":null,
+            "data_fingerprint":"sha256:0","metrics":{},"created_at_ms":0,
+            "thresholds":{"min_confidence":0.5,"per_class":{"bag":0.9}}}"#,
+        )
+        .unwrap();
+        meta.validate().unwrap();
+        assert_eq!(meta.thresholds.for_class("bag"), Some(0.9));
+        meta.thresholds.per_class.insert("hat".into(), 0.5);
+        let err = meta.validate().unwrap_err();
+        assert!(err.to_string().contains("'hat'"), "{err}");
+        meta.thresholds.per_class.clear();
+        meta.thresholds.min_confidence = Some(1.5);
+        assert!(meta.validate().is_err());
     }
 }

@@ -42,6 +42,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// Sort the inbox in the browser: a local page, keyboard first, hardest images first.
     Label(LabelArgs),
+    /// Cross-validate: K models on stable folds, out-of-fold predictions, label-error audit.
+    Cv(CvArgs),
     /// Probe a running `flora serve` (GET /health): exit 0 if healthy, for container checks.
     Health(HealthArgs),
 }
@@ -126,9 +128,26 @@ pub struct TrainArgs {
     /// Turn augmentation off (data.augment = false).
     #[arg(long)]
     pub no_augment: bool,
+    /// Loss weight per class: none, balanced, or class=weight,... (train.class_weights).
+    #[arg(long, value_name = "W", value_parser = parse_class_weights)]
+    pub class_weights: Option<crate::class_weights::ClassWeights>,
+    /// Training order: shuffle or balanced (train.sampler).
+    #[arg(long, value_enum)]
+    pub sampler: Option<crate::class_weights::Sampler>,
     /// Run name (default: <arch>-<date>-<time>).
     #[arg(long)]
     pub name: Option<String>,
+}
+
+/// `flora cv`: k-fold cross-validation with a label-error audit; the [`TrainArgs`] flags
+/// override the config as for `flora train`.
+#[derive(Debug, Args)]
+pub struct CvArgs {
+    /// Number of folds (2 to 20).
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub folds: usize,
+    #[command(flatten)]
+    pub train: TrainArgs,
 }
 
 /// `flora eval`
@@ -149,6 +168,13 @@ pub struct EvalArgs {
     /// Where to write the confusion matrix and misclassified.csv (default: the run's artifacts).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Also write report.html (confusion matrix with thumbnails, per-class metrics, accuracy
+    /// against coverage, params) into the output folder.
+    #[arg(long)]
+    pub html: bool,
+    /// Suggest the lowest min_confidence whose answered images reach this accuracy (0 to 1).
+    #[arg(long, value_name = "X", value_parser = parse_probability)]
+    pub target_accuracy: Option<f32>,
 }
 
 /// `flora predict`
@@ -246,6 +272,12 @@ pub struct MergeArgs {
     /// Show what waits in the inbox, by suggested class and by date.
     #[arg(long, conflicts_with_all = ["accept_above", "dry_run"])]
     pub status: bool,
+}
+
+fn parse_class_weights(s: &str) -> Result<crate::class_weights::ClassWeights, String> {
+    let w = crate::class_weights::ClassWeights::parse(s).map_err(|e| e.to_string())?;
+    w.validate().map_err(|e| e.to_string())?;
+    Ok(w)
 }
 
 fn parse_probability(s: &str) -> Result<f32, String> {

@@ -26,6 +26,9 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Free key/values per class (a Latin name, a description...), copied into the model bundle.
     pub class_info: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// Minimum confidences for a named answer: `min_confidence` (global) and `<class>` keys
+    /// (see [`crate::unknown`]); copied into the model bundle.
+    pub thresholds: BTreeMap<String, f64>,
 }
 
 /// `[project]`
@@ -108,6 +111,12 @@ pub struct TrainConfig {
     pub unfreeze_fraction: f64,
     /// Learning rate of phase 2.
     pub finetune_learning_rate: f64,
+    /// Loss weight per class: `none`, `balanced` or a table (see [`crate::class_weights`]).
+    pub class_weights: crate::class_weights::ClassWeights,
+    /// Strength of `balanced`: weight = (n_max / n_class) ^ power.
+    pub class_weight_power: f64,
+    /// Order of the training images: `shuffle`, or `balanced` (classes drawn evenly).
+    pub sampler: crate::class_weights::Sampler,
 }
 
 impl TrainConfig {
@@ -134,6 +143,9 @@ impl Default for TrainConfig {
             freeze_epochs: 0,
             unfreeze_fraction: 0.3,
             finetune_learning_rate: 1e-4,
+            class_weights: Default::default(),
+            class_weight_power: 1.0,
+            sampler: Default::default(),
         }
     }
 }
@@ -441,6 +453,8 @@ impl Config {
             bail!("train.dropout = {d} must be in [0, 1)");
         }
         self.validate_mobilenet()?;
+        crate::class_weights::validate(&t.class_weights, t.class_weight_power, t.sampler)?;
+        crate::unknown::Thresholds::from_table(&self.thresholds)?;
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
             bail!(
                 "train.weight_decay = {} must be zero or positive",
@@ -530,6 +544,9 @@ width = 1.0                    # mobilenet_v2 width multiplier: 0.35 | 0.5 | 0.7
 freeze_epochs = 0              # > 0: phase 1 trains only the head over the frozen backbone,
 unfreeze_fraction = 0.3        #   then phase 2 unfreezes this top share of the backbone
 finetune_learning_rate = 0.0001  # phase 2's learning rate
+class_weights = "none"         # none | balanced | { rose = 2.0, tulip = 1.0 }: loss weight per class
+class_weight_power = 1.0       # balanced: weight = (largest class / this class) ^ power (0.5 = milder)
+sampler = "shuffle"            # shuffle | balanced (each draw picks a class evenly; use with class_weights = "none")
 
 [paths]
 runs = "runs"                  # run store, readable by MLflow (MLFLOW_ALLOW_FILE_STORE=true)
@@ -556,6 +573,13 @@ allowed_origins = []           # browser origins, besides the server's own, that
 trusted_proxies = []           # proxy IPs whose X-Forwarded-Host counts as the host (e.g. ["127.0.0.1"])
 access_log = "-"               # one JSON line per request: "-" stdout, "" off, or a file path
 # admin_token = "..."          # or set FLORA_ADMIN_TOKEN; without one the admin endpoints answer 403
+
+# Answer "unknown" below a confidence (predict, serve, merge); carried in the model bundle,
+# and this table, when present, replaces the bundle's. `flora eval --target-accuracy 0.95`
+# suggests a value.
+# [thresholds]
+# min_confidence = 0.6         # every class
+# sunflower = 0.8              # this class's own
 
 # Free facts per class, shown by `flora predict` and `flora serve`:
 # [class_info.sunflower]

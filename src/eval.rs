@@ -33,6 +33,10 @@ pub struct Evaluation {
     pub fingerprint: String,
     /// The model's name for plot titles: its run name, else `model`.
     pub model: String,
+    /// Class probabilities of each decoded image, in the order of `cache.samples`.
+    pub probs: Vec<Vec<f32>>,
+    /// The decoded images (for the HTML report's thumbnails).
+    pub cache: ImageCache,
 }
 
 /// Labelled samples from a folder-per-class set, with class indices in the model's order.
@@ -159,17 +163,77 @@ pub fn evaluate(bundle: &ModelBundle, samples: &[Sample]) -> Result<Evaluation> 
     Ok(Evaluation {
         report,
         misclassified,
-        skipped: cache.skipped,
-        fingerprint: cache.fingerprint,
+        skipped: cache.skipped.clone(),
+        fingerprint: cache.fingerprint.clone(),
         model: bundle
             .meta
             .run_name
             .clone()
             .unwrap_or_else(|| "model".into()),
+        probs,
+        cache,
     })
 }
 
 impl Evaluation {
+    /// Each image's top confidence and whether its top class was right.
+    pub fn outcomes(&self) -> Vec<crate::coverage::Outcome> {
+        self.cache
+            .samples
+            .iter()
+            .zip(&self.probs)
+            .map(|(s, p)| {
+                let pred = crate::train::argmax(p);
+                (p[pred], pred == s.class)
+            })
+            .collect()
+    }
+
+    /// Share answered and accuracy on the answered images under `thresholds`
+    /// (the others are answered "unknown").
+    pub fn under(&self, thresholds: &crate::unknown::Thresholds) -> (f64, f64) {
+        let (mut answered, mut right) = (0usize, 0usize);
+        for (s, p) in self.cache.samples.iter().zip(&self.probs) {
+            let pred = crate::train::argmax(p);
+            let top = crate::bundle::Scored {
+                class: self.report.classes[pred].clone(),
+                confidence: p[pred],
+            };
+            if !thresholds.is_unknown(&top) {
+                answered += 1;
+                right += usize::from(pred == s.class);
+            }
+        }
+        let n = self.probs.len().max(1) as f64;
+        let acc = if answered == 0 {
+            1.0
+        } else {
+            right as f64 / answered as f64
+        };
+        (answered as f64 / n, acc)
+    }
+
+    /// The images for the HTML report.
+    pub fn images(&self) -> Vec<crate::report::Image<'_>> {
+        self.cache
+            .samples
+            .iter()
+            .zip(&self.probs)
+            .enumerate()
+            .map(|(i, (s, p))| {
+                let pred = crate::train::argmax(p);
+                crate::report::Image {
+                    rel: s.rel.clone(),
+                    truth: s.class,
+                    predicted: pred,
+                    confidence: p[pred],
+                    pixels: self.cache.pixels(i),
+                    side: self.cache.size,
+                }
+            })
+            .collect()
+    }
+
     /// Writes `confusion_matrix.csv`, `confusion_matrix.png` and `misclassified.csv` into `dir`.
     pub fn write_files(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

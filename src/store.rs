@@ -18,6 +18,9 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::fsutil::{append_line_atomic, now_ms, write_atomic};
 
+/// The tag that makes a run the child of another (MLflow nests it under the parent).
+pub const PARENT_RUN_TAG: &str = "mlflow.parentRunId";
+
 /// MLflow's run status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {

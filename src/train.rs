@@ -1,7 +1,7 @@
 //! `flora train`: dataset → decode-once cache → split → training loop → model bundle, all
 //! logged to the run store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -11,13 +11,13 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::bundle::{BUNDLE_FORMAT, BundleMeta, Engine, ModelBundle, run_bundle_dir};
 use crate::cache::ImageCache;
+use crate::class_weights::Weighting;
 use crate::config::Settings;
 use crate::dataset::{DatasetIndex, Subset};
 use crate::finetune::{self, Schedule};
@@ -70,6 +70,18 @@ struct Prepared {
     train: Vec<usize>,
     val: Vec<usize>,
     split_rows: Vec<SplitRow>,
+    weighting: Weighting,
+}
+
+/// What a caller such as cross-validation ([`crate::cv`]) changes in a run; the default
+/// changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Images (by content hash) that neither train nor validate: a held-out fold. When set,
+    /// the rest is split by content (a dataset's own `train/`+`val/` folders are pooled).
+    pub held_out: HashSet<[u8; 32]>,
+    /// Tags set on the run right after it is created (such as `mlflow.parentRunId`).
+    pub tags: Vec<(String, String)>,
 }
 
 /// Trains a model as `settings` says, logging a run under the run store. `stop` is polled after
@@ -79,19 +91,32 @@ pub fn train(
     run_name: Option<&str>,
     stop: &AtomicBool,
 ) -> Result<TrainOutcome> {
+    train_planned(settings, run_name, stop, &Plan::default())
+}
+
+/// [`train`] with a [`Plan`] (a held-out fold, extra tags).
+pub fn train_planned(
+    settings: &Settings,
+    run_name: Option<&str>,
+    stop: &AtomicBool,
+    plan: &Plan,
+) -> Result<TrainOutcome> {
     let cfg = &settings.config;
     device::set_threads(cfg.train.threads);
     if let Some(file) = settings.pretrained_file() {
         // Refused before a run exists: a wrong file is a set-up error, not a failed run.
         crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &file)?;
     }
-    let data = prepare(settings)?;
+    let data = prepare(settings, plan)?;
     let store = RunStore::new(settings.runs_dir());
     let exp = store.experiment(&cfg.project.name)?;
     let name = run_name
         .map(str::to_string)
         .unwrap_or_else(|| default_run_name(cfg.train.arch.as_str()));
     let mut run = store.create_run(&exp, &name)?;
+    for (k, v) in &plan.tags {
+        run.set_tag(k, v)?;
+    }
     set_active(Some(&run));
     eprintln!(
         "run {} ({}) in {}",
@@ -132,7 +157,7 @@ pub fn abandon_active_run() -> Option<String> {
 }
 
 /// Scans, decodes and splits the dataset; every data error is reported here, before a run exists.
-fn prepare(settings: &Settings) -> Result<Prepared> {
+fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
     let cfg = &settings.config;
     let index = DatasetIndex::scan(&settings.data_dir())?;
     let cache = ImageCache::build(&index.samples, cfg.data.image_size, "decoding");
@@ -156,7 +181,14 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
             "warning: classes are imbalanced: the largest has {max} images, the smallest {min} (more than 5x)"
         );
     }
-    let subsets: Vec<Subset> = match &index.fixed_split {
+    let subsets: Vec<Option<Subset>> = match &index.fixed_split {
+        _ if !plan.held_out.is_empty() => crate::cv::split_rest(
+            &cache,
+            index.classes.len(),
+            &plan.held_out,
+            cfg.data.val_fraction,
+            cfg.data.seed,
+        ),
         Some(fixed) => {
             let by_path: std::collections::HashMap<&str, Subset> = index
                 .samples
@@ -167,7 +199,7 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
             cache
                 .samples
                 .iter()
-                .map(|s| by_path[s.rel.as_str()])
+                .map(|s| Some(by_path[s.rel.as_str()]))
                 .collect()
         }
         None => {
@@ -179,13 +211,16 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
                 cfg.data.val_fraction,
                 cfg.data.seed,
             )
+            .into_iter()
+            .map(Some)
+            .collect()
         }
     };
     let train: Vec<usize> = (0..subsets.len())
-        .filter(|&i| subsets[i] == Subset::Train)
+        .filter(|&i| subsets[i] == Some(Subset::Train))
         .collect();
     let val: Vec<usize> = (0..subsets.len())
-        .filter(|&i| subsets[i] == Subset::Val)
+        .filter(|&i| subsets[i] == Some(Subset::Val))
         .collect();
     if train.is_empty() || val.is_empty() {
         bail!(
@@ -201,9 +236,19 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
         .map(|(s, sub)| SplitRow {
             path: s.rel.clone(),
             class: index.classes[s.class].clone(),
-            subset: sub.as_str().into(),
+            subset: sub.map_or("held_out", Subset::as_str).into(),
         })
         .collect();
+    let t = &cfg.train;
+    let train_classes: Vec<usize> = train.iter().map(|&i| cache.samples[i].class).collect();
+    let weighting = Weighting::new(
+        &t.class_weights,
+        t.class_weight_power,
+        t.sampler,
+        &index.classes,
+        &train_classes,
+    )?;
+    crate::unknown::configured(settings).validate(&index.classes)?;
     eprintln!(
         "dataset {}: {} classes, {} train / {} val images at {}px",
         index.root.display(),
@@ -224,6 +269,7 @@ fn prepare(settings: &Settings) -> Result<Prepared> {
         train,
         val,
         split_rows,
+        weighting,
     })
 }
 
@@ -269,7 +315,14 @@ fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
         ("num_train", data.train.len().to_string()),
         ("num_val", data.val.len().to_string()),
         ("num_skipped", data.cache.skipped.len().to_string()),
+        (
+            "thresholds",
+            crate::unknown::configured(settings).describe(),
+        ),
     ];
+    let params = params
+        .into_iter()
+        .chain(data.weighting.params(&data.classes));
     for (k, v) in params {
         run.log_param(k, &v)?;
     }
@@ -318,12 +371,13 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
     let mut train_seconds = 0f64;
     let mut stopped = false;
     let mut order = data.train.clone();
+    let loss_fn = data.weighting.loss(&device);
 
     for epoch in 1..=t.epochs {
         let mut rng = ChaCha8Rng::seed_from_u64(
             cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
-        order.shuffle(&mut rng);
+        data.weighting.order(&mut order, &data.train, &mut rng);
         model = schedule.begin_epoch(epoch, model);
         let bar = progress::epoch_bar(batches_per_epoch as u64, epoch, t.epochs);
         let t0 = Instant::now();
@@ -342,7 +396,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             );
             let (images, targets) = to_tensors(input, data, batch, &device);
             let logits = model.forward(images);
-            let loss = CrossEntropyLoss::new(None, &device).forward(logits.clone(), targets);
+            let loss = loss_fn.forward(logits.clone(), targets);
             let loss_value: f32 = loss.clone().into_scalar();
             if !loss_value.is_finite() {
                 bail!(
@@ -447,6 +501,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             data_fingerprint: data.cache.fingerprint.clone(),
             metrics,
             class_info: class_info_json(settings)?,
+            thresholds: crate::unknown::configured(settings),
             created_at_ms: fsutil::now_ms(),
         },
         best_model,

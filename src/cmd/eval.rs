@@ -6,9 +6,8 @@ use anyhow::{Result, bail};
 
 use crate::cli::EvalArgs;
 use crate::config::Settings;
-use crate::eval;
-use crate::select;
-use crate::store::Run;
+use crate::store::{self, Run};
+use crate::{coverage, eval, report, select, unknown};
 
 /// Exit code when accuracy is below `--min-accuracy`.
 pub const EXIT_BELOW_GATE: u8 = 3;
@@ -37,6 +36,13 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
             result.skipped[0].0.display()
         );
     }
+    let outcomes = result.outcomes();
+    let curve = coverage::curve(&outcomes, &coverage::THRESHOLDS);
+    let suggested = args
+        .target_accuracy
+        .map(|t| coverage::suggest(&outcomes, t as f64));
+    let thresholds = unknown::effective(settings, &bundle.meta);
+    let under = (!thresholds.is_empty()).then(|| result.under(&thresholds));
     let out_dir = match (&args.out, chosen.run()) {
         (Some(dir), _) => Some(dir.clone()),
         (None, Some(run)) => Some(run.artifacts().join("eval")),
@@ -45,17 +51,65 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
     if let Some(dir) = &out_dir {
         result.write_files(dir)?;
     }
+    let html = match (&out_dir, args.html) {
+        (Some(dir), true) => Some(write_html(&chosen, &bundle, &result, &curve, dir)?),
+        (None, true) => bail!("--html needs a folder for the page: pass --out DIR"),
+        _ => None,
+    };
     if let Some(run) = chosen.run() {
         result.log_to(&Run::open(run.clone()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string(&result.report)?);
+        let mut v = serde_json::to_value(&result.report)?;
+        v["coverage"] = serde_json::to_value(&curve)?;
+        if let Some(s) = &suggested {
+            v["suggested_threshold"] = serde_json::to_value(s)?;
+        }
+        if let Some((cov, acc)) = under {
+            v["thresholds"] = serde_json::json!({
+                "thresholds": thresholds, "coverage": cov, "accuracy": acc,
+            });
+        }
+        if let Some(page) = &html {
+            v["html"] = serde_json::json!(page);
+        }
+        println!("{v}");
     } else {
         println!("{}", result.report.table());
         println!(
             "confusion matrix (rows: true class, columns: predicted)\n{}",
             result.report.confusion_table()
         );
+        println!(
+            "accuracy against coverage (below the threshold the answer is unknown)\n{}",
+            coverage::table(&curve)
+        );
+        if let Some((cov, acc)) = under {
+            println!(
+                "with the model's thresholds ({}): {:.1}% answered, {:.2}% accuracy on those",
+                thresholds.describe(),
+                100.0 * cov,
+                100.0 * acc
+            );
+        }
+        match (&suggested, args.target_accuracy) {
+            (Some(Some(p)), Some(t)) => println!(
+                "for {:.1}% accuracy: min_confidence = {:.4} ({:.1}% answered, {:.2}% accurate); \
+                 set it under [thresholds] in flora.toml",
+                100.0 * t,
+                p.threshold,
+                100.0 * p.coverage,
+                100.0 * p.accuracy
+            ),
+            (Some(None), Some(t)) => println!(
+                "no threshold reaches {:.1}% accuracy on this data",
+                100.0 * t
+            ),
+            _ => {}
+        }
+        if let Some(page) = &html {
+            println!("wrote {}", page.display());
+        }
         if let Some(dir) = &out_dir {
             println!(
                 "wrote confusion_matrix.csv, confusion_matrix.png, misclassified.csv to {}",
@@ -75,4 +129,47 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_BELOW_GATE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `report.html` (and its thumbnails) into `dir`.
+fn write_html(
+    chosen: &select::Chosen,
+    bundle: &crate::bundle::ModelBundle,
+    result: &eval::Evaluation,
+    curve: &[coverage::Point],
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let mut facts = vec![
+        ("model".to_string(), chosen.describe()),
+        ("classes".into(), bundle.meta.classes.join(", ")),
+        (
+            "evaluated images fingerprint".into(),
+            result.fingerprint.clone(),
+        ),
+        (
+            "training data fingerprint".into(),
+            bundle.meta.data_fingerprint.clone(),
+        ),
+    ];
+    let mut params = std::collections::BTreeMap::new();
+    if let Some(run) = chosen.run() {
+        params = store::read_params(run)?;
+    }
+    if !bundle.meta.thresholds.is_empty() {
+        facts.push(("thresholds".into(), bundle.meta.thresholds.describe()));
+    }
+    let page = report::Page {
+        title: format!(
+            "flora eval: {}",
+            bundle.meta.run_name.as_deref().unwrap_or("model")
+        ),
+        report: &result.report,
+        images: result.images(),
+        coverage: curve.to_vec(),
+        facts,
+        params,
+        tables: Vec::new(),
+        issues: None,
+    };
+    report::write(dir, &page)
 }

@@ -37,7 +37,7 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
     let sorter = match &chosen {
         Some(c) => {
             eprintln!("model: {}", c.describe());
-            Some(merge::sorter(c)?)
+            Some(merge::sorter(settings, c)?)
         }
         None => {
             eprintln!(

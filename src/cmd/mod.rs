@@ -1,6 +1,7 @@
 //! One function per subcommand: turn parsed arguments into library calls and print the result.
 //! Each returns the process exit code.
 
+pub mod cv;
 pub mod eval;
 pub mod health;
 pub mod init;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => promote::status(&Settings::load(cli.config.as_deref())?, &args),
         Command::Merge(args) => merge::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Label(args) => label::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Cv(args) => cv::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Health(args) => health::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }

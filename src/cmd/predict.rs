@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::bundle::ModelBundle;
 use crate::cli::PredictArgs;
 use crate::config::Settings;
-use crate::{explain, fsutil, imaging, infer, select};
+use crate::{explain, fsutil, imaging, infer, select, unknown};
 
 /// Predicts every image named or found in the folders; exits 1 if any named file failed.
 pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
@@ -20,6 +20,7 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
     let (files, mut failures) = collect(&args.paths);
     let results = infer::predict_files(&bundle, &files, "predicting");
     let k = args.top_k.max(1).min(bundle.meta.classes.len());
+    let thresholds = unknown::effective(settings, &bundle.meta);
     let model_json = json!({
         "run_id": bundle.meta.run_id,
         "slot": chosen.slot().map(|s| s.as_str()),
@@ -38,7 +39,12 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
             }
         };
         let top = bundle.top_k(&probs, k);
-        let info = bundle.meta.class_info.get(&top[0].class);
+        let is_unknown = thresholds.is_unknown(&top[0]);
+        let answer = thresholds.answer(&top[0]);
+        let info = match is_unknown {
+            true => None,
+            false => bundle.meta.class_info.get(&top[0].class),
+        };
         let explanation = match args.explain {
             true => match explain_file(&bundle, path, &probs, &args.explain_dir, &mut explained) {
                 Ok(out) => Some(out),
@@ -53,8 +59,9 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
         if args.json {
             let mut line = json!({
                 "path": path.display().to_string(),
-                "class": top[0].class,
+                "class": answer,
                 "confidence": top[0].confidence,
+                "unknown": is_unknown,
                 "top_k": top,
                 "model": model_json,
             });
@@ -66,14 +73,15 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
             }
             println!("{line}");
         } else {
-            let runners: Vec<String> = top[1..]
+            // Below its threshold the answer is unknown and every top class is a runner-up.
+            let runners: Vec<String> = top[usize::from(!is_unknown)..]
                 .iter()
                 .map(|s| format!("{} {:.1}%", s.class, 100.0 * s.confidence))
                 .collect();
             println!(
                 "{:<40} {:<16} {:>6.1}%  {}",
                 path.display(),
-                top[0].class,
+                answer,
                 100.0 * top[0].confidence,
                 runners.join(", ")
             );

@@ -12,6 +12,18 @@ use crate::store::RunStatus;
 
 /// Trains with the config plus the flags; exit 0 when FINISHED, 130 when interrupted.
 pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
+    let settings = apply(settings, args)?;
+    let stop = stop_on_signals()?;
+    let outcome = crate::train::train(&settings, args.name.as_deref(), &stop)?;
+    println!("{}", crate::train::summary(&outcome));
+    Ok(match outcome.status {
+        RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// The config with the flags applied, validated.
+pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     let mut settings = settings.clone();
     let (d, t) = (&mut settings.config.data, &mut settings.config.train);
     if let Some(p) = &args.data {
@@ -45,6 +57,12 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     if let Some(v) = args.width {
         t.width = v;
     }
+    if let Some(w) = &args.class_weights {
+        t.class_weights = w.clone();
+    }
+    if let Some(v) = args.sampler {
+        t.sampler = v;
+    }
     if let Some(p) = &args.pretrained {
         // Relative to the current folder, like --data.
         t.pretrained = Some(std::path::absolute(p)?);
@@ -53,7 +71,11 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     if let Some(name) = &args.name {
         crate::store::checked_name("run", name)?;
     }
+    Ok(settings)
+}
 
+/// A flag set by Ctrl-C, SIGTERM or SIGHUP.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // Ctrl-C, SIGTERM and SIGHUP: the first stops after the batch; a second quits at once,
@@ -67,10 +89,5 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
         }
         eprintln!("\ninterrupt: stopping after this batch (Ctrl-C again to quit at once)");
     })?;
-    let outcome = crate::train::train(&settings, args.name.as_deref(), &stop)?;
-    println!("{}", crate::train::summary(&outcome));
-    Ok(match outcome.status {
-        RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
-        _ => ExitCode::SUCCESS,
-    })
+    Ok(stop)
 }

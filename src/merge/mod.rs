@@ -278,9 +278,11 @@ pub fn choose_model(settings: &Settings, args: &ModelArgs) -> Result<Option<Chos
     }
 }
 
-/// Loads a chosen model as a [`Sorter`].
-pub fn sorter(chosen: &Chosen) -> Result<Sorter> {
+/// Loads a chosen model as a [`Sorter`], with the thresholds it answers with (the config's
+/// `[thresholds]` when set, else the bundle's).
+pub fn sorter(settings: &Settings, chosen: &Chosen) -> Result<Sorter> {
     let bundle = chosen.load()?;
+    let thresholds = crate::unknown::effective(settings, &bundle.meta);
     let run_id = bundle
         .meta
         .run_id
@@ -291,6 +293,7 @@ pub fn sorter(chosen: &Chosen) -> Result<Sorter> {
         bundle,
         slot: chosen.slot().map(|s| s.to_string()).unwrap_or_default(),
         run_id,
+        thresholds,
     })
 }
 
@@ -331,8 +334,13 @@ impl MergeReport {
                 .filter(|r| matches!(r.action, Action::Inbox | Action::Accepted))
                 .map(|r| r.predicted_class.as_str())
                 .collect();
+            let unknown = self
+                .rows
+                .iter()
+                .filter(|r| r.action == Action::Inbox && r.reason.starts_with("unknown"))
+                .count();
             format!(
-                "pre-sorted into {} class{}, {accepted} accepted",
+                "pre-sorted into {} class{}, {accepted} accepted, {unknown} unknown left unsorted",
                 classes.len(),
                 if classes.len() == 1 { "" } else { "es" }
             )

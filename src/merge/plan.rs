@@ -20,6 +20,8 @@ pub struct Sorter {
     pub bundle: ModelBundle,
     pub slot: String,
     pub run_id: String,
+    /// Below these an image stays in the inbox's own folder (see [`crate::unknown`]).
+    pub thresholds: crate::unknown::Thresholds,
 }
 
 /// What a scan of collected_data found.
@@ -262,7 +264,13 @@ pub fn plan(
                         row.slot = s.slot.clone();
                         row.run_id = s.run_id.clone();
                         row.predicted_by = "merge".into();
-                        if accept_above.is_some_and(|t| top.confidence >= t) {
+                        if s.thresholds.is_unknown(&top) {
+                            row.reason = format!(
+                                "unknown: confidence below {}",
+                                s.thresholds.for_class(&top.class).unwrap_or_default()
+                            );
+                            layout.inbox.join(name)
+                        } else if accept_above.is_some_and(|t| top.confidence >= t) {
                             row.action = Action::Accepted;
                             accept_root.join(folder(&top.class)).join(name)
                         } else {

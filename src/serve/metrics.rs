@@ -64,6 +64,7 @@ pub struct Metrics {
     batch_size: Histogram,
     confidence: Histogram,
     low_confidence: Counter,
+    unknown: Family<PredictionLabels, Counter>,
     live_slot: Family<SlotLabels, Gauge>,
     model_info: Family<ModelLabels, Gauge>,
     model_accuracy: Family<ModelLabels, FloatGauge>,
@@ -130,6 +131,13 @@ impl Metrics {
             "flora_low_confidence",
             format!("Predictions whose confidence was below {low_confidence} (a drift signal)"),
             low.clone(),
+        );
+        let unknown = Family::<PredictionLabels, Counter>::default();
+        registry.register(
+            "flora_unknown_answers",
+            "Predictions answered \"unknown\" (top class below its min_confidence), by slot and \
+             the top class",
+            unknown.clone(),
         );
         let live_slot = Family::<SlotLabels, Gauge>::default();
         registry.register(
@@ -215,6 +223,7 @@ impl Metrics {
             batch_size,
             confidence,
             low_confidence: low,
+            unknown,
             live_slot,
             model_info,
             model_accuracy,
@@ -256,6 +265,16 @@ impl Metrics {
         if confidence < low_threshold {
             self.low_confidence.inc();
         }
+    }
+
+    /// Counts one prediction answered "unknown"; `top_class` is the class below its threshold.
+    pub fn unknown(&self, slot: &str, top_class: &str) {
+        self.unknown
+            .get_or_create(&PredictionLabels {
+                slot: slot.into(),
+                class: top_class.into(),
+            })
+            .inc();
     }
 
     /// Counts one failure.

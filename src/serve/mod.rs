@@ -68,6 +68,8 @@ pub struct App {
     /// SHA-256 of the admin token, if one is configured.
     pub admin_token_sha256: Option<[u8; 32]>,
     pub low_confidence: f32,
+    /// `[thresholds]` of the config: when set, it replaces each model's own thresholds.
+    pub thresholds: crate::unknown::Thresholds,
     pub max_body_bytes: usize,
     pub stall_timeout: Duration,
     pub request_timeout: Duration,
@@ -198,6 +200,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         base: settings.base.clone(),
         admin_token_sha256: admin_token.map(|t| crate::fingerprint::sha256(t.as_bytes())),
         low_confidence: cfg.low_confidence,
+        thresholds: crate::unknown::configured(settings),
         max_body_bytes: cfg.max_body_bytes,
         stall_timeout: Duration::from_secs(cfg.stall_timeout_secs),
         request_timeout: Duration::from_secs(cfg.request_timeout_secs),

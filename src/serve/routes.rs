@@ -186,9 +186,21 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     let k = query.top_k.unwrap_or(3).clamp(1, classes);
     let top = model.bundle.top_k(&probs, k);
     let best = top[0].clone();
+    let thresholds = match app.thresholds.is_empty() {
+        true => &model.bundle.meta.thresholds,
+        false => &app.thresholds,
+    };
+    let is_unknown = thresholds.is_unknown(&best);
+    let answer = thresholds.answer(&best).to_string();
     app.metrics
-        .prediction(label, &best.class, best.confidence, app.low_confidence);
-    let info = model.bundle.meta.class_info.get(&best.class);
+        .prediction(label, &answer, best.confidence, app.low_confidence);
+    if is_unknown {
+        app.metrics.unknown(label, &best.class);
+    }
+    let info = match is_unknown {
+        true => None,
+        false => model.bundle.meta.class_info.get(&best.class),
+    };
 
     let (collected, collection) = if app.collect {
         let mut sidecar = Sidecar {
@@ -247,8 +259,9 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
         "model_used": label,
         "run_id": model.bundle.meta.run_id,
         "prediction": {
-            "class": best.class,
+            "class": answer,
             "confidence": best.confidence,
+            "unknown": is_unknown,
             "info": info,
         },
         "top_k": top,
@@ -258,7 +271,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     .into_response();
     resp.extensions_mut().insert(access::Answered {
         slot: label,
-        class: best.class,
+        class: answer,
     });
     Ok(resp)
 }

@@ -1,0 +1,26 @@
+//! `flora cv --folds K`: cross-validation with a label-error audit; Ctrl-C exits 130.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::CvArgs;
+use crate::config::Settings;
+use crate::cv;
+
+/// Runs the folds with the config plus the train flags and prints the summary.
+pub fn run(settings: &Settings, args: &CvArgs) -> Result<ExitCode> {
+    let settings = super::train::apply(settings, &args.train)?;
+    let stop = super::train::stop_on_signals()?;
+    match cv::cross_validate(&settings, args.folds, args.train.name.as_deref(), &stop) {
+        Ok(outcome) => {
+            println!("{}", cv::summary(&outcome));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is::<cv::Interrupted>() => {
+            eprintln!("{e}: the runs are marked KILLED");
+            Ok(ExitCode::from(super::EXIT_INTERRUPTED))
+        }
+        Err(e) => Err(e),
+    }
+}
