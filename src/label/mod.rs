@@ -57,7 +57,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
     let model = match &chosen {
         Some(c) => {
             eprintln!("model: {}", c.describe());
-            Some(merge::sorter(c)?)
+            Some(merge::sorter(settings, c)?)
         }
         None => {
             eprintln!("no model (no live slot, no --model/--run/--slot):");
