@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod collect;
@@ -24,9 +25,11 @@ pub mod ops;
 pub mod plot;
 pub mod progress;
 pub mod promote;
+pub mod push;
 pub mod registry;
 pub mod select;
 pub mod serve;
 pub mod split;
 pub mod store;
+pub mod sweep;
 pub mod train;

@@ -4,13 +4,16 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::RunsArgs;
+use crate::cli::{RunsArgs, RunsCommand};
 use crate::config::Settings;
 use crate::store::{self, RunStore};
 
 /// Prints one row (or JSON line) per run: id, name, status, best val accuracy. A RUNNING run
 /// whose process is gone shows as CRASHED.
 pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
+    if let Some(RunsCommand::Push(push)) = &args.command {
+        return crate::push::run(settings, push);
+    }
     let store = RunStore::new(settings.runs_dir());
     let runs = store.runs()?;
     if !args.json {
