@@ -346,7 +346,6 @@ fn fit(
     let mut train_images = 0usize;
     let mut train_seconds = 0f64;
     let mut stopped = false;
-    let mut order = data.train.clone();
     let mut first_epoch = 1;
     if let Some(ck) = checkpoint {
         (model, optim) = ck.restore(model, optim)?;
@@ -372,6 +371,7 @@ fn fit(
         let epoch_seed = cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         device.seed(epoch_seed ^ 0xD1B5_4A32_D192_ED03);
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
+        let mut order = data.train.clone();
         order.shuffle(&mut rng);
         model = schedule.begin_epoch(epoch, model);
         let bar = progress::epoch_bar(batches_per_epoch as u64, epoch, t.epochs);
