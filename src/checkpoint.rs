@@ -129,7 +129,8 @@ pub fn save(
         fsutil::write_atomic(&tmp.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)?;
         if dir.exists() {
             // Left by a run killed after this epoch's folder but before its pointer.
-            std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("replacing {}", dir.display()))?;
         }
         std::fs::rename(&tmp, &dir).with_context(|| format!("moving {}", dir.display()))?;
         fsutil::sync_dir(&root);
@@ -312,7 +313,10 @@ impl Resume {
                 info.run_name
             ),
             (RunStatus::Scheduled, _) => {
-                bail!("run {} is SCHEDULED, not a flora training run", info.run_name)
+                bail!(
+                    "run {} is SCHEDULED, not a flora training run",
+                    info.run_name
+                )
             }
             _ => {}
         }
@@ -408,7 +412,8 @@ pub fn save_bundle(bundle: &crate::bundle::ModelBundle, dir: &Path) -> Result<()
     bundle.save(&new)?;
     let old = fsutil::temp_sibling(dir);
     std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
-    std::fs::rename(&new, dir).with_context(|| format!("moving the new bundle to {}", dir.display()))?;
+    std::fs::rename(&new, dir)
+        .with_context(|| format!("moving the new bundle to {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
     if let Some(parent) = dir.parent() {
         fsutil::sync_dir(parent);
@@ -427,8 +432,8 @@ fn run_settings(current: &Settings, info: &RunInfo) -> Result<Settings> {
     let path = info.artifacts().join("config.toml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut config: Config =
-        toml::from_str(&text).with_context(|| format!("{} is not a flora config", path.display()))?;
+    let mut config: Config = toml::from_str(&text)
+        .with_context(|| format!("{} is not a flora config", path.display()))?;
     let params = store::read_params(info)?;
     if let Some(dir) = params.get("data.dir") {
         config.data.dir = PathBuf::from(dir);

@@ -28,7 +28,12 @@ const SECTIONS: [&str; 2] = ["data", "train"];
 #[derive(Debug, Clone, PartialEq)]
 enum Domain {
     List(Vec<toml::Value>),
-    Range { lo: f64, hi: f64, log: bool, int: bool },
+    Range {
+        lo: f64,
+        hi: f64,
+        log: bool,
+        int: bool,
+    },
 }
 
 /// One swept key.
@@ -145,13 +150,22 @@ fn resolve_key(known: &BTreeMap<String, Option<toml::Value>>, key: &str) -> Resu
             0 => {}
             _ => bail!(
                 "sweep key '{key}' is in several sections ({}): write the section too",
-                matches.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                matches
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
     let hint = known
         .keys()
-        .map(|k| (edit_distance(k.split_once('.').map_or(k, |(_, k)| k), key), k))
+        .map(|k| {
+            (
+                edit_distance(k.split_once('.').map_or(k, |(_, k)| k), key),
+                k,
+            )
+        })
         .chain(known.keys().map(|k| (edit_distance(k, key), k)))
         .min()
         .filter(|(d, _)| *d <= 3)
@@ -159,7 +173,11 @@ fn resolve_key(known: &BTreeMap<String, Option<toml::Value>>, key: &str) -> Resu
         .unwrap_or_default();
     bail!(
         "sweep key '{key}' is not a [data] or [train] key of flora.toml{hint}; the keys are: {}",
-        known.keys().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        known
+            .keys()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -169,7 +187,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -196,7 +218,9 @@ fn parse_spec(table: &toml::Value, spec: &str) -> Result<Vec<Axis>> {
         axes.push(Axis { key, domain });
     }
     if axes.is_empty() {
-        bail!("--sweep is empty: give key=values, e.g. \"learning_rate=1e-3,3e-4 batch_size=32,64\"");
+        bail!(
+            "--sweep is empty: give key=values, e.g. \"learning_rate=1e-3,3e-4 batch_size=32,64\""
+        );
     }
     Ok(axes)
 }
@@ -204,7 +228,10 @@ fn parse_spec(table: &toml::Value, spec: &str) -> Result<Vec<Axis>> {
 /// One key's values, typed like the key's current value.
 fn parse_values(key: &str, current: Option<&toml::Value>, text: &str) -> Result<Domain> {
     let numeric = |v: Option<&toml::Value>| {
-        matches!(v, None | Some(toml::Value::Integer(_) | toml::Value::Float(_)))
+        matches!(
+            v,
+            None | Some(toml::Value::Integer(_) | toml::Value::Float(_))
+        )
     };
     if let Some((lo, hi)) = text.split_once("..") {
         let (hi, log) = match hi.strip_suffix(":log") {
@@ -375,9 +402,9 @@ pub fn run(
 ) -> Result<SweepOutcome> {
     let store = RunStore::new(settings.runs_dir());
     let exp = store.experiment(&settings.config.project.name)?;
-    let name = name.map(str::to_string).unwrap_or_else(|| {
-        format!("sweep-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"))
-    });
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("sweep-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S")));
     let parent = store.create_run(&exp, &name)?;
     *PARENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(parent.clone());
     let result = run_trials(settings, plan, &parent, stop);
@@ -530,7 +557,14 @@ fn finish(
     table.push('\n');
     let mut csv = csv::Writer::from_writer(Vec::new());
     let mut header = vec![
-        "rank", "trial", "run_name", "run_id", "status", "val_accuracy", "val_loss", "best_epoch",
+        "rank",
+        "trial",
+        "run_name",
+        "run_id",
+        "status",
+        "val_accuracy",
+        "val_loss",
+        "best_epoch",
     ];
     header.extend(plan.keys.iter().map(String::as_str));
     csv.write_record(&header)?;
@@ -573,7 +607,11 @@ fn finish(
         .first()
         .and_then(|r| r.acc.map(|a| (r.name.clone(), r.id.clone(), a)));
     if let Some((name, id, acc)) = &best {
-        let _ = writeln!(table, "\nbest run: {name} ({id}), val accuracy {:.2}%", 100.0 * acc);
+        let _ = writeln!(
+            table,
+            "\nbest run: {name} ({id}), val accuracy {:.2}%",
+            100.0 * acc
+        );
         parent.set_tag("flora.sweep.best_run_id", id)?;
         parent.set_tag("flora.sweep.best_run_name", name)?;
         parent.log_metric("best_val_accuracy", *acc, 0)?;
@@ -602,7 +640,12 @@ mod tests {
     #[test]
     fn grid_is_the_product_and_keys_resolve() {
         let base = Config::default();
-        let plan = Plan::new(&base, "learning_rate=1e-3,3e-4 train.batch_size=32,64", None).unwrap();
+        let plan = Plan::new(
+            &base,
+            "learning_rate=1e-3,3e-4 train.batch_size=32,64",
+            None,
+        )
+        .unwrap();
         assert_eq!(plan.keys, ["train.learning_rate", "train.batch_size"]);
         assert_eq!(plan.trials.len(), 4);
         assert_eq!(plan.trials[1].1.train.batch_size, 64);

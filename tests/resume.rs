@@ -52,7 +52,10 @@ fn run_dir(dir: &Path, name: &str) -> Option<PathBuf> {
         .flatten()
         .map(|e| e.into_path())
         .find(|r| {
-            std::fs::read_to_string(r.join("tags/mlflow.runName")).ok().as_deref() == Some(name)
+            std::fs::read_to_string(r.join("tags/mlflow.runName"))
+                .ok()
+                .as_deref()
+                == Some(name)
         })
 }
 
@@ -66,7 +69,13 @@ fn last_checkpoint(run: &Path) -> usize {
 
 /// Runs `flora ARGS` until run `name` has a checkpoint of epoch `epoch` or later, then sends
 /// `signal` and waits for the process to end.
-fn stop_after_epoch(dir: &Path, args: &[&str], name: &str, epoch: usize, signal: i32) -> ExitStatus {
+fn stop_after_epoch(
+    dir: &Path,
+    args: &[&str],
+    name: &str,
+    epoch: usize,
+    signal: i32,
+) -> ExitStatus {
     let mut child = flora2(dir, args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -77,7 +86,10 @@ fn stop_after_epoch(dir: &Path, args: &[&str], name: &str, epoch: usize, signal:
         if run_dir(dir, name).is_some_and(|r| last_checkpoint(&r) >= epoch) {
             break;
         }
-        assert!(Instant::now() < deadline, "epoch {epoch} of {name} not reached in time");
+        assert!(
+            Instant::now() < deadline,
+            "epoch {epoch} of {name} not reached in time"
+        );
         assert!(
             child.try_wait().unwrap().is_none(),
             "{name} ended before epoch {epoch}'s checkpoint"
@@ -133,7 +145,11 @@ fn assert_same_run(a: &Path, b: &Path, epochs: usize) {
     }
     for key in ["val_accuracy", "epoch_seconds", "images_per_second"] {
         let steps: Vec<u64> = metric(b, key).iter().map(|m| m.1).collect();
-        assert_eq!(steps, (1..=epochs as u64).collect::<Vec<_>>(), "steps of {key}");
+        assert_eq!(
+            steps,
+            (1..=epochs as u64).collect::<Vec<_>>(),
+            "steps of {key}"
+        );
     }
     let meta = |r: &Path| -> serde_json::Value {
         let text = std::fs::read_to_string(r.join("artifacts/model/bundle.json")).unwrap();
@@ -167,7 +183,10 @@ fn a_killed_cnn_run_resumes_to_the_same_end_and_bad_resumes_are_refused() {
     let meta_before = std::fs::read_to_string(cut.join("meta.yaml")).unwrap();
     let err = fails2(p, &["train", "--resume", "cut"]);
     assert!(err.contains("changed") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read_to_string(cut.join("meta.yaml")).unwrap(), meta_before);
+    assert_eq!(
+        std::fs::read_to_string(cut.join("meta.yaml")).unwrap(),
+        meta_before
+    );
     std::fs::remove_file(&extra).unwrap();
     // Flags that would change the run are refused with --resume.
     let err = fails2(p, &["train", "--resume", "cut", "--epochs", "3"]);
@@ -207,8 +226,8 @@ fn a_killed_cnn_run_resumes_to_the_same_end_and_bad_resumes_are_refused() {
 fn mobilenet_phases_and_plateau_survive_a_ctrl_c_and_a_kill() {
     let dir = project(12, 6);
     let p = dir.path();
-    let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mobilenet/torchvision_w050.pth");
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mobilenet/torchvision_w050.pth");
     config(
         p,
         16,

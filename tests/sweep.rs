@@ -77,7 +77,12 @@ fn a_grid_sweep_runs_each_trial_as_a_child_and_ranks_them() {
             )
         );
     }
-    let want = [("0.003", "8"), ("0.003", "16"), ("0.001", "8"), ("0.001", "16")];
+    let want = [
+        ("0.003", "8"),
+        ("0.003", "16"),
+        ("0.001", "8"),
+        ("0.001", "16"),
+    ];
     assert_eq!(
         seen,
         want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
@@ -96,7 +101,10 @@ fn a_grid_sweep_runs_each_trial_as_a_child_and_ranks_them() {
     let best_id = read(parent.join("tags/flora.sweep.best_run_id"));
     let best_name = read(parent.join("tags/flora.sweep.best_run_name"));
     assert_eq!(id_of(&all[&best_name]), best_id);
-    assert!(table.contains(&format!("best run: {best_name} ({best_id})")), "{table}");
+    assert!(
+        table.contains(&format!("best run: {best_name} ({best_id})")),
+        "{table}"
+    );
     let best_acc: f64 = read(all[&best_name].join("metrics/best_val_accuracy"))
         .split(' ')
         .nth(1)
@@ -148,7 +156,10 @@ fn bad_sweeps_are_refused_before_anything_trains() {
         ("serve.port=1,2", "not a [data] or [train] key"),
         ("batch_size=16,0", "train.batch_size must be at least 1"),
         ("batch_size=16,2.5", "takes an integer"),
-        ("learning_rate=0.01,-1", "train.learning_rate = -1 must be a positive number"),
+        (
+            "learning_rate=0.01,-1",
+            "train.learning_rate = -1 must be a positive number",
+        ),
         ("arch=cnn,resnet", "resnet"),
         ("image_size=16,4", "data.image_size = 4 is out of range"),
         ("learning_rate=1e-4..1e-2", "--trials"),
@@ -199,9 +210,20 @@ fn ctrl_c_stops_the_sweep_after_the_current_trial() {
     );
     let all = runs(p);
     assert_eq!(all.len(), 2, "no trial after the stop: {:?}", all.keys());
-    assert_eq!(yaml(&all["stopme"].join("meta.yaml"))["status"], "5", "parent KILLED");
-    assert_eq!(yaml(&all["stopme-1"].join("meta.yaml"))["status"], "5", "trial KILLED");
-    assert!(stdout.contains("stopped: 1 of 3 trials ran, 2 not started"), "{stdout}");
+    assert_eq!(
+        yaml(&all["stopme"].join("meta.yaml"))["status"],
+        "5",
+        "parent KILLED"
+    );
+    assert_eq!(
+        yaml(&all["stopme-1"].join("meta.yaml"))["status"],
+        "5",
+        "trial KILLED"
+    );
+    assert!(
+        stdout.contains("stopped: 1 of 3 trials ran, 2 not started"),
+        "{stdout}"
+    );
     assert!(stdout.contains("stopme-1"), "{stdout}");
     assert!(all["stopme"].join("artifacts/sweep.csv").exists());
 }

@@ -49,25 +49,11 @@ impl Client {
             );
         }
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let auth = match (
+        let auth = auth_header(
             env("MLFLOW_TRACKING_TOKEN"),
             env("MLFLOW_TRACKING_USERNAME"),
             env("MLFLOW_TRACKING_PASSWORD"),
-        ) {
-            (Some(token), _, _) => Some(format!("Bearer {token}")),
-            (None, Some(user), password) => {
-                use base64::Engine;
-                let pair = format!("{user}:{}", password.unwrap_or_default());
-                Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ))
-            }
-            (None, None, Some(_)) => {
-                bail!("MLFLOW_TRACKING_PASSWORD is set without MLFLOW_TRACKING_USERNAME")
-            }
-            (None, None, None) => None,
-        };
+        )?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -192,6 +178,30 @@ impl Client {
     }
 }
 
+/// The `Authorization` header MLflow's clients send: `Bearer <token>` when a token is set,
+/// else HTTP basic with the user name and password.
+fn auth_header(
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+) -> Result<Option<String>> {
+    use base64::Engine;
+    Ok(match (token, user, password) {
+        (Some(token), _, _) => Some(format!("Bearer {token}")),
+        (None, Some(user), password) => {
+            let pair = format!("{user}:{}", password.unwrap_or_default());
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+        }
+        (None, None, Some(_)) => {
+            bail!("MLFLOW_TRACKING_PASSWORD is set without MLFLOW_TRACKING_USERNAME")
+        }
+        (None, None, None) => None,
+    })
+}
+
 /// Whether `err` is the server's "no such resource" answer.
 pub fn is_not_found(err: &anyhow::Error) -> bool {
     err.downcast_ref::<ApiError>().is_some_and(|e| {
@@ -210,4 +220,25 @@ pub fn encode_path(path: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_headers_as_mlflow_sends_them() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            auth_header(None, s("Aladdin"), s("open sesame")).unwrap(),
+            s("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")
+        );
+        assert_eq!(
+            auth_header(s("tok"), s("u"), s("p")).unwrap(),
+            s("Bearer tok")
+        );
+        assert_eq!(auth_header(None, None, None).unwrap(), None);
+        assert!(auth_header(None, None, s("p")).is_err());
+        assert_eq!(encode_path("model/a b#.bpk"), "model/a%20b%23.bpk");
+    }
 }

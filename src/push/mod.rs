@@ -194,7 +194,10 @@ fn push_one(
                 let bytes =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 client
-                    .put_artifact(&format!("{}/{}", encode_path(&base), encode_path(rel)), bytes)
+                    .put_artifact(
+                        &format!("{}/{}", encode_path(&base), encode_path(rel)),
+                        bytes,
+                    )
                     .with_context(|| format!("uploading artifact {rel}"))?;
             }
         }
@@ -272,7 +275,10 @@ mod tests {
 
     #[test]
     fn proxy_paths() {
-        assert_eq!(proxy_path("mlflow-artifacts:/1/abc/artifacts").unwrap(), "1/abc/artifacts");
+        assert_eq!(
+            proxy_path("mlflow-artifacts:/1/abc/artifacts").unwrap(),
+            "1/abc/artifacts"
+        );
         assert_eq!(
             proxy_path("mlflow-artifacts://host:5000/1/abc/artifacts").unwrap(),
             "1/abc/artifacts"
