@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use crate::bundle::{BUNDLE_FORMAT, BundleMeta, Engine, ModelBundle, run_bundle_dir};
 use crate::cache::ImageCache;
 use crate::checkpoint::{self, Checkpoint, LoopState, Resume};
-use crate::config::Settings;
+use crate::config::{Settings, TrainConfig};
 use crate::dataset::{DatasetIndex, Subset};
 use crate::finetune::{self, Schedule};
 use crate::imaging::{self, Normalization};
@@ -357,10 +357,8 @@ fn fit(
         since_best = ck.state.since_best;
         (train_images, train_seconds) = (ck.state.train_images, ck.state.train_seconds);
         first_epoch = ck.state.epoch + 1;
-        // The run may have been stopped by early stopping's own epoch.
-        let e = ck.state.epoch;
-        if t.patience > 0 && since_best >= t.patience && e < t.epochs && schedule.may_stop_early(e)
-        {
+        // Stopped right at the epoch where early stopping ended the run: it stays ended.
+        if stops_early(t, &schedule, ck.state.epoch, since_best) {
             first_epoch = t.epochs + 1;
         }
     }
@@ -468,11 +466,7 @@ fn fit(
             stopped = true;
             break;
         }
-        if t.patience > 0
-            && since_best >= t.patience
-            && epoch < t.epochs
-            && schedule.may_stop_early(epoch)
-        {
+        if stops_early(t, &schedule, epoch, since_best) {
             eprintln!(
                 "early stopping: no better val accuracy for {} epochs",
                 t.patience
@@ -531,6 +525,11 @@ fn fit(
         bundle_dir: Some(bundle_dir),
         phases: finetune::describe(&history.iter().map(|s| s.phase.as_str()).collect::<Vec<_>>()),
     })
+}
+
+/// Whether early stopping ends the run after `epoch`, `since_best` epochs after the best.
+fn stops_early(t: &TrainConfig, schedule: &Schedule, epoch: usize, since_best: usize) -> bool {
+    t.patience > 0 && since_best >= t.patience && epoch < t.epochs && schedule.may_stop_early(epoch)
 }
 
 /// Normalised CHW floats for the batch, augmented when asked. Each image gets its own RNG

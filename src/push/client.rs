@@ -42,7 +42,7 @@ impl Client {
         let rest = base
             .strip_prefix("http://")
             .or_else(|| base.strip_prefix("https://"));
-        if !rest.is_some_and(|r| !r.is_empty()) {
+        if rest.is_none_or(|r| r.is_empty()) {
             bail!(
                 "--to {url:?} is not an http(s) URL of an MLflow tracking server \
                  (e.g. http://127.0.0.1:5000 or https://dagshub.com/USER/REPO.mlflow)"

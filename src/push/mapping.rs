@@ -100,14 +100,22 @@ impl Payload {
     }
 }
 
-/// The run's artifact files (relative `/`-separated paths) to upload, and the folders left out:
-/// `checkpoints/` is resume state, kept local.
-pub fn artifact_files(info: &RunInfo) -> Result<(Vec<(String, PathBuf)>, Vec<String>)> {
+/// A run's artifacts as a push sends them.
+#[derive(Debug, Default)]
+pub struct Artifacts {
+    /// Relative `/`-separated path and local file, for each file to upload.
+    pub files: Vec<(String, PathBuf)>,
+    /// What is left out, said in words (`checkpoints/` is resume state, kept local).
+    pub skipped: Vec<String>,
+}
+
+/// The run's artifact files to upload, and the folders left out.
+pub fn artifact_files(info: &RunInfo) -> Result<Artifacts> {
     let root = info.artifacts();
     let mut files = Vec::new();
     let mut skipped = Vec::new();
     if !root.is_dir() {
-        return Ok((files, skipped));
+        return Ok(Artifacts { files, skipped });
     }
     let mut walk = walkdir::WalkDir::new(&root).sort_by_file_name().into_iter();
     while let Some(entry) = walk.next() {
@@ -129,7 +137,7 @@ pub fn artifact_files(info: &RunInfo) -> Result<(Vec<(String, PathBuf)>, Vec<Str
             files.push((rel, entry.into_path()));
         }
     }
-    Ok((files, skipped))
+    Ok(Artifacts { files, skipped })
 }
 
 fn relative(root: &Path, path: &Path) -> String {

@@ -187,7 +187,7 @@ fn push_one(
     let artifact_uri = created["run"]["info"]["artifact_uri"]
         .as_str()
         .unwrap_or_default();
-    let (files, skipped) = artifact_files(info)?;
+    let mapping::Artifacts { files, skipped } = artifact_files(info)?;
     match proxy_path(artifact_uri) {
         Some(base) => {
             for (rel, path) in &files {
