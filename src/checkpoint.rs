@@ -71,7 +71,6 @@ pub struct Checkpoint {
     pub state: LoopState,
     pub history: Vec<EpochStats>,
     dir: PathBuf,
-    best_dir: Option<PathBuf>,
 }
 
 /// Serialises an `f64` as its shortest exact decimal text (`inf` included): JSON numbers read
@@ -227,12 +226,10 @@ impl Checkpoint {
                 state.epoch
             );
         }
-        let best_dir = pointed(&root, "best")?;
         Ok(Self {
             state,
             history,
             dir,
-            best_dir,
         })
     }
 
@@ -256,11 +253,14 @@ impl Checkpoint {
         Ok((model, optim))
     }
 
-    /// The best epoch's weights, loaded into `model` (in validation mode), with its stats.
+    /// The best epoch's weights, loaded into `model`, with its stats. Its folder is named from
+    /// the state (the `best` pointer may lag it by one epoch when a run was killed between the
+    /// two pointers; either folder is kept until both pointers are written).
     pub fn best(&self, model: Classifier) -> Result<Option<(EpochStats, Classifier)>> {
-        let (Some(epoch), Some(dir)) = (self.state.best_epoch, &self.best_dir) else {
+        let Some(epoch) = self.state.best_epoch else {
             return Ok(None);
         };
+        let dir = self.dir.with_file_name(format!("epoch-{epoch:04}"));
         let stats = self
             .history
             .iter()
@@ -452,4 +452,77 @@ fn run_settings(current: &Settings, info: &RunInfo) -> Result<Settings> {
         base: current.base.clone(),
         file: current.file.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finetune::Schedule;
+
+    fn stats(epoch: usize, val_accuracy: f64) -> EpochStats {
+        EpochStats {
+            epoch,
+            train_loss: 1.0 / epoch as f64,
+            train_accuracy: 0.5,
+            val_loss: 0.1 + 1.0 / 3.0,
+            val_accuracy,
+            learning_rate: 3e-4,
+            epoch_seconds: 0.25,
+            images_per_second: 100.0,
+            phase: "full".into(),
+        }
+    }
+
+    #[test]
+    fn last_and_best_are_kept_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(dir.path());
+        let exp = store.experiment("t").unwrap();
+        let run = store.create_run(&exp, "r").unwrap();
+        let device = crate::device::training();
+        let model = Classifier::new(crate::model::Arch::Cnn, 3, 0.0, &device);
+        let optim = burn::optim::AdamConfig::new().init();
+        let schedule = Schedule::new(&crate::config::TrainConfig::default(), 4).state();
+        let mut history = Vec::new();
+        for (epoch, acc, best) in [(1, 0.5, 1), (2, 0.75, 2), (3, 0.7, 2), (4, 0.6, 2)] {
+            history.push(stats(epoch, acc));
+            let state = LoopState {
+                format: STATE_FORMAT,
+                epoch,
+                best_epoch: Some(best),
+                since_best: epoch - best,
+                schedule: schedule.clone(),
+                train_images: 10 * epoch,
+                train_seconds: 0.1 * epoch as f64,
+                data_fingerprint: "sha256:ab".into(),
+            };
+            save(&run, &model, &optim, &state, &history, best == epoch).unwrap();
+        }
+        let root = checkpoints(&run.info);
+        let mut kept: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["best", "epoch-0002", "epoch-0004", "last"]);
+        let ck = Checkpoint::read_last(&run.info).unwrap();
+        assert_eq!(ck.state.epoch, 4);
+        assert_eq!(ck.state.since_best, 2);
+        assert_eq!(ck.state.train_seconds, 0.1 * 4.0);
+        assert_eq!(ck.history.len(), 4);
+        assert_eq!(
+            ck.history[3].val_loss,
+            0.1 + 1.0 / 3.0,
+            "floats read back exactly"
+        );
+        let fresh = Classifier::new(crate::model::Arch::Cnn, 3, 0.0, &device);
+        let (best, _) = ck.best(fresh).unwrap().unwrap();
+        assert_eq!(best.epoch, 2);
+        // A corrupt pointer is an error, not a path elsewhere.
+        std::fs::write(root.join("last"), "../../x").unwrap();
+        assert!(Checkpoint::read_last(&run.info).is_err());
+        std::fs::remove_file(root.join("last")).unwrap();
+        let err = Checkpoint::read_last(&run.info).err().unwrap();
+        assert!(format!("{err:#}").contains("no checkpoint"), "{err:#}");
+    }
 }

@@ -37,14 +37,18 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     // with the run (and a sweep's parent) marked KILLED rather than left RUNNING.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            for id in [
+            let ids: Vec<String> = [
                 crate::train::abandon_active_run(),
                 crate::sweep::abandon_parent(),
             ]
             .into_iter()
             .flatten()
-            {
-                eprintln!("\ninterrupted again: run {id} marked KILLED");
+            .collect();
+            if !ids.is_empty() {
+                eprintln!(
+                    "\ninterrupted again: run {} marked KILLED, quitting",
+                    ids.join(" and run ")
+                );
             }
             std::process::exit(super::EXIT_INTERRUPTED as i32);
         }
