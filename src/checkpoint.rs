@@ -37,17 +37,6 @@ const HISTORY_FILE: &str = "history.csv";
 /// The version of `state.json` this flora writes and reads.
 pub const STATE_FORMAT: u32 = 1;
 
-/// The per-epoch metrics a resumed run rewrites (steps past the checkpoint are dropped).
-pub const EPOCH_METRICS: [&str; 7] = [
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "learning_rate",
-    "epoch_seconds",
-    "images_per_second",
-];
-
 /// Everything besides the weights and the optimizer that the training loop carries over an
 /// epoch boundary.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -204,6 +193,9 @@ impl Checkpoint {
             .with_context(|| format!("reading {}", state_path.display()))?;
         let state: LoopState = serde_json::from_str(&text)
             .with_context(|| format!("{} is corrupt", state_path.display()))?;
+        if state.epoch == 0 {
+            bail!("{} is corrupt: epoch 0", state_path.display());
+        }
         if state.format != STATE_FORMAT {
             bail!(
                 "{} has checkpoint format {}; this flora reads format {STATE_FORMAT}",
@@ -364,7 +356,10 @@ impl Resume {
         let mut run = Run::open(self.info.clone());
         let epoch = self.checkpoint.state.epoch as u64;
         let metrics = run.info.dir.join("metrics");
-        for key in EPOCH_METRICS {
+        // Each metric cut back to the checkpoint's epochs, then completed from its history
+        // (a kill can fall between two metrics of one epoch).
+        let keys = crate::train::epoch_metrics(&self.checkpoint.history[0]).map(|(k, _)| k);
+        for key in keys {
             let kept: Vec<(u64, f64, u64)> = store::read_metric(&run.info, key)?
                 .into_iter()
                 .filter(|m| m.2 <= epoch)
@@ -374,20 +369,22 @@ impl Resume {
                 .map(|(t, v, s)| format!("{t} {v} {s}\n"))
                 .collect();
             fsutil::write_atomic(&metrics.join(key), text.as_bytes())?;
+            for s in &self.checkpoint.history {
+                let step = s.epoch as u64;
+                if !kept.iter().any(|m| m.2 == step) {
+                    let value = crate::train::epoch_metrics(s)
+                        .into_iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| v)
+                        .expect("the same keys every epoch");
+                    run.log_metric(key, value, step)?;
+                }
+            }
         }
         // Logged when a run ends; logged again when the resumed run ends.
         let best = metrics.join("best_val_accuracy");
         if best.exists() {
             std::fs::remove_file(&best).with_context(|| format!("removing {}", best.display()))?;
-        }
-        let logged: Vec<u64> = store::read_metric(&run.info, "val_accuracy")?
-            .iter()
-            .map(|m| m.2)
-            .collect();
-        for s in &self.checkpoint.history {
-            if !logged.contains(&(s.epoch as u64)) {
-                crate::train::log_epoch(&run, s)?;
-            }
         }
         run.claim()?;
         let resumes = store::read_tags(&run.info)?
@@ -524,5 +521,61 @@ mod tests {
         std::fs::remove_file(root.join("last")).unwrap();
         let err = Checkpoint::read_last(&run.info).err().unwrap();
         assert!(format!("{err:#}").contains("no checkpoint"), "{err:#}");
+    }
+
+    #[test]
+    fn reopening_cuts_and_completes_each_metric_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(dir.path());
+        let exp = store.experiment("t").unwrap();
+        let run = store.create_run(&exp, "r").unwrap();
+        let device = crate::device::training();
+        let model = Classifier::new(crate::model::Arch::Cnn, 3, 0.0, &device);
+        let optim = burn::optim::AdamConfig::new().init();
+        let history = vec![stats(1, 0.5), stats(2, 0.6)];
+        let state = LoopState {
+            format: STATE_FORMAT,
+            epoch: 2,
+            best_epoch: Some(2),
+            since_best: 0,
+            schedule: Schedule::new(&crate::config::TrainConfig::default(), 4).state(),
+            train_images: 20,
+            train_seconds: 0.2,
+            data_fingerprint: "sha256:ab".into(),
+        };
+        save(&run, &model, &optim, &state, &history, true).unwrap();
+        // Epoch 1 logged in full; killed inside epoch 2's metrics; a stale epoch 3 line.
+        for (k, v) in crate::train::epoch_metrics(&history[0]) {
+            run.log_metric(k, v, 1).unwrap();
+        }
+        run.log_metric("train_loss", history[1].train_loss, 2)
+            .unwrap();
+        run.log_metric("train_loss", 9.0, 3).unwrap();
+        run.log_metric("best_val_accuracy", 0.5, 1).unwrap();
+        let resume = Resume {
+            info: run.info.clone(),
+            checkpoint: Checkpoint::read_last(&run.info).unwrap(),
+            settings: Settings {
+                config: Config::default(),
+                base: dir.path().into(),
+                file: None,
+            },
+            force: false,
+        };
+        let reopened = resume.reopen("sha256:ab").unwrap();
+        for s in &history {
+            for (k, v) in crate::train::epoch_metrics(s) {
+                let m = store::read_metric(&reopened.info, k).unwrap();
+                let steps: Vec<u64> = m.iter().map(|m| m.2).collect();
+                assert_eq!(steps, [1, 2], "{k}");
+                assert_eq!(m[s.epoch - 1].1, v, "{k}");
+            }
+        }
+        assert!(
+            store::read_metric(&reopened.info, "best_val_accuracy")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(reopened.info.status, RunStatus::Running);
     }
 }

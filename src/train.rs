@@ -642,10 +642,9 @@ fn cross_entropy(logits: &[f32], target: usize) -> f64 {
     max + sum.ln() - logits[target] as f64
 }
 
-/// Logs an epoch's metrics at step `epoch`.
-pub(crate) fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
-    let step = s.epoch as u64;
-    for (k, v) in [
+/// The metrics logged per epoch (at step `epoch`), by name.
+pub(crate) fn epoch_metrics(s: &EpochStats) -> [(&'static str, f64); 7] {
+    [
         ("train_loss", s.train_loss),
         ("train_accuracy", s.train_accuracy),
         ("val_loss", s.val_loss),
@@ -653,8 +652,12 @@ pub(crate) fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
         ("learning_rate", s.learning_rate),
         ("epoch_seconds", s.epoch_seconds),
         ("images_per_second", s.images_per_second),
-    ] {
-        run.log_metric(k, v, step)?;
+    ]
+}
+
+fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
+    for (k, v) in epoch_metrics(s) {
+        run.log_metric(k, v, s.epoch as u64)?;
     }
     Ok(())
 }
