@@ -134,9 +134,28 @@ pub struct TrainArgs {
     /// Training order: shuffle or balanced (train.sampler).
     #[arg(long, value_enum)]
     pub sampler: Option<crate::class_weights::Sampler>,
-    /// Run name (default: <arch>-<date>-<time>).
+    /// Run name (default: <arch>-<date>-<time>; a sweep's parent: sweep-<date>-<time>).
     #[arg(long)]
     pub name: Option<String>,
+    /// Hyperparameter sweep over [data]/[train] keys: "learning_rate=1e-3,3e-4
+    /// batch_size=32,64" (the grid of all combinations), or ranges with --trials
+    /// ("learning_rate=1e-4..1e-2:log batch_size=16..64").
+    #[arg(long, value_name = "SPEC")]
+    pub sweep: Option<String>,
+    /// Random search: N trials drawn from the --sweep lists and ranges (seeded by data.seed).
+    #[arg(long, value_name = "N", requires = "sweep")]
+    pub trials: Option<usize>,
+    /// Continue a KILLED, FAILED or crashed run from its last completed epoch, with its own
+    /// config (id, id prefix or name).
+    #[arg(long, value_name = "RUN", conflicts_with_all = [
+        "data", "epochs", "image_size", "batch_size", "lr", "arch", "seed", "patience", "width",
+        "pretrained", "no_augment", "name", "sweep",
+    ])]
+    pub resume: Option<String>,
+    /// With --resume: also continue a FINISHED run, one whose data changed, or a RUNNING one
+    /// whose process flora cannot check.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
 }
 
 /// `flora cv`: k-fold cross-validation with a label-error audit; the [`TrainArgs`] flags
@@ -312,6 +331,8 @@ pub enum RunsCommand {
     Restore(RunsRestoreArgs),
     /// Remove deleted runs for good, as `mlflow gc` does.
     Gc(RunsGcArgs),
+    /// Copy runs to an MLflow tracking server (REST API): params, metrics, tags, artifacts.
+    Push(PushArgs),
 }
 
 /// What `flora runs list --sort` orders by.
@@ -432,4 +453,20 @@ pub struct RunsGcArgs {
     /// Say what would be removed and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `flora runs push`
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Runs to push (id, id prefix or name); a sweep's parent goes before its trials.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<String>,
+    /// The tracking server, e.g. https://dagshub.com/USER/REPO.mlflow (default:
+    /// MLFLOW_TRACKING_URI). Credentials: MLFLOW_TRACKING_USERNAME and
+    /// MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// Remote experiment name (default: the run's local experiment name).
+    #[arg(long, value_name = "NAME")]
+    pub experiment: Option<String>,
 }

@@ -249,7 +249,15 @@ fn run_folds(
         };
         eprintln!("fold {}/{k}: {} held-out images", f + 1, members.len());
         let child_name = format!("{name}-fold{}", f + 1);
-        let out = train::train_planned(settings, Some(&child_name), stop, &plan)?;
+        let out = train::train_planned(
+            settings,
+            train::Start::New {
+                name: Some(&child_name),
+                tags: Vec::new(),
+            },
+            stop,
+            &plan,
+        )?;
         if out.status == RunStatus::Killed || stop.load(Ordering::SeqCst) {
             return Err(Interrupted { fold: f + 1 }.into());
         }

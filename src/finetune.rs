@@ -51,6 +51,21 @@ pub struct Schedule {
     plateau_lr: f64,
     best_loss: f64,
     stalled: usize,
+    /// The state a resumed run continues from, applied when its phase is set up again.
+    pending: Option<ScheduleState>,
+}
+
+/// What a [`Schedule`] carries from one epoch to the next (the phase the model is set up for
+/// and the `plateau` state), saved in checkpoints so that a resumed run continues exactly.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleState {
+    /// The phase of the last epoch begun (`full`, `head`, `finetune`).
+    pub phase: Option<String>,
+    #[serde(with = "crate::checkpoint::exact_f64")]
+    pub plateau_lr: f64,
+    #[serde(with = "crate::checkpoint::exact_f64")]
+    pub best_loss: f64,
+    pub stalled: usize,
 }
 
 impl Schedule {
@@ -70,7 +85,26 @@ impl Schedule {
             plateau_lr: t.learning_rate,
             best_loss: f64::INFINITY,
             stalled: 0,
+            pending: None,
         }
+    }
+
+    /// The state to save after an epoch.
+    pub fn state(&self) -> ScheduleState {
+        ScheduleState {
+            phase: self.current.map(|p| p.as_str().to_string()),
+            plateau_lr: self.plateau_lr,
+            best_loss: self.best_loss,
+            stalled: self.stalled,
+        }
+    }
+
+    /// Continues from a saved state: the next [`Self::begin_epoch`] sets the model up for its
+    /// phase (freezing as that phase does) and, when the phase is the saved one, keeps the
+    /// saved `plateau` state instead of starting the phase afresh.
+    pub fn restore(&mut self, state: ScheduleState) {
+        self.current = None;
+        self.pending = Some(state);
     }
 
     /// The phase of `epoch` (1-based).
@@ -110,6 +144,13 @@ impl Schedule {
         self.plateau_lr = self.base_rate(phase);
         self.best_loss = f64::INFINITY;
         self.stalled = 0;
+        if let Some(saved) = self.pending.take()
+            && saved.phase.as_deref() == Some(phase.as_str())
+        {
+            self.plateau_lr = saved.plateau_lr;
+            self.best_loss = saved.best_loss;
+            self.stalled = saved.stalled;
+        }
         let trainable = match phase {
             Phase::Full => return model,
             Phase::Head => 0,
@@ -242,5 +283,24 @@ mod tests {
         assert_eq!(s.lr(4, 0), 5e-4);
         s.end_epoch(0.5);
         assert_eq!(s.lr(5, 0), 5e-4);
+    }
+
+    #[test]
+    fn a_restored_schedule_continues_its_plateau_state() {
+        let mut s = Schedule::new(&config(LrSchedule::Plateau, 0), 10);
+        let device = crate::device::inference();
+        let model = Classifier::new(crate::model::Arch::Cnn, 2, 0.0, &device);
+        let _ = s.begin_epoch(1, model.clone());
+        for loss in [1.0, 1.1, 1.2, 0.9, 0.95] {
+            s.end_epoch(loss);
+        }
+        let saved = s.state();
+        let json = serde_json::to_string(&saved).unwrap();
+        let mut r = Schedule::new(&config(LrSchedule::Plateau, 0), 10);
+        r.restore(serde_json::from_str(&json).unwrap());
+        let _ = r.begin_epoch(6, model);
+        assert_eq!(r.state(), saved);
+        assert_eq!(r.lr(6, 0), s.lr(6, 0));
+        assert_eq!(r.lr(6, 0), 5e-4);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod checkpoint;
 pub mod class_weights;
 pub mod cli;
 pub mod cmd;
@@ -30,6 +31,7 @@ pub mod ops;
 pub mod plot;
 pub mod progress;
 pub mod promote;
+pub mod push;
 pub mod registry;
 pub mod report;
 pub mod run_summary;
@@ -37,5 +39,6 @@ pub mod select;
 pub mod serve;
 pub mod split;
 pub mod store;
+pub mod sweep;
 pub mod train;
 pub mod unknown;

@@ -291,12 +291,7 @@ impl RunStore {
         run.set_tag("mlflow.source.type", "LOCAL")?;
         run.set_tag("mlflow.source.name", "flora")?;
         run.set_tag("flora.version", env!("CARGO_PKG_VERSION"))?;
-        let me = std::process::id();
-        run.set_tag(TAG_PID, &me.to_string())?;
-        if let Some(t) = process_start_time(me) {
-            run.set_tag(TAG_START, &t.to_string())?;
-        }
-        run.set_tag(TAG_HOST, &host_name())?;
+        run.set_owner()?;
         Ok(run)
     }
 
@@ -454,6 +449,25 @@ impl Run {
         )
     }
 
+    /// Records this process as the run's owner (the `flora.owner.*` tags).
+    fn set_owner(&self) -> Result<()> {
+        let me = std::process::id();
+        self.set_tag(TAG_PID, &me.to_string())?;
+        if let Some(t) = process_start_time(me) {
+            self.set_tag(TAG_START, &t.to_string())?;
+        }
+        self.set_tag(TAG_HOST, &host_name())
+    }
+
+    /// Takes an existing run over to continue it (`flora train --resume`): RUNNING again,
+    /// owned by this process, with no end time.
+    pub fn claim(&mut self) -> Result<()> {
+        self.set_owner()?;
+        self.info.status = RunStatus::Running;
+        self.info.end_time = None;
+        self.write_meta()
+    }
+
     /// Ends the run with `status`.
     pub fn end(&mut self, status: RunStatus) -> Result<()> {
         self.info.status = status;
@@ -530,6 +544,20 @@ fn raw_yaml_fields(text: &str) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// The name of the experiment a run belongs to (from the experiment's meta.yaml).
+pub fn experiment_name(info: &RunInfo) -> Result<String> {
+    let path = info
+        .dir
+        .parent()
+        .map(|p| p.join("meta.yaml"))
+        .context("a run folder has an experiment folder")?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_yaml_map(&text)
+        .remove("name")
+        .ok_or_else(|| anyhow!("{} has no name", path.display()))
 }
 
 /// All params of a run.

@@ -17,8 +17,9 @@ use rayon::prelude::*;
 
 use crate::bundle::{BUNDLE_FORMAT, BundleMeta, Engine, ModelBundle, run_bundle_dir};
 use crate::cache::ImageCache;
+use crate::checkpoint::{self, Checkpoint, LoopState, Resume};
 use crate::class_weights::Weighting;
-use crate::config::Settings;
+use crate::config::{Settings, TrainConfig};
 use crate::dataset::{DatasetIndex, Subset};
 use crate::finetune::{self, Schedule};
 use crate::imaging::{self, Normalization};
@@ -49,7 +50,7 @@ pub struct TrainOutcome {
 }
 
 /// One epoch's figures, as logged to the run store and `results.csv`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub train_loss: f64,
@@ -60,7 +61,7 @@ pub struct EpochStats {
     pub epoch_seconds: f64,
     pub images_per_second: f64,
     /// `full`, or `head` / `finetune` (see [`crate::finetune`]).
-    pub phase: &'static str,
+    pub phase: String,
 }
 
 /// Data ready for training: decoded pixels with each sample's subset.
@@ -84,20 +85,29 @@ pub struct Plan {
     pub tags: Vec<(String, String)>,
 }
 
+/// Which run [`train`] logs to.
+pub enum Start<'a> {
+    /// A new run: its name (default `<arch>-<date>-<time>`) and tags to set when it starts
+    /// (a sweep's trial gets `mlflow.parentRunId`).
+    New {
+        name: Option<&'a str>,
+        tags: Vec<(String, String)>,
+    },
+    /// An existing run continued from its last checkpoint; `settings` must be its own
+    /// ([`Resume::settings`]).
+    Resume(&'a Resume),
+}
+
 /// Trains a model as `settings` says, logging a run under the run store. `stop` is polled after
 /// every batch (Ctrl-C): the run then ends KILLED with what exists saved.
-pub fn train(
-    settings: &Settings,
-    run_name: Option<&str>,
-    stop: &AtomicBool,
-) -> Result<TrainOutcome> {
-    train_planned(settings, run_name, stop, &Plan::default())
+pub fn train(settings: &Settings, start: Start, stop: &AtomicBool) -> Result<TrainOutcome> {
+    train_planned(settings, start, stop, &Plan::default())
 }
 
 /// [`train`] with a [`Plan`] (a held-out fold, extra tags).
 pub fn train_planned(
     settings: &Settings,
-    run_name: Option<&str>,
+    start: Start,
     stop: &AtomicBool,
     plan: &Plan,
 ) -> Result<TrainOutcome> {
@@ -108,23 +118,37 @@ pub fn train_planned(
         crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &file)?;
     }
     let data = prepare(settings, plan)?;
-    let store = RunStore::new(settings.runs_dir());
-    let exp = store.experiment(&cfg.project.name)?;
-    let name = run_name
-        .map(str::to_string)
-        .unwrap_or_else(|| default_run_name(cfg.train.arch.as_str()));
-    let mut run = store.create_run(&exp, &name)?;
-    for (k, v) in &plan.tags {
-        run.set_tag(k, v)?;
-    }
+    let (mut run, checkpoint, tags) = match start {
+        Start::New { name, mut tags } => {
+            let store = RunStore::new(settings.runs_dir());
+            let exp = store.experiment(&cfg.project.name)?;
+            let name = name
+                .map(str::to_string)
+                .unwrap_or_else(|| default_run_name(cfg.train.arch.as_str()));
+            tags.extend(plan.tags.iter().cloned());
+            (store.create_run(&exp, &name)?, None, tags)
+        }
+        Start::Resume(resume) => {
+            resume.check_data(&data.cache.fingerprint)?;
+            let run = resume.reopen(&data.cache.fingerprint)?;
+            (run, Some(&resume.checkpoint), Vec::new())
+        }
+    };
     set_active(Some(&run));
     eprintln!(
         "run {} ({}) in {}",
         run.info.run_name,
         run.info.run_id,
-        store.root().display()
+        settings.runs_dir().display()
     );
-    let result = log_inputs(settings, &run, &data).and_then(|()| fit(settings, &run, &data, stop));
+    let inputs = match checkpoint {
+        Some(_) => Ok(()), // logged when the run started
+        None => tags
+            .iter()
+            .try_for_each(|(k, v)| run.set_tag(k, v))
+            .and_then(|()| log_inputs(settings, &run, &data)),
+    };
+    let result = inputs.and_then(|()| fit(settings, &run, &data, stop, checkpoint));
     // Under the lock of the active run, so that a second signal cannot end it a second time.
     let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
     *active = None;
@@ -338,8 +362,15 @@ fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
     fsutil::write_atomic(&run.artifacts().join("config.toml"), text.as_bytes())
 }
 
-/// The training loop: Adam, cross-entropy, LR schedule, early stopping, best-epoch weights.
-fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Result<TrainOutcome> {
+/// The training loop: Adam, cross-entropy, LR schedule, early stopping, best-epoch weights, a
+/// checkpoint after every epoch; from `checkpoint`'s epoch on when one is given.
+fn fit(
+    settings: &Settings,
+    run: &Run,
+    data: &Prepared,
+    stop: &AtomicBool,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<TrainOutcome> {
     let cfg = &settings.config;
     let t = &cfg.train;
     let started = Instant::now();
@@ -370,13 +401,32 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
     let mut train_images = 0usize;
     let mut train_seconds = 0f64;
     let mut stopped = false;
-    let mut order = data.train.clone();
     let loss_fn = data.weighting.loss(&device);
+    let mut first_epoch = 1;
+    if let Some(ck) = checkpoint {
+        (model, optim) = ck.restore(model, optim)?;
+        schedule.restore(ck.state.schedule.clone());
+        history = ck.history.clone();
+        let fresh =
+            Classifier::with_width(t.arch, t.width, data.classes.len(), t.dropout(), &device);
+        best = ck.best(fresh)?.map(|(s, m)| (s, m.valid()));
+        since_best = ck.state.since_best;
+        (train_images, train_seconds) = (ck.state.train_images, ck.state.train_seconds);
+        first_epoch = ck.state.epoch + 1;
+        // Stopped right at the epoch where early stopping ended the run: it stays ended.
+        if stops_early(t, &schedule, ck.state.epoch, since_best) {
+            first_epoch = t.epochs + 1;
+        }
+    }
 
-    for epoch in 1..=t.epochs {
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+    for epoch in first_epoch..=t.epochs {
+        // Every random draw of the epoch (shuffle or balanced sampling, augmentation, dropout)
+        // comes from (seed, epoch): a run resumed at this epoch draws exactly what an
+        // uninterrupted one does.
+        let epoch_seed = cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        device.seed(epoch_seed ^ 0xD1B5_4A32_D192_ED03);
+        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
+        let mut order = data.train.clone();
         data.weighting.order(&mut order, &data.train, &mut rng);
         model = schedule.begin_epoch(epoch, model);
         let bar = progress::epoch_bar(batches_per_epoch as u64, epoch, t.epochs);
@@ -440,32 +490,41 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
             learning_rate: lr,
             epoch_seconds: t0.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_secs.max(1e-9),
-            phase: schedule.phase(epoch).as_str(),
+            phase: schedule.phase(epoch).as_str().to_string(),
         };
         schedule.end_epoch(val_loss);
+        history.push(stats.clone());
+        let is_best = best
+            .as_ref()
+            .is_none_or(|(b, _)| stats.val_accuracy > b.val_accuracy);
+        since_best = if is_best { 0 } else { since_best + 1 };
+        let state = LoopState {
+            format: checkpoint::STATE_FORMAT,
+            epoch,
+            best_epoch: if is_best {
+                Some(epoch)
+            } else {
+                best.as_ref().map(|(b, _)| b.epoch)
+            },
+            since_best,
+            schedule: schedule.state(),
+            train_images,
+            train_seconds,
+            data_fingerprint: data.cache.fingerprint.clone(),
+        };
+        checkpoint::save(run, &model, &optim, &state, &history, is_best)?;
         log_epoch(run, &stats)?;
         report_epoch(&stats, t.epochs);
-        history.push(stats.clone());
         write_results(run, &history)?;
         crate::plot::curves::save_for_run(run, &history);
-        if best
-            .as_ref()
-            .is_none_or(|(b, _)| stats.val_accuracy > b.val_accuracy)
-        {
+        if is_best {
             best = Some((stats, valid));
-            since_best = 0;
-        } else {
-            since_best += 1;
         }
         if stopped || stop.load(Ordering::SeqCst) {
             stopped = true;
             break;
         }
-        if t.patience > 0
-            && since_best >= t.patience
-            && epoch < t.epochs
-            && schedule.may_stop_early(epoch)
-        {
+        if stops_early(t, &schedule, epoch, since_best) {
             eprintln!(
                 "early stopping: no better val accuracy for {} epochs",
                 t.patience
@@ -507,7 +566,7 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
         best_model,
     );
     let bundle_dir = run_bundle_dir(&run.artifacts());
-    bundle.save(&bundle_dir)?;
+    checkpoint::save_bundle(&bundle, &bundle_dir)?;
     Ok(TrainOutcome {
         run_id: run.info.run_id.clone(),
         run_name: run.info.run_name.clone(),
@@ -523,8 +582,13 @@ fn fit(settings: &Settings, run: &Run, data: &Prepared, stop: &AtomicBool) -> Re
         seconds: started.elapsed().as_secs_f64(),
         images_per_second: train_images as f64 / train_seconds.max(1e-9),
         bundle_dir: Some(bundle_dir),
-        phases: finetune::describe(&history.iter().map(|s| s.phase).collect::<Vec<_>>()),
+        phases: finetune::describe(&history.iter().map(|s| s.phase.as_str()).collect::<Vec<_>>()),
     })
+}
+
+/// Whether early stopping ends the run after `epoch`, `since_best` epochs after the best.
+fn stops_early(t: &TrainConfig, schedule: &Schedule, epoch: usize, since_best: usize) -> bool {
+    t.patience > 0 && since_best >= t.patience && epoch < t.epochs && schedule.may_stop_early(epoch)
 }
 
 /// Normalised CHW floats for the batch, augmented when asked. Each image gets its own RNG
@@ -637,9 +701,9 @@ fn cross_entropy(logits: &[f32], target: usize) -> f64 {
     max + sum.ln() - logits[target] as f64
 }
 
-fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
-    let step = s.epoch as u64;
-    for (k, v) in [
+/// The metrics logged per epoch (at step `epoch`), by name.
+pub(crate) fn epoch_metrics(s: &EpochStats) -> [(&'static str, f64); 7] {
+    [
         ("train_loss", s.train_loss),
         ("train_accuracy", s.train_accuracy),
         ("val_loss", s.val_loss),
@@ -647,8 +711,12 @@ fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
         ("learning_rate", s.learning_rate),
         ("epoch_seconds", s.epoch_seconds),
         ("images_per_second", s.images_per_second),
-    ] {
-        run.log_metric(k, v, step)?;
+    ]
+}
+
+fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
+    for (k, v) in epoch_metrics(s) {
+        run.log_metric(k, v, s.epoch as u64)?;
     }
     Ok(())
 }

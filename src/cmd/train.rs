@@ -1,4 +1,5 @@
-//! `flora train`: applies the flag overrides, trains, prints the summary; Ctrl-C exits 130.
+//! `flora train`: applies the flag overrides, trains (one run, a sweep, or a resumed run),
+//! prints the summary; Ctrl-C exits 130.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -6,15 +7,53 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
+use crate::checkpoint::Resume;
 use crate::cli::TrainArgs;
 use crate::config::Settings;
 use crate::store::RunStatus;
+use crate::sweep::Plan;
+use crate::train::Start;
 
 /// Trains with the config plus the flags; exit 0 when FINISHED, 130 when interrupted.
 pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
+    // Everything is checked before anything trains: the flags, the config, every sweep trial,
+    // the run to resume.
+    let resume = match &args.resume {
+        Some(key) => Some(Resume::prepare(settings, key, args.force)?),
+        None => None,
+    };
     let settings = apply(settings, args)?;
+    let plan = match &args.sweep {
+        Some(spec) => Some(Plan::new(&settings.config, spec, args.trials)?),
+        None => None,
+    };
     let stop = stop_on_signals()?;
-    let outcome = crate::train::train(&settings, args.name.as_deref(), &stop)?;
+    if let Some(plan) = &plan {
+        let outcome = crate::sweep::run(&settings, plan, args.name.as_deref(), &stop)?;
+        println!(
+            "\nsweep {} ({}) {}\n{}",
+            outcome.parent.run_name,
+            outcome.parent.run_id,
+            outcome.status.as_str(),
+            outcome.table
+        );
+        return Ok(match outcome.status {
+            RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
+            RunStatus::Finished => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        });
+    }
+    let outcome = match &resume {
+        Some(r) => crate::train::train(&r.settings, Start::Resume(r), &stop)?,
+        None => crate::train::train(
+            &settings,
+            Start::New {
+                name: args.name.as_deref(),
+                tags: Vec::new(),
+            },
+            &stop,
+        )?,
+    };
     println!("{}", crate::train::summary(&outcome));
     Ok(match outcome.status {
         RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
@@ -22,7 +61,7 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     })
 }
 
-/// The config with the flags applied, validated.
+/// The settings with the `[data]`/`[train]` flags applied, validated.
 pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     let mut settings = settings.clone();
     let (d, t) = (&mut settings.config.data, &mut settings.config.train);
@@ -74,16 +113,25 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     Ok(settings)
 }
 
-/// A flag set by Ctrl-C, SIGTERM or SIGHUP.
+/// A flag set by Ctrl-C, SIGTERM or SIGHUP: the first stops after the batch; a second quits at
+/// once, with the run (and a sweep's parent) marked KILLED rather than left RUNNING.
 pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    // Ctrl-C, SIGTERM and SIGHUP: the first stops after the batch; a second quits at once,
-    // with the run marked KILLED rather than left RUNNING.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            if let Some(id) = crate::train::abandon_active_run() {
-                eprintln!("\ninterrupted again: run {id} marked KILLED, quitting");
+            let ids: Vec<String> = [
+                crate::train::abandon_active_run(),
+                crate::sweep::abandon_parent(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !ids.is_empty() {
+                eprintln!(
+                    "\ninterrupted again: run {} marked KILLED, quitting",
+                    ids.join(" and run ")
+                );
             }
             std::process::exit(super::EXIT_INTERRUPTED as i32);
         }

@@ -25,5 +25,6 @@ pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
         Some(RunsCommand::Delete(a)) => lifecycle::delete(settings, &store, a),
         Some(RunsCommand::Restore(a)) => lifecycle::restore(&store, a),
         Some(RunsCommand::Gc(a)) => lifecycle::gc(settings, &store, a),
+        Some(RunsCommand::Push(a)) => crate::push::run(settings, a),
     }
 }
