@@ -1,0 +1,230 @@
+//! BatchNorm in training mode (batch statistics) followed by an optional ReLU6, on NCHW f32
+//! slices, forward and backward.
+//!
+//! Forward: one pass per channel for the sums (in f64), one pass per plane for
+//! `clamp(x · a + b, 0, 6)` with `a = γ / σ`, `b = β - μ a`. Backward: one pass per channel
+//! gives the parameter gradients (the ReLU6 mask is recomputed from `x` with the forward's own
+//! expression, so it is the forward's bit for bit), and one pass per plane the input gradient.
+//! Channels and planes run in parallel; every sum has a fixed order.
+
+use rayon::prelude::*;
+
+/// Shape of one call: `n` images of `c` planes of `hw` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BnShape {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl BnShape {
+    /// Values per channel (the batch statistics' count).
+    fn count(&self) -> usize {
+        self.n * self.hw
+    }
+
+    /// The `hw` values of channel `ch` in image `img`.
+    fn plane<'a>(&self, t: &'a [f32], img: usize, ch: usize) -> &'a [f32] {
+        &t[(img * self.c + ch) * self.hw..][..self.hw]
+    }
+
+    fn planes_per_task(&self) -> usize {
+        TASK_ELEMS.div_ceil(self.hw).max(1)
+    }
+}
+
+const TASK_ELEMS: usize = 8192;
+
+/// Forward results: the output, the batch mean and biased variance per channel, and `1/σ`.
+pub struct BnForward {
+    pub out: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// Gradients of one call.
+pub struct BnGrads {
+    pub x: Option<Vec<f32>>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+/// The per-channel scale and shift of the normalisation: `y = x · a + b`.
+fn affine(gamma: f32, beta: f32, mean: f32, inv_std: f32) -> (f32, f32) {
+    let a = gamma * inv_std;
+    (a, beta - mean * a)
+}
+
+/// Whether the ReLU6 after the normalisation passes a gradient at pre-activation `v`.
+fn passes(v: f32, relu6: bool) -> bool {
+    !relu6 || (v > 0.0 && v < 6.0)
+}
+
+/// The forward pass: `x` `[n][c][hw]`, `gamma` and `beta` `[c]`.
+pub fn forward(
+    s: BnShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    relu6: bool,
+) -> BnForward {
+    assert_eq!(x.len(), s.n * s.c * s.hw, "batch norm input size");
+    assert!(
+        gamma.len() == s.c && beta.len() == s.c,
+        "batch norm parameter size"
+    );
+    assert!(
+        s.count() > 0,
+        "batch norm needs at least one value per channel"
+    );
+    let stats: Vec<(f32, f32, f32)> = (0..s.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sum, mut sq) = (0f64, 0f64);
+            for img in 0..s.n {
+                let (ps, pq) = plane_sums(s.plane(x, img, ch));
+                sum += ps;
+                sq += pq;
+            }
+            let m = s.count() as f64;
+            let mean = sum / m;
+            let var = (sq / m - mean * mean).max(0.0);
+            let inv_std = 1.0 / (var + epsilon).sqrt();
+            (mean as f32, var as f32, inv_std as f32)
+        })
+        .collect();
+    let mean: Vec<f32> = stats.iter().map(|t| t.0).collect();
+    let var: Vec<f32> = stats.iter().map(|t| t.1).collect();
+    let inv_std: Vec<f32> = stats.iter().map(|t| t.2).collect();
+    let per = s.planes_per_task();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(per * s.hw)
+        .zip(x.par_chunks(per * s.hw))
+        .enumerate()
+        .for_each(|(t, (oc, xc))| {
+            for (p, (op, xp)) in oc
+                .chunks_exact_mut(s.hw)
+                .zip(xc.chunks_exact(s.hw))
+                .enumerate()
+            {
+                let ch = (t * per + p) % s.c;
+                let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
+                if relu6 {
+                    for (o, &v) in op.iter_mut().zip(xp) {
+                        *o = (v * a + b).clamp(0.0, 6.0);
+                    }
+                } else {
+                    for (o, &v) in op.iter_mut().zip(xp) {
+                        *o = v * a + b;
+                    }
+                }
+            }
+        });
+    BnForward {
+        out,
+        mean,
+        var,
+        inv_std,
+    }
+}
+
+/// Sum and sum of squares of a plane, in f32 over 8 lanes per block of 256, then f64.
+fn plane_sums(p: &[f32]) -> (f64, f64) {
+    let (mut sum, mut sq) = (0f64, 0f64);
+    for block in p.chunks(256) {
+        let (mut ls, mut lq) = ([0f32; 8], [0f32; 8]);
+        let chunks = block.chunks_exact(8);
+        for &v in chunks.remainder() {
+            sum += v as f64;
+            sq += (v * v) as f64;
+        }
+        for c in chunks {
+            for l in 0..8 {
+                ls[l] += c[l];
+                lq[l] += c[l] * c[l];
+            }
+        }
+        sum += ls.iter().map(|&v| v as f64).sum::<f64>();
+        sq += lq.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    (sum, sq)
+}
+
+/// The backward pass from the forward's input `x`, parameters and statistics, and the output
+/// gradient `dout`. The input gradient is computed only when `want_x`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    s: BnShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    dout: &[f32],
+    relu6: bool,
+    want_x: bool,
+) -> BnGrads {
+    assert_eq!(x.len(), s.n * s.c * s.hw, "batch norm input size");
+    assert_eq!(dout.len(), x.len(), "batch norm output gradient size");
+    // Σ g and Σ g·x̂ per channel, g being the gradient through the ReLU6.
+    let sums: Vec<(f64, f64)> = (0..s.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
+            let (m, is) = (mean[ch], inv_std[ch]);
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for img in 0..s.n {
+                let (xp, gp) = (s.plane(x, img, ch), s.plane(dout, img, ch));
+                let (mut pg, mut pgx) = (0f32, 0f32);
+                for (&v, &g) in xp.iter().zip(gp) {
+                    let g = if passes(v * a + b, relu6) { g } else { 0.0 };
+                    pg += g;
+                    pgx += g * ((v - m) * is);
+                }
+                sg += pg as f64;
+                sgx += pgx as f64;
+            }
+            (sg, sgx)
+        })
+        .collect();
+    let dbeta: Vec<f32> = sums.iter().map(|t| t.0 as f32).collect();
+    let dgamma: Vec<f32> = sums.iter().map(|t| t.1 as f32).collect();
+    let dx = want_x.then(|| {
+        // In f64: the bracket cancels to a small fraction of its terms when a channel has few
+        // values (the 1×1 maps of the last blocks), so f32 would lose most of its digits.
+        let inv_m = 1.0 / s.count() as f64;
+        let per = s.planes_per_task();
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(per * s.hw)
+            .zip(x.par_chunks(per * s.hw).zip(dout.par_chunks(per * s.hw)))
+            .enumerate()
+            .for_each(|(t, (dc, (xc, gc)))| {
+                let planes = dc
+                    .chunks_exact_mut(s.hw)
+                    .zip(xc.chunks_exact(s.hw).zip(gc.chunks_exact(s.hw)));
+                for (p, (dp, (xp, gp))) in planes.enumerate() {
+                    let ch = (t * per + p) % s.c;
+                    let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
+                    let (m, is) = (mean[ch] as f64, inv_std[ch] as f64);
+                    let (mg, mgx) = (sums[ch].0 * inv_m, sums[ch].1 * inv_m);
+                    let scale = gamma[ch] as f64 * is;
+                    for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
+                        let g = if passes(v * a + b, relu6) {
+                            g as f64
+                        } else {
+                            0.0
+                        };
+                        *d = (scale * (g - mg - (v as f64 - m) * is * mgx)) as f32;
+                    }
+                }
+            });
+        dx
+    });
+    BnGrads {
+        x: dx,
+        gamma: dgamma,
+        beta: dbeta,
+    }
+}
