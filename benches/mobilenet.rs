@@ -5,7 +5,9 @@
 //!
 //! `cargo test --release --bench mobilenet -- [STEPS] [SIZE] [BATCH] [WIDTH×100]` (defaults 10, 96, 32,
 //! 35). Prints `BENCH mobilenet ...` lines; `bench/mobilenet.sh` sets them beside PyTorch's.
-//! With `FLORA_PHASES=1` it also prints where a fused training step's time goes (`PHASES`).
+//! With `FLORA_PHASES=1` it also prints where a fused training step's time goes (`PHASES`);
+//! `FLORA_TRAIN_ENGINE=fused` or `burn` trains with that engine only and skips inference (to
+//! profile one).
 
 use std::time::Instant;
 
@@ -38,7 +40,12 @@ fn main() {
     let phases = std::env::var("FLORA_PHASES").is_ok_and(|v| v == "1");
     let mut rates = Vec::new();
     let mut trained = None;
-    for engine in [TrainEngine::Fused, TrainEngine::Burn] {
+    let engines = match std::env::var("FLORA_TRAIN_ENGINE").as_deref() {
+        Ok("fused") => vec![TrainEngine::Fused],
+        Ok("burn") => vec![TrainEngine::Burn],
+        _ => vec![TrainEngine::Fused, TrainEngine::Burn],
+    };
+    for &engine in &engines {
         device.seed(1);
         let mut model = Classifier::with_width(Arch::MobilenetV2, width, classes, 0.2, &device);
         let mut optim = AdamConfig::new().init();
@@ -99,11 +106,13 @@ fn main() {
         rates.push(rate);
         trained.get_or_insert(model);
     }
-    println!(
-        "BENCH mobilenet train fused_vs_burn={:.2}",
-        rates[0] / rates[1]
-    );
+    if let [fused, burn] = rates[..] {
+        println!("BENCH mobilenet train fused_vs_burn={:.2}", fused / burn);
+    }
     let model = trained.expect("trained");
+    if engines.len() == 1 {
+        return;
+    }
 
     let valid = model.valid();
     let infer_device = flora::device::inference();

@@ -52,6 +52,10 @@ fn leaves<const D: usize>(ts: &[Tensor<D>]) -> Vec<Tensor<D>> {
 
 #[test]
 fn depthwise_gradients_match_burns_grouped_conv() {
+    check_depthwise();
+}
+
+fn check_depthwise() {
     let device = device();
     for (n, c, h, w, stride) in [
         (1, 8, 4, 4, 1),
@@ -90,6 +94,10 @@ fn depthwise_gradients_match_burns_grouped_conv() {
 
 #[test]
 fn pointwise_gradients_match_burns_conv() {
+    check_pointwise();
+}
+
+fn check_pointwise() {
     let device = device();
     for (n, cin, cout, h, w) in [
         (1, 3, 5, 1, 1),
@@ -120,8 +128,55 @@ fn pointwise_gradients_match_burns_conv() {
     }
 }
 
-#[test]
-fn batch_norm_relu6_gradients_match_burns_composition() {
+/// The input gradient of BatchNorm (batch statistics) + optional ReLU6 in f64, from the
+/// definition: `x` `[n][c][hw]`, output gradient `r`.
+fn bn_dx_f64(
+    dims: [usize; 4],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    r: &[f32],
+    relu6: bool,
+) -> Vec<f64> {
+    let [n, c, h, w] = dims;
+    let hw = h * w;
+    let at = |i: usize, ch: usize, p: usize| (i * c + ch) * hw + p;
+    let mut dx = vec![0f64; x.len()];
+    for ch in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|i| (0..hw).map(move |p| at(i, ch, p)))
+            .collect();
+        let m = idx.len() as f64;
+        let mean = idx.iter().map(|&k| x[k] as f64).sum::<f64>() / m;
+        let var = idx
+            .iter()
+            .map(|&k| (x[k] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / m;
+        let is = 1.0 / (var + 1e-5).sqrt();
+        let xhat = |k: usize| (x[k] as f64 - mean) * is;
+        let g = |k: usize| {
+            let pre = gamma[ch] as f64 * xhat(k) + beta[ch] as f64;
+            if !relu6 || (pre > 0.0 && pre < 6.0) {
+                r[k] as f64
+            } else {
+                0.0
+            }
+        };
+        let mg = idx.iter().map(|&k| g(k)).sum::<f64>() / m;
+        let mgx = idx.iter().map(|&k| g(k) * xhat(k)).sum::<f64>() / m;
+        for &k in &idx {
+            dx[k] = gamma[ch] as f64 * is * (g(k) - mg - xhat(k) * mgx);
+        }
+    }
+    dx
+}
+
+fn vec_of<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone().into_data().try_to_vec().unwrap()
+}
+
+fn check_batch_norm_relu6() {
     let device = device();
     for (n, c, h, w) in [
         (1, 16, 4, 4),
@@ -130,6 +185,7 @@ fn batch_norm_relu6_gradients_match_burns_composition() {
         (2, 144, 12, 11),
         (1, 960, 2, 2),
         (4, 8, 1, 1),
+        (2, 8, 1, 1),
     ] {
         for relu6 in [true, false] {
             let shape = format!("[{n}, {c}, {h}, {w}] relu6 {relu6}");
@@ -161,8 +217,34 @@ fn batch_norm_relu6_gradients_match_burns_composition() {
             };
             let (want4, want1) = run(None);
             let (got4, got1) = run(Some(TrainEngine::Fused));
-            for ((name, g), w) in ["output", "dx"].iter().zip(got4).zip(want4) {
-                assert_close(&format!("{shape} {name}"), g, w);
+            let [got_out, got_dx] = got4;
+            let [want_out, want_dx] = want4;
+            assert_close(&format!("{shape} output"), got_out, want_out);
+            // The input gradient is a difference of terms that nearly cancel when a channel has
+            // a handful of values (the 1×1 maps of small images), where Burn's f32 composition
+            // itself drifts from the exact value: each element must match Burn's, or be at
+            // least as close as Burn's to the exact (f64) value.
+            let exact = bn_dx_f64(
+                [n, c, h, w],
+                &vec_of(&x),
+                &vec_of(&gamma),
+                &vec_of(&beta),
+                &vec_of(&r),
+                relu6,
+            );
+            let (gd, wd) = (vec_of(&got_dx), vec_of(&want_dx));
+            for ((&g, &w), &e) in gd.iter().zip(&wd).zip(&exact) {
+                let tol = 1e-5 + 1e-4 * w.abs();
+                let fused_err = (g as f64 - e).abs();
+                let burn_err = (w as f64 - e).abs();
+                assert!(
+                    (g - w).abs() <= tol || fused_err <= burn_err + tol as f64,
+                    "{shape} dx: fused {g}, Burn {w}, exact {e}"
+                );
+                assert!(
+                    fused_err <= 1e-5 + 1e-4 * e.abs().max(1e-2),
+                    "{shape} dx: fused {g}, exact {e}"
+                );
             }
             for ((name, g), w) in ["mean", "var", "dgamma", "dbeta"]
                 .iter()
@@ -173,6 +255,23 @@ fn batch_norm_relu6_gradients_match_burns_composition() {
             }
         }
     }
+}
+
+#[test]
+fn batch_norm_relu6_gradients_match_burns_composition() {
+    check_batch_norm_relu6();
+}
+
+#[test]
+fn portable_kernels_match_burns_composition_too() {
+    // The kernels without the AVX2/AVX-512 builds and without gemm's SIMD kernels, as on a CPU
+    // the dispatch does not know (aarch64...). Tests running beside this one may switch to the
+    // portable path too; they compare with Burn all the same.
+    flora::ops::simd::force_portable();
+    assert!(flora::ops::simd::portable());
+    check_depthwise();
+    check_pointwise();
+    check_batch_norm_relu6();
 }
 
 #[test]
@@ -259,12 +358,14 @@ fn pass(m: &MobileNetV2, x: Tensor<4>, r: &Tensor<2>, e: TrainEngine) -> Vec<(St
 #[test]
 fn whole_network_trains_the_same_through_both_engines() {
     let device = device();
-    // Width 0.35 at the smallest image size (its deepest maps are 1×1), odd and larger sizes,
-    // width 1.0. Errors compound over 52 layers, and the deepest BatchNorms see only a few
-    // values per channel at small sizes, so the engines are compared against how far Burn's own
-    // result moves when the input moves by one part in a million (its conditioning), with a
-    // floor of 1e-3 of each tensor's scale: a wrong gradient anywhere is off by far more.
-    for (width, n, side) in [(0.35, 4, 8), (0.35, 3, 37), (0.35, 8, 16), (1.0, 2, 64)] {
+    // Width 0.35 at 16 px (its deepest maps are 1×1), an odd size, width 1.0. Errors compound
+    // over 52 layers, and the deepest BatchNorms see only a few values per channel, so the
+    // engines are compared against how far Burn's own result moves when the input moves by one
+    // part in a million (its conditioning), with a floor of 1e-3 of each tensor's scale: a wrong
+    // gradient anywhere is off by far more. (At 8 px with 4 images some channels' variance is
+    // below epsilon and gradients reach 1e2: there the two engines' roundings of the variance
+    // decide, and only the single ops are compared, above.)
+    for (width, n, side) in [(0.35, 8, 16), (0.35, 3, 37), (1.0, 4, 64)] {
         let what = format!("width {width} {n}×{side}px");
         let x = normal([n, 3, side, side], 1.0, &device);
         let r = normal([n, 4], 1.0, &device);
@@ -359,8 +460,10 @@ fn train(dir: &std::path::Path, name: &str, engine: &str) {
 
 #[test]
 fn fused_and_burn_engines_train_mobilenet_alike_and_repeat_exactly() {
-    let dir = project(60, 4);
-    write_config(dir.path(), 4, "arch = \"mobilenet_v2\"\nwidth = 0.35\n");
+    // From scratch, MobileNetV2's val accuracy swings by tens of points in the first epochs
+    // (BatchNorm's running statistics are young): 10 epochs on 400 images settle it.
+    let dir = project(100, 10);
+    write_config(dir.path(), 10, "arch = \"mobilenet_v2\"\nwidth = 0.35\n");
     train(dir.path(), "fused-a", "fused");
     train(dir.path(), "fused-b", "fused");
     train(dir.path(), "burn", "burn");
@@ -392,18 +495,19 @@ fn fused_and_burn_engines_train_mobilenet_alike_and_repeat_exactly() {
         history("fused-a", "val_loss"),
         history("fused-b", "val_loss"),
     );
-    assert_eq!(a.len(), 4, "{a:?}");
+    assert_eq!(a.len(), 10, "{a:?}");
     assert_eq!(a, b);
     assert_eq!(
         history("fused-a", "train_loss"),
         history("fused-b", "train_loss")
     );
     assert_eq!(acc("fused-a"), acc("fused-b"));
-    // Both engines learn the 4 classes, to within noise of each other (48 val images).
-    assert!(acc("fused-a") >= 0.6, "fused: {runs:?}");
-    assert!(acc("burn") >= 0.6, "burn: {runs:?}");
+    // Both engines learn the 4 classes, to within noise of each other (about 80 val images;
+    // over seeds 7, 12 and 13 the two differed by 2 to 7 points).
+    assert!(acc("fused-a") >= 0.75, "fused: {runs:?}");
+    assert!(acc("burn") >= 0.75, "burn: {runs:?}");
     assert!(
-        (acc("fused-a") - acc("burn")).abs() <= 0.2,
+        (acc("fused-a") - acc("burn")).abs() <= 0.15,
         "fused vs burn accuracy: {runs:?}"
     );
 }

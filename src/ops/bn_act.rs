@@ -1,13 +1,15 @@
 //! BatchNorm in training mode (batch statistics) followed by an optional ReLU6, on NCHW f32
 //! slices, forward and backward.
 //!
-//! Forward: one pass per channel for the sums (in f64), one pass per plane for
+//! Forward: one pass per channel for the sums (f32 lanes summed in f64), one pass per plane for
 //! `clamp(x · a + b, 0, 6)` with `a = γ / σ`, `b = β - μ a`. Backward: one pass per channel
 //! gives the parameter gradients (the ReLU6 mask is recomputed from `x` with the forward's own
 //! expression, so it is the forward's bit for bit), and one pass per plane the input gradient.
 //! Channels and planes run in parallel; every sum has a fixed order.
 
 use rayon::prelude::*;
+
+use super::simd::dispatch;
 
 /// Shape of one call: `n` images of `c` planes of `hw` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +53,14 @@ pub struct BnGrads {
 }
 
 /// The per-channel scale and shift of the normalisation: `y = x · a + b`.
+#[inline(always)]
 fn affine(gamma: f32, beta: f32, mean: f32, inv_std: f32) -> (f32, f32) {
     let a = gamma * inv_std;
     (a, beta - mean * a)
 }
 
 /// Whether the ReLU6 after the normalisation passes a gradient at pre-activation `v`.
+#[inline(always)]
 fn passes(v: f32, relu6: bool) -> bool {
     !relu6 || (v > 0.0 && v < 6.0)
 }
@@ -82,17 +86,26 @@ pub fn forward(
     let stats: Vec<(f32, f32, f32)> = (0..s.c)
         .into_par_iter()
         .map(|ch| {
-            let (mut sum, mut sq) = (0f64, 0f64);
-            for img in 0..s.n {
-                let (ps, pq) = plane_sums(s.plane(x, img, ch));
-                sum += ps;
-                sq += pq;
-            }
-            let m = s.count() as f64;
-            let mean = sum / m;
-            let var = (sq / m - mean * mean).max(0.0);
-            let inv_std = 1.0 / (var + epsilon).sqrt();
-            (mean as f32, var as f32, inv_std as f32)
+            dispatch(
+                #[inline(always)]
+                || {
+                    // Sums of x - k, k being the channel's first value: E[x²] - E[x]² would
+                    // lose a variance that is small beside the mean to cancellation.
+                    let k = x[ch * s.hw];
+                    let (mut sum, mut sq) = (0f64, 0f64);
+                    for img in 0..s.n {
+                        let (ps, pq) = plane_sums(s.plane(x, img, ch), k);
+                        sum += ps;
+                        sq += pq;
+                    }
+                    let m = s.count() as f64;
+                    let shift = sum / m;
+                    let mean = k as f64 + shift;
+                    let var = (sq / m - shift * shift).max(0.0);
+                    let inv_std = 1.0 / (var + epsilon).sqrt();
+                    (mean as f32, var as f32, inv_std as f32)
+                },
+            )
         })
         .collect();
     let mean: Vec<f32> = stats.iter().map(|t| t.0).collect();
@@ -104,23 +117,28 @@ pub fn forward(
         .zip(x.par_chunks(per * s.hw))
         .enumerate()
         .for_each(|(t, (oc, xc))| {
-            for (p, (op, xp)) in oc
-                .chunks_exact_mut(s.hw)
-                .zip(xc.chunks_exact(s.hw))
-                .enumerate()
-            {
-                let ch = (t * per + p) % s.c;
-                let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
-                if relu6 {
-                    for (o, &v) in op.iter_mut().zip(xp) {
-                        *o = (v * a + b).clamp(0.0, 6.0);
+            dispatch(
+                #[inline(always)]
+                || {
+                    for (p, (op, xp)) in oc
+                        .chunks_exact_mut(s.hw)
+                        .zip(xc.chunks_exact(s.hw))
+                        .enumerate()
+                    {
+                        let ch = (t * per + p) % s.c;
+                        let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
+                        if relu6 {
+                            for (o, &v) in op.iter_mut().zip(xp) {
+                                *o = (v * a + b).clamp(0.0, 6.0);
+                            }
+                        } else {
+                            for (o, &v) in op.iter_mut().zip(xp) {
+                                *o = v * a + b;
+                            }
+                        }
                     }
-                } else {
-                    for (o, &v) in op.iter_mut().zip(xp) {
-                        *o = v * a + b;
-                    }
-                }
-            }
+                },
+            )
         });
     BnForward {
         out,
@@ -130,20 +148,24 @@ pub fn forward(
     }
 }
 
-/// Sum and sum of squares of a plane, in f32 over 8 lanes per block of 256, then f64.
-fn plane_sums(p: &[f32]) -> (f64, f64) {
+/// Sum and sum of squares of `x - k` over a plane, in f32 over 8 lanes per block of 256, then
+/// f64.
+#[inline(always)]
+fn plane_sums(p: &[f32], k: f32) -> (f64, f64) {
     let (mut sum, mut sq) = (0f64, 0f64);
     for block in p.chunks(256) {
         let (mut ls, mut lq) = ([0f32; 8], [0f32; 8]);
         let chunks = block.chunks_exact(8);
         for &v in chunks.remainder() {
-            sum += v as f64;
-            sq += (v * v) as f64;
+            let d = (v - k) as f64;
+            sum += d;
+            sq += d * d;
         }
         for c in chunks {
             for l in 0..8 {
-                ls[l] += c[l];
-                lq[l] += c[l] * c[l];
+                let d = c[l] - k;
+                ls[l] += d;
+                lq[l] += d * d;
             }
         }
         sum += ls.iter().map(|&v| v as f64).sum::<f64>();
@@ -172,21 +194,36 @@ pub fn backward(
     let sums: Vec<(f64, f64)> = (0..s.c)
         .into_par_iter()
         .map(|ch| {
-            let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
-            let (m, is) = (mean[ch], inv_std[ch]);
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for img in 0..s.n {
-                let (xp, gp) = (s.plane(x, img, ch), s.plane(dout, img, ch));
-                let (mut pg, mut pgx) = (0f32, 0f32);
-                for (&v, &g) in xp.iter().zip(gp) {
-                    let g = if passes(v * a + b, relu6) { g } else { 0.0 };
-                    pg += g;
-                    pgx += g * ((v - m) * is);
-                }
-                sg += pg as f64;
-                sgx += pgx as f64;
-            }
-            (sg, sgx)
+            dispatch(
+                #[inline(always)]
+                || {
+                    let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
+                    let (m, is) = (mean[ch], inv_std[ch]);
+                    let (mut sg, mut sgx) = (0f64, 0f64);
+                    for img in 0..s.n {
+                        let (xp, gp) = (s.plane(x, img, ch), s.plane(dout, img, ch));
+                        // 8 lanes, so the loop vectorises.
+                        let (mut lg, mut lgx) = ([0f32; 8], [0f32; 8]);
+                        let (xc, gc) = (xp.chunks_exact(8), gp.chunks_exact(8));
+                        for (&v, &g) in xc.remainder().iter().zip(gc.remainder()) {
+                            let g = if passes(v * a + b, relu6) { g } else { 0.0 };
+                            sg += g as f64;
+                            sgx += (g * ((v - m) * is)) as f64;
+                        }
+                        for (xv, gv) in xc.zip(gc) {
+                            for l in 0..8 {
+                                let v = xv[l];
+                                let g = if passes(v * a + b, relu6) { gv[l] } else { 0.0 };
+                                lg[l] += g;
+                                lgx[l] += g * ((v - m) * is);
+                            }
+                        }
+                        sg += lg.iter().map(|&v| v as f64).sum::<f64>();
+                        sgx += lgx.iter().map(|&v| v as f64).sum::<f64>();
+                    }
+                    (sg, sgx)
+                },
+            )
         })
         .collect();
     let dbeta: Vec<f32> = sums.iter().map(|t| t.0 as f32).collect();
@@ -201,24 +238,29 @@ pub fn backward(
             .zip(x.par_chunks(per * s.hw).zip(dout.par_chunks(per * s.hw)))
             .enumerate()
             .for_each(|(t, (dc, (xc, gc)))| {
-                let planes = dc
-                    .chunks_exact_mut(s.hw)
-                    .zip(xc.chunks_exact(s.hw).zip(gc.chunks_exact(s.hw)));
-                for (p, (dp, (xp, gp))) in planes.enumerate() {
-                    let ch = (t * per + p) % s.c;
-                    let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
-                    let (m, is) = (mean[ch] as f64, inv_std[ch] as f64);
-                    let (mg, mgx) = (sums[ch].0 * inv_m, sums[ch].1 * inv_m);
-                    let scale = gamma[ch] as f64 * is;
-                    for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
-                        let g = if passes(v * a + b, relu6) {
-                            g as f64
-                        } else {
-                            0.0
-                        };
-                        *d = (scale * (g - mg - (v as f64 - m) * is * mgx)) as f32;
-                    }
-                }
+                dispatch(
+                    #[inline(always)]
+                    || {
+                        let planes = dc
+                            .chunks_exact_mut(s.hw)
+                            .zip(xc.chunks_exact(s.hw).zip(gc.chunks_exact(s.hw)));
+                        for (p, (dp, (xp, gp))) in planes.enumerate() {
+                            let ch = (t * per + p) % s.c;
+                            let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
+                            let (m, is) = (mean[ch] as f64, inv_std[ch] as f64);
+                            let (mg, mgx) = (sums[ch].0 * inv_m, sums[ch].1 * inv_m);
+                            let scale = gamma[ch] as f64 * is;
+                            for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
+                                let g = if passes(v * a + b, relu6) {
+                                    g as f64
+                                } else {
+                                    0.0
+                                };
+                                *d = (scale * (g - mg - (v as f64 - m) * is * mgx)) as f32;
+                            }
+                        }
+                    },
+                )
             });
         dx
     });

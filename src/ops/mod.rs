@@ -19,6 +19,7 @@ pub mod mobile;
 pub mod mobile_ext;
 pub mod phases;
 mod pointwise;
+pub mod simd;
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::activation::relu;
