@@ -37,6 +37,9 @@ impl BnShape {
 
 const TASK_ELEMS: usize = 8192;
 
+/// Values per channel from which the input gradient is computed in f32 (see [`backward`]).
+const F32_MIN_COUNT: usize = 64;
+
 /// Forward results: the output, the batch mean and biased variance per channel, and `1/σ`.
 pub struct BnForward {
     pub out: Vec<f32>,
@@ -229,8 +232,9 @@ pub fn backward(
     let dbeta: Vec<f32> = sums.iter().map(|t| t.0 as f32).collect();
     let dgamma: Vec<f32> = sums.iter().map(|t| t.1 as f32).collect();
     let dx = want_x.then(|| {
-        // In f64: the bracket cancels to a small fraction of its terms when a channel has few
-        // values (the 1×1 maps of the last blocks), so f32 would lose most of its digits.
+        // The bracket cancels to a small fraction of its terms when a channel has few values
+        // (the 1×1 maps of the last blocks): there it runs in f64, elsewhere in f32.
+        let wide = s.count() < F32_MIN_COUNT;
         let inv_m = 1.0 / s.count() as f64;
         let per = s.planes_per_task();
         let mut dx = vec![0f32; x.len()];
@@ -247,16 +251,26 @@ pub fn backward(
                         for (p, (dp, (xp, gp))) in planes.enumerate() {
                             let ch = (t * per + p) % s.c;
                             let (a, b) = affine(gamma[ch], beta[ch], mean[ch], inv_std[ch]);
-                            let (m, is) = (mean[ch] as f64, inv_std[ch] as f64);
                             let (mg, mgx) = (sums[ch].0 * inv_m, sums[ch].1 * inv_m);
-                            let scale = gamma[ch] as f64 * is;
-                            for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
-                                let g = if passes(v * a + b, relu6) {
-                                    g as f64
-                                } else {
-                                    0.0
-                                };
-                                *d = (scale * (g - mg - (v as f64 - m) * is * mgx)) as f32;
+                            if wide {
+                                let (m, is) = (mean[ch] as f64, inv_std[ch] as f64);
+                                let scale = gamma[ch] as f64 * is;
+                                for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
+                                    let g = if passes(v * a + b, relu6) {
+                                        g as f64
+                                    } else {
+                                        0.0
+                                    };
+                                    *d = (scale * (g - mg - (v as f64 - m) * is * mgx)) as f32;
+                                }
+                            } else {
+                                let (m, is) = (mean[ch], inv_std[ch]);
+                                let (mg, mgx) = (mg as f32, mgx as f32);
+                                let scale = gamma[ch] * is;
+                                for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
+                                    let g = if passes(v * a + b, relu6) { g } else { 0.0 };
+                                    *d = scale * (g - mg - (v - m) * is * mgx);
+                                }
                             }
                         }
                     },
