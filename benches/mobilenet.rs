@@ -1,9 +1,13 @@
 //! MobileNetV2 throughput on the Flex CPU backend, the figures: training img/s (forward,
-//! loss, backward, Adam on a fixed random batch), inference img/s in batches and batch-1
-//! latency, through the fused path and through Burn's forward pass.
+//! loss, backward, Adam on a fixed random batch) through the fused training ops and through
+//! Burn's generic ops, inference img/s in batches and batch-1 latency, through the fused path
+//! and through Burn's forward pass.
 //!
 //! `cargo test --release --bench mobilenet -- [STEPS] [SIZE] [BATCH] [WIDTH×100]` (defaults 10, 96, 32,
 //! 35). Prints `BENCH mobilenet ...` lines; `bench/mobilenet.sh` sets them beside PyTorch's.
+//! With `FLORA_PHASES=1` it also prints where a fused training step's time goes (`PHASES`);
+//! `FLORA_TRAIN_ENGINE=fused` or `burn` trains with that engine only and skips inference (to
+//! profile one).
 
 use std::time::Instant;
 
@@ -12,6 +16,7 @@ use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
 use flora::model::{Arch, Classifier};
+use flora::ops::TrainEngine;
 use rand::{Rng, SeedableRng};
 
 fn main() {
@@ -32,29 +37,82 @@ fn main() {
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-    let mut model = Classifier::with_width(Arch::MobilenetV2, width, classes, 0.2, &device);
-    let mut optim = AdamConfig::new().init();
-    let mut step = |model: Classifier| {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(input.clone(), [batch, 3, size, size]),
-            &device,
-        );
-        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch]), &device);
-        let loss = CrossEntropyLoss::new(None, &device).forward(model.forward(x), y);
-        let _: f32 = loss.clone().into_scalar();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        optim.step(1e-3, model, grads)
+    let phases = std::env::var("FLORA_PHASES").is_ok_and(|v| v == "1");
+    let mut rates = Vec::new();
+    let mut trained = None;
+    let engines = match std::env::var("FLORA_TRAIN_ENGINE").as_deref() {
+        Ok("fused") => vec![TrainEngine::Fused],
+        Ok("burn") => vec![TrainEngine::Burn],
+        _ => vec![TrainEngine::Fused, TrainEngine::Burn],
     };
-    model = step(model);
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        model = step(model);
+    for &engine in &engines {
+        device.seed(1);
+        let mut model = Classifier::with_width(Arch::MobilenetV2, width, classes, 0.2, &device);
+        let mut optim = AdamConfig::new().init();
+        // Seconds in forward (with the loss), backward, and the optimizer step.
+        let mut spent = [0f64; 3];
+        let mut step = |model: Classifier, spent: &mut [f64; 3]| {
+            let t = Instant::now();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(input.clone(), [batch, 3, size, size]),
+                &device,
+            );
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch]), &device);
+            let loss =
+                CrossEntropyLoss::new(None, &device).forward(model.forward_with(x, engine), y);
+            let _: f32 = loss.clone().into_scalar();
+            let t1 = Instant::now();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let t2 = Instant::now();
+            let model = optim.step(1e-3, model, grads);
+            spent[0] += (t1 - t).as_secs_f64();
+            spent[1] += (t2 - t1).as_secs_f64();
+            spent[2] += t2.elapsed().as_secs_f64();
+            model
+        };
+        model = step(model, &mut [0.0; 3]);
+        let _ = flora::ops::phases::report();
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            model = step(model, &mut spent);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let name = if engine == TrainEngine::Fused {
+            "fused"
+        } else {
+            "burn"
+        };
+        let rate = (steps * batch) as f64 / secs;
+        println!(
+            "BENCH mobilenet train engine={name} {tag} batch={batch} steps={steps} img_per_s={rate:.1}"
+        );
+        if phases {
+            let [f, b, a] = spent.map(|t| 1e3 * t / steps as f64);
+            println!(
+                "PHASES mobilenet engine={name} forward_ms={f:.1} backward_ms={b:.1} adam_ms={a:.1}"
+            );
+            let ops: Vec<String> = flora::ops::phases::report()
+                .split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| format!("{k}={:.1}", v.parse::<f64>().unwrap_or(0.0) / steps as f64))
+                .collect();
+            if engine == TrainEngine::Fused {
+                println!(
+                    "PHASES mobilenet fused_ops_wall_ms_per_step {}",
+                    ops.join(" ")
+                );
+            }
+        }
+        rates.push(rate);
+        trained.get_or_insert(model);
     }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "BENCH mobilenet train {tag} batch={batch} steps={steps} img_per_s={:.1}",
-        (steps * batch) as f64 / secs
-    );
+    if let [fused, burn] = rates[..] {
+        println!("BENCH mobilenet train fused_vs_burn={:.2}", fused / burn);
+    }
+    let model = trained.expect("trained");
+    if engines.len() == 1 {
+        return;
+    }
 
     let valid = model.valid();
     let infer_device = flora::device::inference();

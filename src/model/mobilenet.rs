@@ -18,6 +18,7 @@ use burn::tensor::activation::relu6;
 
 use super::fused_mobilenet::{FusedConv, FusedMobileNet, FusedUnit};
 use super::{conv_bn_weights, values};
+use crate::ops::{self, TrainEngine};
 
 /// The width multipliers flora offers (torchvision and timm publish weights for some of them).
 pub const WIDTHS: [f64; 4] = [0.35, 0.5, 0.75, 1.0];
@@ -126,9 +127,51 @@ impl ConvBn {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// Burn's modules as declared: what inference and [`TrainEngine::Burn`] run.
+    fn forward_burn(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.norm.forward(self.conv.forward(x));
         if self.act { relu6(y) } else { y }
+    }
+
+    /// A training pass (autodiff device) with [`TrainEngine::Fused`] runs the depthwise and
+    /// pointwise convs and, when the norm trains (not frozen), BatchNorm + ReLU6 through the
+    /// fused ops of [`crate::ops::mobile`] (which fall back to Burn's ops off Flex); the stem's
+    /// dense 3×3 conv stays Burn's. Running statistics are updated as [`BatchNorm`] does.
+    fn forward_with(&self, x: Tensor<4>, engine: TrainEngine) -> Tensor<4> {
+        let device = x.device();
+        if engine == TrainEngine::Burn || !device.is_autodiff() {
+            return self.forward_burn(x);
+        }
+        // The weight before the norm's parameters: parameters are initialised lazily, on first
+        // use, in the order Burn's modules use them, so both engines start from the same weights.
+        let weight = self.conv.weight.val();
+        let [cout, per_group, k, _] = weight.dims();
+        let (stride, groups) = (self.conv.stride[0], self.conv.groups);
+        let y = if k == 1 && groups == 1 && stride == 1 {
+            ops::pointwise_train(x, weight, engine)
+        } else if k == 3 && per_group == 1 && groups == cout && stride <= 2 {
+            ops::depthwise3x3_train(x, weight, stride, engine)
+        } else {
+            self.conv.forward(x)
+        };
+        if !self.norm.training.is_enabled() {
+            let y = self.norm.forward(y);
+            return if self.act { relu6(y) } else { y };
+        }
+        let n = &self.norm;
+        let r = ops::bn_act_train(y, n.gamma.val(), n.beta.val(), n.epsilon, self.act, engine);
+        let m = n.momentum;
+        let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+            let running = state
+                .value_sync()
+                .to_device(&device)
+                .mul_scalar(1.0 - m)
+                .add(batch.detach().mul_scalar(m));
+            state.update(running.detach());
+        };
+        update(&n.running_mean, r.mean);
+        update(&n.running_var, r.var);
+        r.output
     }
 
     /// The folded inference form of this conv + norm.
@@ -176,10 +219,10 @@ impl InvertedResidual {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    fn forward_with(&self, x: Tensor<4>, engine: TrainEngine) -> Tensor<4> {
         let mut y = x.clone();
         for l in &self.layers {
-            y = l.forward(y);
+            y = l.forward_with(y, engine);
         }
         if self.residual { x + y } else { y }
     }
@@ -221,13 +264,24 @@ impl MobileNetV2 {
         }
     }
 
-    /// Logits `[batch, classes]`.
+    /// Logits `[batch, classes]`, with the training engine chosen by
+    /// [`TrainEngine::from_env`].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem.forward(x);
+        self.forward_with(x, TrainEngine::from_env())
+    }
+
+    /// Logits `[batch, classes]`. A training pass (autodiff device) with
+    /// [`TrainEngine::Fused`] runs the convs and BatchNorms through the fused training ops;
+    /// otherwise Burn's modules run as declared.
+    pub fn forward_with(&self, x: Tensor<4>, engine: TrainEngine) -> Tensor<2> {
+        let mut x = self.stem.forward_with(x, engine);
         for b in &self.blocks {
-            x = b.forward(x);
+            x = b.forward_with(x, engine);
         }
-        let x: Tensor<2> = self.pool.forward(self.last.forward(x)).flatten(1, 3);
+        let x: Tensor<2> = self
+            .pool
+            .forward(self.last.forward_with(x, engine))
+            .flatten(1, 3);
         self.head.forward(self.dropout.forward(x))
     }
 

@@ -117,9 +117,14 @@ impl Classifier {
 
     /// Logits `[batch, classes]` for images `[batch, 3, size, size]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, crate::ops::TrainEngine::from_env())
+    }
+
+    /// [`Self::forward`] with the training engine given (benchmarks compare the two).
+    pub fn forward_with(&self, images: Tensor<4>, engine: crate::ops::TrainEngine) -> Tensor<2> {
         match self {
-            Classifier::Cnn(m) => m.forward(images),
-            Classifier::MobileNetV2(m) => m.forward(images),
+            Classifier::Cnn(m) => m.forward_with(images, engine),
+            Classifier::MobileNetV2(m) => m.forward_with(images, engine),
         }
     }
 }

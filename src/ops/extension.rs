@@ -34,11 +34,11 @@ pub trait ConvBlockBackend: Backend {
 }
 
 /// The f32 values of a Flex tensor in row-major order (borrowed when already contiguous).
-fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+pub(super) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
     assert_eq!(
         t.dtype(),
         DType::F32,
-        "the fused conv block runs on f32 tensors"
+        "the fused training ops run on f32 tensors"
     );
     match t.as_slice::<f32>() {
         Some(s) => Cow::Borrowed(s),
@@ -51,7 +51,7 @@ fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
     }
 }
 
-fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+pub(super) fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
 }
 

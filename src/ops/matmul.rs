@@ -1,6 +1,7 @@
 //! A bounds-checked front to the `gemm` crate's f32 product (which picks its AVX2, AVX-512 or
 //! portable kernel at run time), with the operands given as strided views so that transposes
-//! cost nothing.
+//! cost nothing. When the portable path is forced ([`super::simd::portable`]) a plain loop
+//! computes the product instead.
 
 /// A read-only `rows`×`cols` matrix inside `data`: element `(i, j)` is at `i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -60,6 +61,18 @@ pub(crate) fn matmul(
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    if super::simd::portable() {
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f32 = (0..k)
+                    .map(|t| lhs.data[i * lhs.rs + t * lhs.cs] * rhs.data[t * rhs.rs + j * rhs.cs])
+                    .sum();
+                let d = &mut dst[i * n + j];
+                *d = if accumulate { *d + dot } else { dot };
+            }
         }
         return;
     }

@@ -6,11 +6,20 @@
 //! training mode, channels-last. On a Flex device (with or without autodiff) it runs the fused
 //! kernels of [`conv_block`]; anywhere else, or with [`TrainEngine::Burn`], it runs Burn's own ops
 //! ([`conv_block_reference`]), so the same model code works on every backend.
+//!
+//! [`mobile`] holds MobileNetV2's ops (depthwise 3×3, pointwise, BatchNorm + ReLU6, NCHW) in the
+//! same way.
 
+mod bn_act;
 pub mod conv_block;
+mod depthwise;
 pub mod extension;
 mod matmul;
+pub mod mobile;
+pub mod mobile_ext;
 pub mod phases;
+mod pointwise;
+pub mod simd;
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::activation::relu;
@@ -19,6 +28,10 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Device, Tensor};
 
 use extension::ConvBlockBackend;
+pub use mobile::{
+    BnActOutput, bn_act_reference, bn_act_train, depthwise3x3_reference, depthwise3x3_train,
+    pointwise_reference, pointwise_train,
+};
 
 /// Which implementation the training forward pass uses for the ops of this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

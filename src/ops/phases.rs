@@ -1,5 +1,7 @@
-//! Optional timers of the fused kernels' phases (`FLORA_PHASES=1`), summed over threads: what
-//! the train-speed bench prints to say where the time goes.
+//! Optional timers of the fused kernels' phases (`FLORA_PHASES=1`): what the train-speed and
+//! MobileNetV2 benches print to say where the time goes. The conv block's phases are summed
+//! over threads; MobileNetV2's ops (`dw_*`, `pw_*`, `bn_*`) are timed around each whole
+//! (parallel) call, in wall time.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +24,21 @@ pub(crate) enum Phase {
     BwdWeight,
     /// Input-gradient product + col2im.
     BwdInput,
+    /// Depthwise 3×3 forward.
+    DwFwd,
+    /// Depthwise 3×3 input and weight gradients.
+    DwBwd,
+    /// Pointwise forward.
+    PwFwd,
+    /// Pointwise input and weight gradients.
+    PwBwd,
+    /// BatchNorm + ReLU6 forward.
+    BnFwd,
+    /// BatchNorm + ReLU6 backward.
+    BnBwd,
 }
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 13] = [
     "fwd_conv",
     "fwd_stats",
     "fwd_pool",
@@ -32,9 +46,15 @@ const NAMES: [&str; 7] = [
     "bwd_dy",
     "bwd_weight",
     "bwd_input",
+    "dw_fwd",
+    "dw_bwd",
+    "pw_fwd",
+    "pw_bwd",
+    "bn_fwd",
+    "bn_bwd",
 ];
 
-static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static NANOS: [AtomicU64; 13] = [const { AtomicU64::new(0) }; 13];
 
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -61,6 +81,7 @@ pub fn report() -> String {
     NAMES
         .iter()
         .zip(&NANOS)
+        .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
         .map(|(name, n)| format!("{name}={:.1}", n.swap(0, Ordering::Relaxed) as f64 / 1e6))
         .collect::<Vec<_>>()
         .join(" ")
