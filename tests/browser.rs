@@ -561,3 +561,78 @@ fn label_refuses_hostile_requests() {
     let pair = cookie.split(';').next().unwrap();
     assert_eq!(call("/api/state", &[("Cookie", pair)]).0, 200);
 }
+
+/// `flora eval --html` in the browser: the page renders, every thumbnail loads, the matrix
+/// shows eval's counts, and clicking a cell opens that cell's images (and only those).
+#[test]
+fn eval_report_renders_and_its_cells_open_their_images() {
+    let Some(b) = browser() else { return };
+    let dir = project(30, 2);
+    let p = dir.path();
+    ok(p, &["train", "--name", "r"]);
+    let (_, test) = fashion_mnist();
+    let data = tempfile::tempdir().unwrap();
+    copy_classes(&test, data.path(), &CLASSES, 12);
+    let out = tempfile::tempdir().unwrap();
+    let j: Value = serde_json::from_str(&ok(
+        p,
+        &[
+            "eval",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--html",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let page = out.path().join("report.html");
+    b.open(&format!("file://{}", page.display()));
+    b.wait_js(
+        "every image loaded",
+        "const im = [...document.images]; \
+         return im.length > 0 && im.every(i => i.complete) && im.length",
+    );
+    let broken = b.eval_js(
+        "return [...document.images].filter(i => i.naturalWidth === 0).map(i => i.src)",
+        json!([]),
+    );
+    assert_eq!(broken, json!([]), "images that did not load");
+
+    // The count matrix shows what eval computed.
+    let shown = b.eval_js(
+        "const n = arguments[0]; const m = [];
+         for (let t = 0; t < n; t++) { const row = [];
+           for (let q = 0; q < n; q++)
+             row.push(Number(document.getElementById(`cm-${t}-${q}`).textContent.trim() || 0));
+           m.push(row); }
+         return m",
+        json!([CLASSES.len()]),
+    );
+    assert_eq!(shown, j["confusion_matrix"], "the matrix on the page");
+
+    // A mistake cell (else the first diagonal one) opens its own thumbnails only.
+    let cm: Vec<Vec<u64>> = serde_json::from_value(j["confusion_matrix"].clone()).unwrap();
+    let (t, q) = (0..CLASSES.len())
+        .flat_map(|t| (0..CLASSES.len()).map(move |q| (t, q)))
+        .find(|&(t, q)| t != q && cm[t][q] > 0)
+        .unwrap_or((0, 0));
+    let visible = "return [...document.querySelectorAll('section.cell')]
+         .filter(s => getComputedStyle(s).display !== 'none').map(s => s.id)";
+    assert_eq!(b.eval_js(visible, json!([])), json!([]), "no cell open at first");
+    b.click(&format!("#cm-{t}-{q} a"));
+    let open = b.wait_js(
+        "the cell's thumbnails",
+        "const v = [...document.querySelectorAll('section.cell')]
+           .filter(s => getComputedStyle(s).display !== 'none').map(s => s.id);
+         return v.length > 0 && v",
+    );
+    assert_eq!(open, json!([format!("cell-{t}-{q}")]));
+    let shown = b.eval_js(
+        "return document.querySelectorAll(`#${arguments[0]} img`).length",
+        json!([format!("cell-{t}-{q}")]),
+    );
+    assert_eq!(shown, json!(cm[t][q].min(60)));
+    b.shot("eval-report-cell");
+}
