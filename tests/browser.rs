@@ -620,7 +620,11 @@ fn eval_report_renders_and_its_cells_open_their_images() {
         .unwrap_or((0, 0));
     let visible = "return [...document.querySelectorAll('section.cell')]
          .filter(s => getComputedStyle(s).display !== 'none').map(s => s.id)";
-    assert_eq!(b.eval_js(visible, json!([])), json!([]), "no cell open at first");
+    assert_eq!(
+        b.eval_js(visible, json!([])),
+        json!([]),
+        "no cell open at first"
+    );
     b.click(&format!("#cm-{t}-{q} a"));
     let open = b.wait_js(
         "the cell's thumbnails",
