@@ -31,7 +31,7 @@ pub fn new_batch() -> String {
 /// whose file moved) and warnings for the others. Every path must lie inside the dataset
 /// ([`Layout::checked`]); a source that is not a file is an error and nothing moves.
 pub fn apply(layout: &Layout, batch: &str, moves: Vec<Move>) -> Result<(Vec<Row>, Vec<String>)> {
-    let (lock, mut notes) = layout.lock_and_recover()?;
+    let (lock, notes) = layout.lock_and_recover()?;
     let now = jiff::Timestamp::now().to_string();
     let mut reserved = HashSet::new();
     let mut entries = Vec::with_capacity(moves.len());
@@ -68,34 +68,14 @@ pub fn apply(layout: &Layout, batch: &str, moves: Vec<Move>) -> Result<(Vec<Row>
             sidecar_sha256: None,
         });
     }
-    if entries.is_empty() {
-        return Ok((Vec::new(), notes));
-    }
-    let mut j = Journal {
-        op: Op::Merge,
-        batch: batch.to_string(),
-        entries,
-    };
-    j.save(layout)?;
-    let outcome = j.execute(layout)?;
-    j.commit(layout, &outcome)?;
-    notes.extend(outcome.warnings);
-    drop(lock);
-    let done = j
-        .entries
-        .into_iter()
-        .zip(outcome.done)
-        .filter(|(_, d)| *d)
-        .map(|(e, _)| e.row)
-        .collect();
-    Ok((done, notes))
+    journalled(layout, lock, Op::Merge, batch, entries, notes)
 }
 
 /// Puts the files of `rows` (rows of `batch` that [`apply`] recorded) back where they came
 /// from and removes the rows from the manifest (kept in `.merge/<batch>.undone.csv`).
 /// Returns the rows put back and warnings for the others.
 pub fn revert(layout: &Layout, batch: &str, rows: &[Row]) -> Result<(Vec<Row>, Vec<String>)> {
-    let (lock, mut notes) = layout.lock_and_recover()?;
+    let (lock, notes) = layout.lock_and_recover()?;
     let recorded = super::read_manifest(&layout.manifest())?;
     let mut entries = Vec::new();
     for r in rows {
@@ -112,11 +92,24 @@ pub fn revert(layout: &Layout, batch: &str, rows: &[Row]) -> Result<(Vec<Row>, V
             sidecar_sha256: None,
         });
     }
+    journalled(layout, lock, Op::Undo, batch, entries, notes)
+}
+
+/// Journals `entries` as one `op` of `batch`, carries them out and commits them, holding
+/// merge's `lock` until the end; returns the rows done and the warnings after `notes`.
+fn journalled<L>(
+    layout: &Layout,
+    lock: L,
+    op: Op,
+    batch: &str,
+    entries: Vec<Entry>,
+    mut notes: Vec<String>,
+) -> Result<(Vec<Row>, Vec<String>)> {
     if entries.is_empty() {
         return Ok((Vec::new(), notes));
     }
     let mut j = Journal {
-        op: Op::Undo,
+        op,
         batch: batch.to_string(),
         entries,
     };

@@ -133,18 +133,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
 
     let size = model.bundle.meta.image_size;
     let limits = app.limits;
-    let permit = app
-        .decode_permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is stopping",
-            )
-        })?;
+    let permit = decode_permit(&app).await?;
     let decode_input = bytes.clone();
     let running = app.metrics.decodes_running().clone();
     // The permit lives in the blocking task: if the client goes away, the decode still
@@ -311,18 +300,7 @@ pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Respon
                 "another explanation is being computed: retry in a moment",
             )
         })?;
-    let decode = app
-        .decode_permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is stopping",
-            )
-        })?;
+    let decode = decode_permit(&app).await?;
     let limits = app.limits;
     let running = app.metrics.decodes_running().clone();
     // The permits live in the blocking task: a client that leaves does not free them early.
@@ -537,4 +515,19 @@ pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
         resp.headers_mut().insert(access::REQUEST_ID, v);
     }
     resp
+}
+
+/// One of the permits that bound concurrent decodes (503 once the server is stopping).
+async fn decode_permit(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    app.decode_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })
 }
