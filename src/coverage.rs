@@ -71,11 +71,16 @@ pub fn table(points: &[Point]) -> String {
         "threshold", "coverage", "accuracy", "answered"
     );
     for p in points {
+        // With nothing answered there is no accuracy to show.
+        let accuracy = match p.answered {
+            0 => "-".to_string(),
+            _ => format!("{:.1}%", 100.0 * p.accuracy),
+        };
         s += &format!(
-            "{:>9.2} {:>8.1}% {:>8.1}% {:>9}\n",
+            "{:>9.2} {:>8.1}% {:>9} {:>9}\n",
             p.threshold,
             100.0 * p.coverage,
-            100.0 * p.accuracy,
+            accuracy,
             p.answered
         );
     }
