@@ -2,35 +2,33 @@
 //! logged to the run store.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
-use crate::bundle::{BUNDLE_FORMAT, BundleMeta, Engine, ModelBundle, run_bundle_dir};
-use crate::cache::ImageCache;
+use crate::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_dir};
 use crate::checkpoint::{self, Checkpoint, LoopState, Resume};
-use crate::class_weights::Weighting;
 use crate::config::{Settings, TrainConfig};
-use crate::dataset::{DatasetIndex, Subset};
 use crate::finetune::{self, Schedule};
-use crate::imaging::{self, Normalization};
+use crate::imaging::Normalization;
 use crate::model::Classifier;
 use crate::progress;
-use crate::split::{self, SplitRow};
 use crate::store::{Run, RunStatus, RunStore};
 use crate::{device, fsutil};
 
-/// Images per forward pass during validation.
-const EVAL_BATCH: usize = 128;
+mod data;
+mod logging;
+
+pub use data::argmax;
+use data::{Prepared, batch_input, count_correct, evaluate, prepare, to_tensors};
+pub(crate) use logging::epoch_metrics;
+pub use logging::summary;
+use logging::{log_epoch, log_inputs, report_epoch, write_results};
 
 /// What a finished (or stopped) training run produced.
 #[derive(Debug, Clone)]
@@ -62,16 +60,6 @@ pub struct EpochStats {
     pub images_per_second: f64,
     /// `full`, or `head` / `finetune` (see [`crate::finetune`]).
     pub phase: String,
-}
-
-/// Data ready for training: decoded pixels with each sample's subset.
-struct Prepared {
-    classes: Vec<String>,
-    cache: ImageCache,
-    train: Vec<usize>,
-    val: Vec<usize>,
-    split_rows: Vec<SplitRow>,
-    weighting: Weighting,
 }
 
 /// What a caller such as cross-validation ([`crate::cv`]) changes in a run; the default
@@ -178,188 +166,6 @@ pub fn abandon_active_run() -> Option<String> {
     let mut run = active.take()?;
     let _ = run.end(RunStatus::Killed);
     Some(run.info.run_id)
-}
-
-/// Scans, decodes and splits the dataset; every data error is reported here, before a run exists.
-fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
-    let cfg = &settings.config;
-    let index = DatasetIndex::scan(&settings.data_dir())?;
-    let cache = ImageCache::build(&index.samples, cfg.data.image_size, "decoding");
-    if let Some(report) = cache.skipped_report() {
-        eprintln!("warning: {report}");
-    }
-    let mut counts = vec![0usize; index.classes.len()];
-    for s in &cache.samples {
-        counts[s.class] += 1;
-    }
-    if let Some(empty) = counts.iter().position(|&c| c == 0) {
-        bail!(
-            "class '{}' has no usable image in {}: add images or remove the folder",
-            index.classes[empty],
-            index.root.join(&index.classes[empty]).display()
-        );
-    }
-    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
-    if max > 5 * min {
-        eprintln!(
-            "warning: classes are imbalanced: the largest has {max} images, the smallest {min} (more than 5x)"
-        );
-    }
-    let subsets: Vec<Option<Subset>> = match &index.fixed_split {
-        _ if !plan.held_out.is_empty() => crate::cv::split_rest(
-            &cache,
-            index.classes.len(),
-            &plan.held_out,
-            cfg.data.val_fraction,
-            cfg.data.seed,
-        ),
-        Some(fixed) => {
-            let by_path: std::collections::HashMap<&str, Subset> = index
-                .samples
-                .iter()
-                .zip(fixed)
-                .map(|(s, &sub)| (s.rel.as_str(), sub))
-                .collect();
-            cache
-                .samples
-                .iter()
-                .map(|s| Some(by_path[s.rel.as_str()]))
-                .collect()
-        }
-        None => {
-            let classes_of: Vec<usize> = cache.samples.iter().map(|s| s.class).collect();
-            split::stable(
-                &cache.content_hashes,
-                &classes_of,
-                index.classes.len(),
-                cfg.data.val_fraction,
-                cfg.data.seed,
-            )
-            .into_iter()
-            .map(Some)
-            .collect()
-        }
-    };
-    let train: Vec<usize> = (0..subsets.len())
-        .filter(|&i| subsets[i] == Some(Subset::Train))
-        .collect();
-    let val: Vec<usize> = (0..subsets.len())
-        .filter(|&i| subsets[i] == Some(Subset::Val))
-        .collect();
-    if train.is_empty() || val.is_empty() {
-        bail!(
-            "too few images to train and validate: {} train, {} val (need at least 2 images per class)",
-            train.len(),
-            val.len()
-        );
-    }
-    let split_rows = cache
-        .samples
-        .iter()
-        .zip(&subsets)
-        .map(|(s, sub)| SplitRow {
-            path: s.rel.clone(),
-            class: index.classes[s.class].clone(),
-            subset: sub.map_or("held_out", Subset::as_str).into(),
-        })
-        .collect();
-    let t = &cfg.train;
-    let train_classes: Vec<usize> = train.iter().map(|&i| cache.samples[i].class).collect();
-    let weighting = Weighting::new(
-        &t.class_weights,
-        t.class_weight_power,
-        t.sampler,
-        &index.classes,
-        &train_classes,
-    )?;
-    crate::unknown::configured(settings).validate(&index.classes)?;
-    eprintln!(
-        "dataset {}: {} classes, {} train / {} val images at {}px",
-        index.root.display(),
-        index.classes.len(),
-        train.len(),
-        val.len(),
-        cfg.data.image_size
-    );
-    if let Some(test) = &index.test_dir {
-        eprintln!(
-            "held-out test set: {} (never trained on; eval and the promote gate use it)",
-            test.display()
-        );
-    }
-    Ok(Prepared {
-        classes: index.classes,
-        cache,
-        train,
-        val,
-        split_rows,
-        weighting,
-    })
-}
-
-/// Logs every resolved setting, the data fingerprint, the split and the config.
-fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
-    let cfg = &settings.config;
-    let (d, t) = (&cfg.data, &cfg.train);
-    let params: Vec<(&str, String)> = vec![
-        ("project.name", cfg.project.name.clone()),
-        ("data.dir", settings.data_dir().display().to_string()),
-        ("data.image_size", d.image_size.to_string()),
-        ("data.val_fraction", d.val_fraction.to_string()),
-        ("data.seed", d.seed.to_string()),
-        ("data.augment", d.augment.to_string()),
-        ("data.crop_scale_min", d.crop_scale_min.to_string()),
-        ("train.arch", t.arch.as_str().into()),
-        ("train.epochs", t.epochs.to_string()),
-        ("train.batch_size", t.batch_size.to_string()),
-        ("train.learning_rate", t.learning_rate.to_string()),
-        (
-            "train.lr_schedule",
-            format!("{:?}", t.lr_schedule).to_lowercase(),
-        ),
-        ("train.weight_decay", t.weight_decay.to_string()),
-        ("train.dropout", t.dropout().to_string()),
-        ("train.width", t.width.to_string()),
-        (
-            "train.pretrained",
-            settings
-                .pretrained_file()
-                .map_or("none".into(), |p| p.display().to_string()),
-        ),
-        ("train.freeze_epochs", t.freeze_epochs.to_string()),
-        ("train.unfreeze_fraction", t.unfreeze_fraction.to_string()),
-        (
-            "train.finetune_learning_rate",
-            t.finetune_learning_rate.to_string(),
-        ),
-        ("train.patience", t.patience.to_string()),
-        ("train.threads", t.threads.to_string()),
-        ("num_classes", data.classes.len().to_string()),
-        ("classes", data.classes.join(",")),
-        ("num_train", data.train.len().to_string()),
-        ("num_val", data.val.len().to_string()),
-        ("num_skipped", data.cache.skipped.len().to_string()),
-        (
-            "thresholds",
-            crate::unknown::configured(settings).describe(),
-        ),
-    ];
-    let params = params
-        .into_iter()
-        .chain(data.weighting.params(&data.classes));
-    for (k, v) in params {
-        run.log_param(k, &v)?;
-    }
-    run.set_tag("flora.data_fingerprint", &data.cache.fingerprint)?;
-    split::write_csv(&run.artifacts().join("split.csv"), &data.split_rows)?;
-    // Never a secret in the run store (which `mlflow ui` shows): the admin token is left out.
-    let mut public = cfg.clone();
-    let mut text = String::new();
-    if public.serve.admin_token.take().is_some() {
-        text.push_str("# serve.admin_token is set but left out of the run store (a secret)\n");
-    }
-    text.push_str(&toml::to_string_pretty(&public).context("serialising the resolved config")?);
-    fsutil::write_atomic(&run.artifacts().join("config.toml"), text.as_bytes())
 }
 
 /// The training loop: Adam, cross-entropy, LR schedule, early stopping, best-epoch weights, a
@@ -591,169 +397,6 @@ fn stops_early(t: &TrainConfig, schedule: &Schedule, epoch: usize, since_best: u
     t.patience > 0 && since_best >= t.patience && epoch < t.epochs && schedule.may_stop_early(epoch)
 }
 
-/// Normalised CHW floats for the batch, augmented when asked. Each image gets its own RNG
-/// (seeded from `seed` and its position), so the result does not depend on thread scheduling.
-fn batch_input(
-    data: &Prepared,
-    batch: &[usize],
-    norm: &Normalization,
-    augment: bool,
-    scale_min: f64,
-    seed: u64,
-) -> Vec<f32> {
-    let side = data.cache.size as usize;
-    let per = 3 * side * side;
-    let mut input = vec![0f32; batch.len() * per];
-    input
-        .par_chunks_mut(per)
-        .zip(batch.par_iter())
-        .enumerate()
-        .for_each(|(k, (out, &i))| {
-            let px = data.cache.pixels(i);
-            if augment {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(k as u64));
-                let img = image::RgbImage::from_raw(side as u32, side as u32, px.to_vec())
-                    .expect("cached image size");
-                let crop = imaging::random_resized_crop(&img, scale_min, &mut rng);
-                norm.write_chw(crop.as_raw(), side, rng.random_bool(0.5), out);
-            } else {
-                norm.write_chw(px, side, false, out);
-            }
-        });
-    input
-}
-
-fn to_tensors(
-    input: Vec<f32>,
-    data: &Prepared,
-    batch: &[usize],
-    device: &Device,
-) -> (Tensor<4>, Tensor<1, Int>) {
-    let side = data.cache.size as usize;
-    let images =
-        Tensor::<4>::from_data(TensorData::new(input, [batch.len(), 3, side, side]), device);
-    let labels: Vec<i64> = batch
-        .iter()
-        .map(|&i| data.cache.samples[i].class as i64)
-        .collect();
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
-    (images, targets)
-}
-
-/// Argmax of each row of `logits` compared with the batch's labels.
-fn count_correct(logits: Tensor<2>, data: &Prepared, batch: &[usize]) -> usize {
-    let n = data.classes.len();
-    let values = logits.into_data();
-    let flat = values.as_slice::<f32>().expect("f32 logits");
-    flat.chunks(n)
-        .zip(batch)
-        .filter(|(row, i)| argmax(row) == data.cache.samples[**i].class)
-        .count()
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// Mean cross-entropy and accuracy of `model` (in validation mode) on the val split, through
-/// the fused inference path when the model has one (as predict and serve run it).
-fn evaluate(model: &Classifier, data: &Prepared, norm: &Normalization) -> (f64, f64) {
-    let fused = Engine::from_env().fused(model);
-    let device = device::inference();
-    let side = data.cache.size as usize;
-    let (mut loss_sum, mut correct) = (0f64, 0usize);
-    for batch in data.val.chunks(EVAL_BATCH) {
-        if let Some(fused) = &fused {
-            let pixels: Vec<&[u8]> = batch.iter().map(|&i| data.cache.pixels(i)).collect();
-            for (row, &i) in fused.logits(&pixels, norm, side).iter().zip(batch) {
-                let target = data.cache.samples[i].class;
-                loss_sum += cross_entropy(row, target);
-                correct += usize::from(argmax(row) == target);
-            }
-            continue;
-        }
-        let input = batch_input(data, batch, norm, false, 1.0, 0);
-        let (images, targets) = to_tensors(input, data, batch, &device);
-        let logits = model.forward(images);
-        let loss: f32 = CrossEntropyLoss::new(None, &device)
-            .forward(logits.clone(), targets)
-            .into_scalar();
-        loss_sum += loss as f64 * batch.len() as f64;
-        correct += count_correct(logits, data, batch);
-    }
-    (
-        loss_sum / data.val.len() as f64,
-        correct as f64 / data.val.len() as f64,
-    )
-}
-
-/// `-ln softmax(logits)[target]`, computed stably.
-fn cross_entropy(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    max + sum.ln() - logits[target] as f64
-}
-
-/// The metrics logged per epoch (at step `epoch`), by name.
-pub(crate) fn epoch_metrics(s: &EpochStats) -> [(&'static str, f64); 7] {
-    [
-        ("train_loss", s.train_loss),
-        ("train_accuracy", s.train_accuracy),
-        ("val_loss", s.val_loss),
-        ("val_accuracy", s.val_accuracy),
-        ("learning_rate", s.learning_rate),
-        ("epoch_seconds", s.epoch_seconds),
-        ("images_per_second", s.images_per_second),
-    ]
-}
-
-fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {
-    for (k, v) in epoch_metrics(s) {
-        run.log_metric(k, v, s.epoch as u64)?;
-    }
-    Ok(())
-}
-
-fn report_epoch(s: &EpochStats, epochs: usize) {
-    let line = format!(
-        "epoch {}/{} {:<8} train_loss {:.4}  train_acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  lr {:.2e}  {:.1}s  {:.0} img/s",
-        s.epoch,
-        epochs,
-        s.phase,
-        s.train_loss,
-        100.0 * s.train_accuracy,
-        s.val_loss,
-        100.0 * s.val_accuracy,
-        s.learning_rate,
-        s.epoch_seconds,
-        s.images_per_second
-    );
-    if progress::interactive() {
-        eprintln!("{line}")
-    } else {
-        println!("{line}")
-    }
-}
-
-/// `results.csv`: one human-readable row per epoch, rewritten atomically after each epoch.
-fn write_results(run: &Run, history: &[EpochStats]) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for s in history {
-        w.serialize(s)?;
-    }
-    fsutil::write_atomic(
-        &run.artifacts().join("results.csv"),
-        &w.into_inner().context("writing results.csv")?,
-    )
-}
-
 /// `[class_info]` from the config, as JSON values for the bundle.
 fn class_info_json(
     settings: &Settings,
@@ -776,46 +419,4 @@ fn class_info_json(
 fn default_run_name(arch: &str) -> String {
     let now = jiff::Zoned::now();
     format!("{arch}-{}", now.strftime("%Y%m%d-%H%M%S"))
-}
-
-/// The end-of-run summary table.
-pub fn summary(o: &TrainOutcome) -> String {
-    let mut s = String::new();
-    let row = |s: &mut String, k: &str, v: String| {
-        let _ = writeln!(s, "  {k:<16} {v}");
-    };
-    let _ = writeln!(s, "\nrun {} {}", o.run_name, o.status.as_str());
-    row(&mut s, "run id", o.run_id.clone());
-    row(
-        &mut s,
-        "best epoch",
-        o.best_epoch
-            .map_or("-".into(), |e| format!("{e} of {}", o.epochs_run)),
-    );
-    row(
-        &mut s,
-        "val accuracy",
-        o.val_accuracy
-            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
-    );
-    row(
-        &mut s,
-        "val loss",
-        o.val_loss.map_or("-".into(), |l| format!("{l:.4}")),
-    );
-    row(&mut s, "phases", o.phases.clone());
-    row(&mut s, "time", format!("{:.1}s", o.seconds));
-    row(
-        &mut s,
-        "train speed",
-        format!("{:.0} img/s", o.images_per_second),
-    );
-    row(
-        &mut s,
-        "model",
-        o.bundle_dir
-            .as_ref()
-            .map_or("-".into(), |p| p.display().to_string()),
-    );
-    s
 }

@@ -14,9 +14,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::fsutil::{append_line_atomic, now_ms, write_atomic};
+
+mod meta;
+mod owner;
+
+pub use meta::{
+    experiment_name, read_metric, read_params, read_run_meta, read_tags, update_run_meta,
+};
+use meta::{file_uri, parse_yaml_map, quote, yaml_map};
+pub(crate) use owner::lock_dir;
+pub use owner::{Owner, TAG_HOST, TAG_PID, TAG_START, process_start_time};
 
 /// The tag that makes a run the child of another (MLflow nests it under the parent).
 pub const PARENT_RUN_TAG: &str = "mlflow.parentRunId";
@@ -97,28 +107,6 @@ impl RunInfo {
         self.dir.join("artifacts")
     }
 
-    /// Whether the process that owns this run is alive, from its `flora.owner.*` tags.
-    pub fn owner(&self) -> Owner {
-        let tags = read_tags(self).unwrap_or_default();
-        let Some(pid) = tags.get(TAG_PID).and_then(|p| p.trim().parse::<u32>().ok()) else {
-            return Owner::Unknown;
-        };
-        if tags.get(TAG_HOST).map(|h| h.trim()) != Some(host_name().as_str()) {
-            return Owner::Unknown;
-        }
-        if !Path::new("/proc/self/stat").exists() {
-            return Owner::Unknown;
-        }
-        let recorded = tags
-            .get(TAG_START)
-            .and_then(|t| t.trim().parse::<u64>().ok());
-        match (process_start_time(pid), recorded) {
-            (None, _) => Owner::Gone,
-            (Some(now), Some(then)) if now != then => Owner::Gone, // the pid was reused
-            _ => Owner::Alive,
-        }
-    }
-
     /// Whether the run is soft-deleted.
     pub fn is_deleted(&self) -> bool {
         self.lifecycle == Lifecycle::Deleted
@@ -133,41 +121,6 @@ impl RunInfo {
             self.status.as_str()
         }
     }
-}
-
-/// The owner process of a run, as far as this machine can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    Alive,
-    /// No such process, or the pid now belongs to a process started at another time.
-    Gone,
-    /// No owner recorded, another host, or no `/proc` to look in.
-    Unknown,
-}
-
-/// Tag holding the pid of the process that runs a run.
-pub const TAG_PID: &str = "flora.owner.pid";
-/// Tag holding that process's start time (`/proc/<pid>/stat` field 22, clock ticks after boot).
-pub const TAG_START: &str = "flora.owner.start_time";
-/// Tag holding the host name the run runs on.
-pub const TAG_HOST: &str = "flora.owner.host";
-
-/// A process's start time from `/proc/<pid>/stat` (None when there is no such process).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// This machine's host name.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The first 8 characters of an id, for tables (whole characters, however short or odd the id).
@@ -449,16 +402,6 @@ impl Run {
         )
     }
 
-    /// Records this process as the run's owner (the `flora.owner.*` tags).
-    fn set_owner(&self) -> Result<()> {
-        let me = std::process::id();
-        self.set_tag(TAG_PID, &me.to_string())?;
-        if let Some(t) = process_start_time(me) {
-            self.set_tag(TAG_START, &t.to_string())?;
-        }
-        self.set_tag(TAG_HOST, &host_name())
-    }
-
     /// Takes an existing run over to continue it (`flora train --resume`): RUNNING again,
     /// owned by this process, with no end time.
     pub fn claim(&mut self) -> Result<()> {
@@ -508,144 +451,6 @@ impl Run {
     }
 }
 
-/// Rewrites `dir/meta.yaml` (read, modify, write) with the run's folder locked, so that two
-/// writers (a run ending, `flora runs delete`) never lose each other's fields. `edit` gets the
-/// top-level fields as raw YAML text (quoted strings stay quoted); fields it leaves alone are
-/// written back as they were.
-pub fn update_run_meta(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<()> {
-    let _lock = lock_dir(dir)?;
-    let path = dir.join("meta.yaml");
-    let mut fields = match std::fs::read_to_string(&path) {
-        Ok(text) => raw_yaml_fields(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    edit(&mut fields);
-    let yaml: String = fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
-    write_atomic(&path, yaml.as_bytes())
-}
-
-/// The top-level `key: value` fields of a YAML mapping, values as raw text; indented or `- `
-/// lines that follow a key are kept with it.
-fn raw_yaml_fields(text: &str) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let mut last: Option<String> = None;
-    for line in text.lines() {
-        if line.starts_with([' ', '-', '\t']) {
-            if let Some(v) = last.as_ref().and_then(|k| out.get_mut(k)) {
-                v.push('\n');
-                v.push_str(line);
-            }
-            continue;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            out.insert(k.trim().to_string(), v.trim().to_string());
-            last = Some(k.trim().to_string());
-        }
-    }
-    out
-}
-
-/// The name of the experiment a run belongs to (from the experiment's meta.yaml).
-pub fn experiment_name(info: &RunInfo) -> Result<String> {
-    let path = info
-        .dir
-        .parent()
-        .map(|p| p.join("meta.yaml"))
-        .context("a run folder has an experiment folder")?;
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_yaml_map(&text)
-        .remove("name")
-        .ok_or_else(|| anyhow!("{} has no name", path.display()))
-}
-
-/// All params of a run.
-pub fn read_params(info: &RunInfo) -> Result<BTreeMap<String, String>> {
-    read_kv_dir(&info.dir.join("params"))
-}
-
-/// All tags of a run.
-pub fn read_tags(info: &RunInfo) -> Result<BTreeMap<String, String>> {
-    read_kv_dir(&info.dir.join("tags"))
-}
-
-/// One metric's history: (timestamp_ms, value, step) per logged value.
-pub fn read_metric(info: &RunInfo, key: &str) -> Result<Vec<(u64, f64, u64)>> {
-    let path = info.dir.join("metrics").join(checked_key(key)?);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let parse = || -> Option<(u64, f64, u64)> {
-                Some((f[0].parse().ok()?, f[1].parse().ok()?, f[2].parse().ok()?))
-            };
-            if f.len() != 3 {
-                return Err(anyhow!("{}: bad metric line {l:?}", path.display()));
-            }
-            parse().ok_or_else(|| anyhow!("{}: bad metric line {l:?}", path.display()))
-        })
-        .collect()
-}
-
-fn read_kv_dir(dir: &Path) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-") || !entry.path().is_file() {
-            continue;
-        }
-        out.insert(
-            name,
-            std::fs::read_to_string(entry.path())
-                .with_context(|| format!("reading {}", entry.path().display()))?,
-        );
-    }
-    Ok(out)
-}
-
-/// Reads `dir/meta.yaml` into a [`RunInfo`].
-pub fn read_run_meta(dir: &Path) -> Result<RunInfo> {
-    let path = dir.join("meta.yaml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let m = parse_yaml_map(&text);
-    let get = |k: &str| {
-        m.get(k)
-            .cloned()
-            .ok_or_else(|| anyhow!("{} has no {k}", path.display()))
-    };
-    let status_code: i64 = get("status")?
-        .parse()
-        .with_context(|| format!("{}: bad status", path.display()))?;
-    Ok(RunInfo {
-        run_id: get("run_id")?,
-        run_name: m.get("run_name").cloned().unwrap_or_default(),
-        experiment_id: get("experiment_id")?,
-        user_id: m.get("user_id").cloned().unwrap_or_default(),
-        status: RunStatus::from_code(status_code)
-            .ok_or_else(|| anyhow!("{}: unknown status {status_code}", path.display()))?,
-        start_time: get("start_time")?
-            .parse()
-            .with_context(|| format!("{}: bad start_time", path.display()))?,
-        end_time: m.get("end_time").and_then(|v| v.parse().ok()),
-        lifecycle: match m.get("lifecycle_stage").map(String::as_str) {
-            Some("deleted") => Lifecycle::Deleted,
-            _ => Lifecycle::Active,
-        },
-        deleted_time: m.get("deleted_time").and_then(|v| v.parse().ok()),
-        dir: dir.to_path_buf(),
-    })
-}
-
 /// A new 32-hex-digit id (MLflow's run id form).
 pub fn new_id() -> String {
     use rand::RngCore;
@@ -677,30 +482,6 @@ fn checked_key(key: &str) -> Result<&str> {
     }
 }
 
-/// Takes an exclusive lock (`flock`) on the folder `dir` itself, waiting up to 30 s for
-/// another flora process to finish its write.
-pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    let start = std::time::Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock)
-                if start.elapsed() < std::time::Duration::from_secs(30) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{} stayed locked by another flora process for 30 s; try again when it has finished",
-                dir.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", dir.display()));
-            }
-        }
-    }
-}
-
 /// Refuses an empty name or one with control characters (a newline would add fields to
 /// meta.yaml); `what` is "run" or "experiment".
 pub fn checked_name(what: &str, name: &str) -> Result<()> {
@@ -715,64 +496,9 @@ pub fn checked_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A `file://` URI for `path`, percent-encoded (RFC 3986: every byte but unreserved
-/// characters and `/`).
-fn file_uri(path: &Path) -> Result<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
-    let mut uri = String::from("file://");
-    for &b in abs.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            uri.push(b as char);
-        } else {
-            uri.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(uri)
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn yaml_map(fields: &[(&str, String)]) -> String {
-    fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
-}
-
-/// Parses the flat `key: value` YAML that MLflow's meta.yaml files use.
-fn parse_yaml_map(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        if line.starts_with(' ') || line.starts_with('-') {
-            continue;
-        }
-        let v = v.trim();
-        let v = if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') {
-            v[1..v.len() - 1].replace("''", "'")
-        } else if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-            v[1..v.len() - 1].to_string()
-        } else {
-            v.to_string()
-        };
-        out.insert(k.trim().to_string(), v);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn yaml_round_trip_with_quotes() {
-        let y = yaml_map(&[("name", quote("it's: here")), ("n", "3".into())]);
-        let m = parse_yaml_map(&y);
-        assert_eq!(m["name"], "it's: here");
-        assert_eq!(m["n"], "3");
-    }
 
     #[test]
     fn a_run_name_wins_over_an_id_prefix() {
@@ -815,28 +541,6 @@ mod tests {
         assert_eq!(short_id("0123456789abcdef"), "01234567");
         assert_eq!(short_id("ab"), "ab");
         assert_eq!(short_id("ééééééééé"), "éééééééé");
-    }
-
-    #[test]
-    fn owner_is_alive_only_with_the_same_pid_start_time_and_host() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RunStore::new(dir.path());
-        let exp = store.experiment("t").unwrap();
-        let run = store.create_run(&exp, "r").unwrap();
-        assert_eq!(run.info.owner(), Owner::Alive);
-        assert_eq!(run.info.status_label(), "RUNNING");
-        // The same pid, started at another time: a reused pid.
-        run.set_tag(TAG_START, "1").unwrap();
-        assert_eq!(run.info.owner(), Owner::Gone);
-        assert_eq!(run.info.status_label(), "CRASHED");
-        // A pid no process has.
-        run.set_tag(TAG_PID, &(i32::MAX as u32).to_string())
-            .unwrap();
-        assert_eq!(run.info.owner(), Owner::Gone);
-        // Another machine: cannot tell.
-        run.set_tag(TAG_HOST, "elsewhere.invalid").unwrap();
-        assert_eq!(run.info.owner(), Owner::Unknown);
-        assert_eq!(run.info.status_label(), "RUNNING");
     }
 
     #[test]
