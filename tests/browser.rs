@@ -567,26 +567,7 @@ fn label_refuses_hostile_requests() {
 #[test]
 fn eval_report_renders_and_its_cells_open_their_images() {
     let Some(b) = browser() else { return };
-    let dir = project(30, 2);
-    let p = dir.path();
-    ok(p, &["train", "--name", "r"]);
-    let (_, test) = fashion_mnist();
-    let data = tempfile::tempdir().unwrap();
-    copy_classes(&test, data.path(), &CLASSES, 12);
-    let out = tempfile::tempdir().unwrap();
-    let j: Value = serde_json::from_str(&ok(
-        p,
-        &[
-            "eval",
-            "--data",
-            data.path().to_str().unwrap(),
-            "--out",
-            out.path().to_str().unwrap(),
-            "--html",
-            "--json",
-        ],
-    ))
-    .unwrap();
+    let (_dir, _data, out, j) = eval_html_report();
     let page = out.path().join("report.html");
     b.open(&format!("file://{}", page.display()));
     b.wait_js(

@@ -65,26 +65,8 @@ fn count_of(html: &str, id: &str) -> usize {
 
 #[test]
 fn eval_html_matches_eval_and_every_link_resolves() {
-    let dir = project(30, 2);
+    let (dir, data, out, j) = eval_html_report();
     let p = dir.path();
-    ok(p, &["train", "--name", "r"]);
-    let (_, test) = fashion_mnist();
-    let data = tempfile::tempdir().unwrap();
-    copy_classes(&test, data.path(), &CLASSES, 12);
-    let out = tempfile::tempdir().unwrap();
-    let j: Value = serde_json::from_str(&ok(
-        p,
-        &[
-            "eval",
-            "--data",
-            data.path().to_str().unwrap(),
-            "--out",
-            out.path().to_str().unwrap(),
-            "--html",
-            "--json",
-        ],
-    ))
-    .unwrap();
     let page = out.path().join("report.html");
     assert_eq!(j["html"], page.to_str().unwrap());
     let html = check_page(&page);

@@ -167,3 +167,35 @@ pub fn jpeg_of(image: &[u8]) -> Vec<u8> {
     photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
     jpeg.into_inner()
 }
+
+/// A project trained for 2 epochs on 30 images per class (run `r`), evaluated with
+/// `eval --html --json` on 12 test images per class: (project, eval data, report folder,
+/// eval's JSON). The report is `report.html` in the third folder.
+pub fn eval_html_report() -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    tempfile::TempDir,
+    serde_json::Value,
+) {
+    let dir = project(30, 2);
+    let p = dir.path();
+    ok(p, &["train", "--name", "r"]);
+    let (_, test) = fashion_mnist();
+    let data = tempfile::tempdir().unwrap();
+    copy_classes(&test, data.path(), &CLASSES, 12);
+    let out = tempfile::tempdir().unwrap();
+    let j = serde_json::from_str(&ok(
+        p,
+        &[
+            "eval",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--html",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    (dir, data, out, j)
+}
