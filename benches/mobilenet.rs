@@ -20,6 +20,8 @@ use flora::ops::TrainEngine;
 use rand::{Rng, SeedableRng};
 
 fn main() {
+    // As `flora train` does.
+    flora::ops::heap::keep_freed_memory();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

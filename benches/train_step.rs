@@ -1,7 +1,8 @@
 //! Bare model-step throughput of the reference CNN on the Flex CPU backend: forward, loss,
 //! backward and an Adam step on a fixed random batch, no data loading.
 //!
-//! `cargo bench --bench train_step -- [STEPS] [SIZE] [BATCH] [train-only]` (defaults 30, 64, 32).
+//! `cargo bench --bench train_step -- [STEPS] [SIZE] [BATCH] [train-only] [fused-only]` (defaults
+//! 30, 64, 32; `fused-only` skips Burn's engine and inference, for profiling).
 //! Prints `BENCH train_step engine=fused ... img_per_s=...` (the fused training op) and
 //! `BENCH train_step engine=burn ...` (Burn's generic ops) with their ratio, measured
 //! interleaved so a load change on the machine hits both, then (unless `train-only`) inference of
@@ -20,6 +21,8 @@ use flora::ops::TrainEngine;
 use rand::{Rng, SeedableRng};
 
 fn main() {
+    // As `flora train` does.
+    flora::ops::heap::keep_freed_memory();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -35,15 +38,22 @@ fn main() {
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
-    let engines = [TrainEngine::Fused, TrainEngine::Burn];
+    // `fused-only` skips Burn's engine (for profiling the fused step alone).
+    let fused_only = std::env::args().any(|a| a == "fused-only");
+    let engines: &[TrainEngine] = if fused_only {
+        &[TrainEngine::Fused]
+    } else {
+        &[TrainEngine::Fused, TrainEngine::Burn]
+    };
     // Two copies of one model (parameters are initialised lazily: copy the record).
     let first = Classifier::new(Arch::Cnn, classes, 0.3, &device);
     let second =
         Classifier::new(Arch::Cnn, classes, 0.3, &device).load_record(first.clone().into_record());
     let mut models = vec![first, second];
+    models.truncate(engines.len());
     let mut optims: Vec<_> = engines.iter().map(|_| AdamConfig::new().init()).collect();
     let phases = std::env::var("FLORA_PHASES").is_ok_and(|v| v == "1");
-    let mut spent = [[0f64; 3]; 2];
+    let mut spent = vec![[0f64; 3]; engines.len()];
     let mut step = |e: usize, model: Classifier, times: &mut [f64; 3]| {
         let t = Instant::now();
         let x = Tensor::<4>::from_data(
@@ -90,7 +100,7 @@ fn main() {
         .iter()
         .map(|t| (steps * batch) as f64 / t.iter().sum::<f64>())
         .collect();
-    for (e, engine) in ["fused", "burn"].iter().enumerate() {
+    for (e, engine) in ["fused", "burn"].iter().take(engines.len()).enumerate() {
         let secs: f64 = spent[e].iter().sum();
         println!(
             "BENCH train_step engine={engine} arch=cnn size={size} batch={batch} steps={steps} seconds={secs:.2} img_per_s={:.1}",
@@ -117,11 +127,13 @@ fn main() {
             }
         }
     }
-    println!(
-        "RATIO train_step fused_vs_burn size={size} batch={batch} ratio={:.2}",
-        ips[0] / ips[1]
-    );
-    if std::env::args().any(|a| a == "train-only") {
+    if !fused_only {
+        println!(
+            "RATIO train_step fused_vs_burn size={size} batch={batch} ratio={:.2}",
+            ips[0] / ips[1]
+        );
+    }
+    if fused_only || std::env::args().any(|a| a == "train-only") {
         return;
     }
     let model = models.remove(0);

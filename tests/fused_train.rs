@@ -59,11 +59,26 @@ fn run(
 
 #[test]
 fn fused_block_gradients_match_burns_composition() {
+    check_block_gradients();
+}
+
+#[test]
+fn portable_kernels_match_burns_composition_too() {
+    // The kernels without their AVX2/AVX-512 builds and without gemm's SIMD kernels, as on a
+    // CPU the dispatch does not know (aarch64...). Tests running beside this one may switch to
+    // the portable path too; they compare with Burn all the same.
+    flora::ops::simd::force_portable();
+    assert!(flora::ops::simd::portable());
+    check_block_gradients();
+}
+
+fn check_block_gradients() {
     let device = Device::flex().autodiff();
     assert!(flora::ops::fused_supported(&device));
     device.seed(3);
     // (batch, height, width, cin, cout): odd sizes (the pool drops a row and a column), batch 1,
-    // the smallest image flora trains on (16 px) and the 2×2 input its last block then gets.
+    // the smallest image flora trains on (16 px) and the 2×2 input its last block then gets;
+    // channel counts past a vector's width with a tail (37 = 2 × 16 + 5).
     for (n, h, w, cin, cout) in [
         (1, 16, 16, 3, 8),
         (2, 7, 9, 3, 5),
@@ -71,6 +86,7 @@ fn fused_block_gradients_match_burns_composition() {
         (2, 16, 16, 8, 6),
         (1, 2, 2, 6, 4),
         (4, 11, 11, 5, 7),
+        (2, 6, 7, 19, 37),
     ] {
         let normal = Distribution::Normal(0.0, 1.0);
         let inputs = [

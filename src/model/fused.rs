@@ -152,7 +152,7 @@ impl FusedBlock {
 /// Writes the 3×3 (padding 1) patches of conv output rows `y0..y0 + rows`, columns
 /// `0..cols`, of an `h`×`w`×`cin` channels-last input into `patches`: one row of `9 * cin`
 /// values (`(ky * 3 + kx) * cin + c`) per output position, zeros where the window leaves the
-/// image. Shared by this inference path and the fused training op ([`crate::ops`]).
+/// image (see [`crate::ops::patches`], shared with the fused training op).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn im2col3x3(
     input: &[f32],
@@ -164,47 +164,9 @@ pub(crate) fn im2col3x3(
     cols: usize,
     patches: &mut Vec<f32>,
 ) {
-    patches.clear();
+    // Every value is overwritten: only growth needs filling.
     patches.resize(rows * cols * 9 * cin, 0.0);
-    im2col3x3_into(input, h, w, cin, y0, rows, cols, patches);
-}
-
-/// [`im2col3x3`] into a slice of exactly `rows * cols * 9 * cin` values, which it overwrites.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn im2col3x3_into(
-    input: &[f32],
-    h: usize,
-    w: usize,
-    cin: usize,
-    y0: usize,
-    rows: usize,
-    cols: usize,
-    patches: &mut [f32],
-) {
-    let k = 9 * cin;
-    assert_eq!(patches.len(), rows * cols * k, "im2col buffer size");
-    patches.fill(0.0);
-    for r in 0..rows {
-        let y = y0 + r;
-        for x in 0..cols {
-            let row = &mut patches[(r * cols + x) * k..(r * cols + x + 1) * k];
-            for ky in 0..3 {
-                let iy = y + ky;
-                if iy < 1 || iy > h {
-                    continue; // zero padding (already zero)
-                }
-                for kx in 0..3 {
-                    let ix = x + kx;
-                    if ix < 1 || ix > w {
-                        continue;
-                    }
-                    let src = ((iy - 1) * w + (ix - 1)) * cin;
-                    let dst = (ky * 3 + kx) * cin;
-                    row[dst..dst + cin].copy_from_slice(&input[src..src + cin]);
-                }
-            }
-        }
-    }
+    crate::ops::patches::im2col3x3_into(input, h, w, cin, y0, rows, cols, patches);
 }
 
 /// Most conv output positions per im2col product (8192 rows: 64 px images take one product for

@@ -1,24 +1,26 @@
 //! The training kernels of the reference CNN's block, conv3x3 (padding 1) → BatchNorm (batch
 //! statistics) → ReLU → MaxPool2, on plain channels-last (NHWC) f32 slices.
 //!
-//! Forward: per image, one im2col copy ([`im2col3x3`], shared with the inference path) and one
-//! matrix product give the conv output `y`, saved with its per-channel sums; then one pass
+//! Forward: per image, one im2col copy ([`super::patches`], shared with the inference path) and
+//! one matrix product give the conv output `y`, saved with its per-channel sums; then one pass
 //! normalises, applies ReLU and pools, and records which of the 4 window cells won (or that the
-//! output was clipped by ReLU, so no gradient flows).
+//! output was clipped by ReLU, so no gradient flows) and the winner's `y`.
 //!
 //! Backward: one pass over the pooled positions gives the BatchNorm parameter gradients; a
 //! second pass, per image, rebuilds the gradient of `y` (pool, ReLU and BatchNorm backward in
 //! one expression), then takes the weight gradient as `patchesᵀ · dy` and the input gradient as
 //! `dy · Wᵀ` scattered back by col2im. Images run in parallel; reductions are summed in a fixed
-//! order, so the results do not depend on scheduling.
+//! order, so the results do not depend on scheduling. The per-element passes are branch-free
+//! loops over channels, compiled for the CPU's vector width ([`dispatch`]).
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::matmul::{View, matmul};
+use super::patches::{col2im3x3, im2col3x3_into};
 use super::phases::{Phase, timed};
-use crate::model::fused::im2col3x3_into;
+use super::simd::dispatch;
 
 /// Shape of one block call: `n` images of `h`×`w`×`cin` in, `cout` channels out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +67,7 @@ const PRODUCT_ROWS: usize = 512;
 fn im2col_images(s: BlockShape, xc: &[f32], patches: &mut Vec<f32>) {
     let per = s.h * s.w * 9 * s.cin;
     let imgs = xc.len() / s.in_len();
-    patches.clear();
+    // Every value is overwritten: only growth needs filling.
     patches.resize(imgs * per, 0.0);
     for (xi, pi) in xc
         .chunks_exact(s.in_len())
@@ -85,6 +87,8 @@ pub struct Saved {
     /// For each pooled output, the winning cell of its 2×2 window (`dy * 2 + dx`) or
     /// [`CLIPPED`].
     pub argmax: Vec<u8>,
+    /// For each pooled output, the conv output `y` of the winning cell.
+    pub ywin: Vec<f32>,
     pub mean: Vec<f32>,
     pub inv_std: Vec<f32>,
 }
@@ -144,31 +148,30 @@ pub fn forward(
                     let mut sc = sc.borrow_mut();
                     let patches = &mut sc.0;
                     im2col_images(s, xc, patches);
-                    for row in yc.chunks_exact_mut(cout) {
-                        row.copy_from_slice(bias);
-                    }
                     let k = 9 * cin;
                     matmul(
                         yc.len() / cout,
                         cout,
                         k,
                         yc,
-                        true,
+                        false,
                         View::rows(patches, k),
                         View::rows(wmat, cout),
                     );
                 })
             });
+            // The bias is added here, in the pass that sums the conv output for the statistics.
             timed(Phase::FwdStats, || {
-                let (mut sum, mut sq) = (vec![0f64; cout], vec![0f64; cout]);
-                for row in yc.chunks_exact(cout) {
-                    for ((a, b), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
-                        let v = v as f64;
-                        *a += v;
-                        *b += v * v;
-                    }
-                }
-                (sum, sq)
+                dispatch(
+                    #[inline(always)]
+                    || {
+                        let (mut sum, mut sq) = (vec![0f64; cout], vec![0f64; cout]);
+                        for row in yc.chunks_exact_mut(cout) {
+                            add_bias_and_sum(row, bias, &mut sum, &mut sq);
+                        }
+                        (sum, sq)
+                    },
+                )
             })
         })
         .collect();
@@ -187,45 +190,22 @@ pub fn forward(
     // Normalise, ReLU and pool: z = y * scale + shift.
     let scale: Vec<f32> = (0..cout).map(|c| gamma[c] * inv_std[c]).collect();
     let shift: Vec<f32> = (0..cout).map(|c| beta[c] - mean[c] * scale[c]).collect();
-    let (ph, pw) = s.pooled();
     let mut out = vec![0f32; n * s.out_len()];
     let mut argmax = vec![0u8; n * s.out_len()];
+    let mut ywin = vec![0f32; n * s.out_len()];
     out.par_chunks_mut(s.out_len())
         .zip(argmax.par_chunks_mut(s.out_len()))
+        .zip(ywin.par_chunks_mut(s.out_len()))
         .zip(y.par_chunks(s.conv_len()))
-        .for_each(|((oi, ai), yi)| {
+        .for_each(|(((oi, ai), wi), yi)| {
             timed(Phase::FwdPool, || {
-                for py in 0..ph {
-                    for px in 0..pw {
-                        let o = (py * pw + px) * cout;
-                        let cell = |d: usize| {
-                            let at = ((2 * py + d / 2) * w + 2 * px + d % 2) * cout;
-                            &yi[at..at + cout]
-                        };
-                        let (c0, c1, c2, c3) = (cell(0), cell(1), cell(2), cell(3));
-                        let out = oi[o..o + cout].iter_mut().zip(&mut ai[o..o + cout]);
-                        for (c, (ov, av)) in out.enumerate() {
-                            let z = |v: f32| v * scale[c] + shift[c];
-                            let (mut best, mut at) = (z(c0[c]), 0u8);
-                            for (d, v) in [(1u8, c1[c]), (2, c2[c]), (3, c3[c])] {
-                                let v = z(v);
-                                if v > best {
-                                    (best, at) = (v, d);
-                                }
-                            }
-                            (*ov, *av) = if best > 0.0 {
-                                (best, at)
-                            } else {
-                                (0.0, CLIPPED)
-                            };
-                        }
-                    }
-                }
+                pool_image(s, yi, &scale, &shift, oi, ai, wi)
             })
         });
     let saved = Saved {
         y,
         argmax,
+        ywin,
         mean: mean.clone(),
         inv_std,
     };
@@ -235,6 +215,181 @@ pub fn forward(
         var,
         saved,
     }
+}
+
+/// Adds `bias` to one row of conv outputs and each value and its square to the channel sums.
+#[inline(always)]
+fn add_bias_and_sum(row: &mut [f32], bias: &[f32], sum: &mut [f64], sq: &mut [f64]) {
+    let n = row.len();
+    let (bias, sum, sq) = (&bias[..n], &mut sum[..n], &mut sq[..n]);
+    for c in 0..n {
+        let v = row[c] + bias[c];
+        row[c] = v;
+        let v = v as f64;
+        sum[c] += v;
+        sq[c] += v * v;
+    }
+}
+
+/// Normalises (`y * scale + shift`), applies ReLU and max-pools one image's conv output `yi`,
+/// writing the pooled output `oi`, each window's winning cell `ai` and the winner's `y` `wi`.
+/// The first of equal values wins, as in Burn's max-pool.
+#[allow(clippy::too_many_arguments)]
+fn pool_image(
+    s: BlockShape,
+    yi: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    oi: &mut [f32],
+    ai: &mut [u8],
+    wi: &mut [f32],
+) {
+    let (cout, w) = (s.cout, s.w);
+    let (ph, pw) = s.pooled();
+    // Slices of exactly `cout` values, so the channel loops need no bounds checks.
+    let (scale, shift) = (&scale[..cout], &shift[..cout]);
+    dispatch(
+        #[inline(always)]
+        || {
+            for py in 0..ph {
+                for px in 0..pw {
+                    let o = (py * pw + px) * cout;
+                    let cell =
+                        |d: usize| &yi[((2 * py + d / 2) * w + 2 * px + d % 2) * cout..][..cout];
+                    let cells = [cell(0), cell(1), cell(2), cell(3)];
+                    let (oo, aa, ww) = (
+                        &mut oi[o..][..cout],
+                        &mut ai[o..][..cout],
+                        &mut wi[o..][..cout],
+                    );
+                    pool_window(cells, scale, shift, oo, aa, ww);
+                }
+            }
+        },
+    )
+}
+
+/// One 2×2 window of [`pool_image`] over all channels. (A function of its own so that the
+/// slices are known not to overlap and the loop vectorises.)
+#[inline(always)]
+fn pool_window(
+    cells: [&[f32]; 4],
+    scale: &[f32],
+    shift: &[f32],
+    oo: &mut [f32],
+    aa: &mut [u8],
+    ww: &mut [f32],
+) {
+    let n = oo.len();
+    let [c0, c1, c2, c3] = cells.map(|c| &c[..n]);
+    let (scale, shift, aa, ww) = (&scale[..n], &shift[..n], &mut aa[..n], &mut ww[..n]);
+    for c in 0..n {
+        let (sc, sh) = (scale[c], shift[c]);
+        let (mut best, mut yb, mut at) = (c0[c] * sc + sh, c0[c], 0u8);
+        for (d, v) in [(1u8, c1[c]), (2, c2[c]), (3, c3[c])] {
+            let z = v * sc + sh;
+            let take = z > best;
+            best = if take { z } else { best };
+            yb = if take { v } else { yb };
+            at = if take { d } else { at };
+        }
+        let keep = best > 0.0;
+        oo[c] = if keep { best } else { 0.0 };
+        aa[c] = if keep { at } else { CLIPPED };
+        ww[c] = yb;
+    }
+}
+
+/// One cell `d` of a 2×2 window in [`dy_image`]: `dr = a * yr + b (+ k1 * go where d won)`,
+/// each value also added to `part`.
+#[inline(always)]
+fn dy_cell(
+    d: u8,
+    (yr, go, ao): (&[f32], &[f32], &[u8]),
+    (a, b, k1): (&[f32], &[f32], &[f32]),
+    dr: &mut [f32],
+    part: &mut [f32],
+) {
+    let n = dr.len();
+    let (yr, go, ao, a, b, k1, part) = (
+        &yr[..n],
+        &go[..n],
+        &ao[..n],
+        &a[..n],
+        &b[..n],
+        &k1[..n],
+        &mut part[..n],
+    );
+    for c in 0..n {
+        let base = a[c] * yr[c] + b[c];
+        dr[c] = if ao[c] == d {
+            base + k1[c] * go[c]
+        } else {
+            base
+        };
+        part[c] += dr[c];
+    }
+}
+
+/// The gradient `dy` of one image's conv output: `a * y + b` everywhere, plus `k1 * g` at each
+/// window's winner (BatchNorm, ReLU and pool backward in one expression). Adds each channel's
+/// sum of `dy` (the bias gradient) to `dbias`, through f32 partial sums per pair of rows.
+#[allow(clippy::too_many_arguments)]
+fn dy_image(
+    s: BlockShape,
+    yi: &[f32],
+    gi: &[f32],
+    ai: &[u8],
+    (a, b, k1): (&[f32], &[f32], &[f32]),
+    dyi: &mut [f32],
+    dbias: &mut [f64],
+) {
+    let (cout, h, w) = (s.cout, s.h, s.w);
+    let (ph, pw) = s.pooled();
+    // Slices of exactly `cout` values, so the channel loops need no bounds checks.
+    let (a, b, k1) = (&a[..cout], &b[..cout], &k1[..cout]);
+    let dbias = &mut dbias[..cout];
+    let mut part = vec![0f32; cout];
+    dispatch(
+        #[inline(always)]
+        || {
+            // A cell outside every window (an odd last row or column): no winner, d = 4.
+            let no_win = vec![0u8; cout];
+            let plain = |at: usize, dyi: &mut [f32], part: &mut [f32]| {
+                let cell = (&yi[at..][..cout], &a[..], &no_win[..]);
+                dy_cell(4, cell, (a, b, k1), &mut dyi[at..][..cout], part);
+            };
+            let flush = |part: &mut [f32], dbias: &mut [f64]| {
+                for (acc, p) in dbias.iter_mut().zip(part.iter_mut()) {
+                    *acc += *p as f64;
+                    *p = 0.0;
+                }
+            };
+            for py in 0..ph {
+                for px in 0..pw {
+                    let o = (py * pw + px) * cout;
+                    let (go, ao) = (&gi[o..][..cout], &ai[o..][..cout]);
+                    for d in 0..4u8 {
+                        let at = ((2 * py + d as usize / 2) * w + 2 * px + d as usize % 2) * cout;
+                        let cell = (&yi[at..][..cout], go, ao);
+                        dy_cell(d, cell, (a, b, k1), &mut dyi[at..][..cout], &mut part);
+                    }
+                }
+                if w % 2 == 1 {
+                    for dyr in 0..2 {
+                        plain(((2 * py + dyr) * w + w - 1) * cout, dyi, &mut part);
+                    }
+                }
+                flush(&mut part, dbias);
+            }
+            if h % 2 == 1 {
+                for x in 0..w {
+                    plain(((h - 1) * w + x) * cout, dyi, &mut part);
+                }
+                flush(&mut part, dbias);
+            }
+        },
+    )
 }
 
 /// The backward pass given the output gradient `dout` (`[n][h/2][w/2][cout]`). The input
@@ -255,39 +410,40 @@ pub fn backward(
         n * s.out_len(),
         "conv block output gradient size"
     );
-    let (ph, pw) = s.pooled();
     let Saved {
         y,
         argmax,
+        ywin,
         mean,
         inv_std,
     } = saved;
-    let winner = |py: usize, px: usize, d: u8| {
-        ((2 * py + d as usize / 2) * w + 2 * px + d as usize % 2) * cout
-    };
     // Pass 1: BatchNorm's parameter gradients, from the positions the pool let through.
     let partial: Vec<(Vec<f64>, Vec<f64>)> = dout
         .par_chunks(s.out_len())
         .zip(argmax.par_chunks(s.out_len()))
-        .zip(y.par_chunks(s.conv_len()))
-        .map(|((gi, ai), yi)| {
+        .zip(ywin.par_chunks(s.out_len()))
+        .map(|((gi, ai), wi)| {
             timed(Phase::BwdParams, || {
-                let (mut db, mut dg) = (vec![0f64; cout], vec![0f64; cout]);
-                for py in 0..ph {
-                    for px in 0..pw {
-                        let o = (py * pw + px) * cout;
-                        for c in 0..cout {
-                            let d = ai[o + c];
-                            if d != CLIPPED {
-                                let g = gi[o + c] as f64;
-                                let xhat = (yi[winner(py, px, d) + c] - mean[c]) * inv_std[c];
-                                db[c] += g;
-                                dg[c] += g * xhat as f64;
+                dispatch(
+                    #[inline(always)]
+                    || {
+                        let (mut db, mut dg) = (vec![0f64; cout], vec![0f64; cout]);
+                        // Slices of exactly `cout` values: no bounds checks in the loop.
+                        let (mean, inv_std) = (&mean[..cout], &inv_std[..cout]);
+                        let (dbs, dgs) = (&mut db[..cout], &mut dg[..cout]);
+                        let rows = gi.chunks_exact(cout).zip(ai.chunks_exact(cout));
+                        for ((gr, ar), wr) in rows.zip(wi.chunks_exact(cout)) {
+                            let (gr, ar, wr) = (&gr[..cout], &ar[..cout], &wr[..cout]);
+                            for c in 0..cout {
+                                let g = if ar[c] != CLIPPED { gr[c] } else { 0.0 };
+                                let xhat = (wr[c] - mean[c]) * inv_std[c];
+                                dbs[c] += g as f64;
+                                dgs[c] += g as f64 * xhat as f64;
                             }
                         }
-                    }
-                }
-                (db, dg)
+                        (db, dg)
+                    },
+                )
             })
         })
         .collect();
@@ -343,33 +499,13 @@ pub fn backward(
                     let i1 = (i0 + imgs).min(end);
                     let rows = (i1 - i0) * h * w;
                     timed(Phase::BwdDy, || {
-                        dy.clear();
+                        // Every value is overwritten: only growth needs filling.
                         dy.resize((i1 - i0) * s.conv_len(), 0.0);
-                        let ys = &y[i0 * s.conv_len()..i1 * s.conv_len()];
-                        for (dr, yr) in dy.chunks_exact_mut(cout).zip(ys.chunks_exact(cout)) {
-                            for c in 0..cout {
-                                dr[c] = a[c] * yr[c] + b[c];
-                            }
-                        }
                         for (i, dyi) in (i0..i1).zip(dy.chunks_exact_mut(s.conv_len())) {
-                            let gi = &dout[i * s.out_len()..(i + 1) * s.out_len()];
-                            let ai = &argmax[i * s.out_len()..(i + 1) * s.out_len()];
-                            for py in 0..ph {
-                                for px in 0..pw {
-                                    let o = (py * pw + px) * cout;
-                                    for c in 0..cout {
-                                        let d = ai[o + c];
-                                        if d != CLIPPED {
-                                            dyi[winner(py, px, d) + c] += k1[c] * gi[o + c];
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        for row in dy.chunks_exact(cout) {
-                            for (acc, &v) in dbias.iter_mut().zip(row) {
-                                *acc += v as f64;
-                            }
+                            let (o, c) = (i * s.out_len()..(i + 1) * s.out_len(), i * s.conv_len());
+                            let yi = &y[c..c + s.conv_len()];
+                            let (gi, ai) = (&dout[o.clone()], &argmax[o]);
+                            dy_image(s, yi, gi, ai, (&a, &b, &k1), dyi, &mut dbias);
                         }
                     });
                     let xs = &x[i0 * s.in_len()..i1 * s.in_len()];
@@ -427,34 +563,6 @@ pub fn backward(
         bias: bias.iter().map(|&v| v as f32).collect(),
         gamma: dgamma.iter().map(|&v| v as f32).collect(),
         beta: dbeta.iter().map(|&v| v as f32).collect(),
-    }
-}
-
-/// Adds the patch gradients `dp` (`[h * w][9 * cin]`, the im2col layout) back onto the
-/// `h`×`w`×`cin` image gradient `dx` they came from.
-fn col2im3x3(dp: &[f32], h: usize, w: usize, cin: usize, dx: &mut [f32]) {
-    let k = 9 * cin;
-    for y in 0..h {
-        for x in 0..w {
-            let row = &dp[(y * w + x) * k..(y * w + x + 1) * k];
-            for ky in 0..3 {
-                let iy = y + ky;
-                if iy < 1 || iy > h {
-                    continue;
-                }
-                for kx in 0..3 {
-                    let ix = x + kx;
-                    if ix < 1 || ix > w {
-                        continue;
-                    }
-                    let dst = ((iy - 1) * w + (ix - 1)) * cin;
-                    let src = (ky * 3 + kx) * cin;
-                    for (d, s) in dx[dst..dst + cin].iter_mut().zip(&row[src..src + cin]) {
-                        *d += s;
-                    }
-                }
-            }
-        }
     }
 }
 

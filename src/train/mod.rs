@@ -101,6 +101,7 @@ pub fn train_planned(
 ) -> Result<TrainOutcome> {
     let cfg = &settings.config;
     device::set_threads(cfg.train.threads);
+    crate::ops::heap::keep_freed_memory();
     if let Some(file) = settings.pretrained_file() {
         // Refused before a run exists: a wrong file is a set-up error, not a failed run.
         crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &file)?;
