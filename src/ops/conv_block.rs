@@ -353,10 +353,11 @@ fn dy_image(
     dispatch(
         #[inline(always)]
         || {
-            // A cell outside every window (an odd last row or column): no winner, d = 4.
+            // A cell outside every window (an odd last row or column): cell 4 never wins, so
+            // its output gradient (given as `a`) is never read.
             let no_win = vec![0u8; cout];
             let plain = |at: usize, dyi: &mut [f32], part: &mut [f32]| {
-                let cell = (&yi[at..][..cout], &a[..], &no_win[..]);
+                let cell = (&yi[at..][..cout], a, &no_win[..]);
                 dy_cell(4, cell, (a, b, k1), &mut dyi[at..][..cout], part);
             };
             let flush = |part: &mut [f32], dbias: &mut [f64]| {
