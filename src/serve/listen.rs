@@ -8,6 +8,8 @@
 //!   request is answered 408 and the connection closed (see [`super::limits`]).
 //! - Past `max_connections`, no further connection is accepted (they wait in the kernel's
 //!   listen queue) until one closes.
+//! - A connection that ends while the client is still sending lingers ([`super::linger`]), so
+//!   the client reads the answer (a 413, a 408) rather than a reset.
 //! - On shutdown, idle connections close at once, busy ones finish their request; those
 //!   still open after the shutdown deadline are dropped.
 
@@ -35,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::linger::Lingering;
 use super::metrics::Metrics;
 
 /// The connection limits of [`serve`].
@@ -203,7 +206,7 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let conn = http.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(Lingering::new(stream)),
             hyper::service::service_fn(handler(router.clone(), peer, limits.stall)),
         );
         let mut stop = stop_rx.clone();

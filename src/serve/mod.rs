@@ -9,6 +9,7 @@
 pub mod access;
 pub mod error;
 pub mod limits;
+mod linger;
 pub mod listen;
 pub mod metrics;
 pub mod models;
