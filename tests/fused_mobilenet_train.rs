@@ -259,15 +259,25 @@ fn batch_norm_relu6_gradients_match_burns_composition() {
 }
 
 #[test]
-fn portable_kernels_match_burns_composition_too() {
-    // The kernels without the AVX2/AVX-512 builds and without gemm's SIMD kernels, as on a CPU
-    // the dispatch does not know (aarch64...). Tests running beside this one may switch to the
-    // portable path too; they compare with Burn all the same.
-    flora::ops::simd::force_portable();
-    assert!(flora::ops::simd::portable());
-    check_depthwise();
-    check_pointwise();
-    check_batch_norm_relu6();
+fn narrower_kernel_builds_match_burns_composition_too() {
+    // The AVX2 build (what an AVX2-only CPU runs; skipped where the CPU lacks it), then the
+    // portable one without gemm's SIMD kernels either, as on a CPU the dispatch does not know
+    // (aarch64...). Tests running beside this one may switch too; they compare with Burn all
+    // the same.
+    use flora::ops::simd::{Kernels, cap_kernels, force_portable, kernels};
+    let check_all = || {
+        check_depthwise();
+        check_pointwise();
+        check_batch_norm_relu6();
+    };
+    if kernels() >= Kernels::Avx2 {
+        cap_kernels(Kernels::Avx2);
+        assert_eq!(kernels(), Kernels::Avx2);
+        check_all();
+    }
+    force_portable();
+    assert_eq!(kernels(), Kernels::Portable);
+    check_all();
 }
 
 #[test]

@@ -1,41 +1,112 @@
 //! Runtime instruction-set dispatch for the plain-Rust kernels of the fused training ops: the
 //! same code compiled again with AVX-512 or AVX2 + FMA enabled (so the compiler vectorises it
-//! for them), picked by what the CPU reports, with no intrinsics. On other CPUs (aarch64...) or
-//! with [`force_portable`] / `FLORA_PORTABLE_KERNELS=1`, the portable build of the code runs,
-//! and matrix products use a plain loop instead of the `gemm` crate's kernels.
+//! for them), picked by what the CPU reports, with no intrinsics. On other CPUs (aarch64...)
+//! the portable build of the code runs.
+//!
+//! The choice can be capped below what the CPU has, to test every build on one machine:
+//! [`cap_kernels`] in code, `FLORA_KERNELS=avx2` or `FLORA_KERNELS=portable` in the
+//! environment (`FLORA_PORTABLE_KERNELS=1` is the same as the latter). On the portable level
+//! matrix products also leave the `gemm` crate's SIMD kernels for a plain loop.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-static FORCED: AtomicBool = AtomicBool::new(false);
+/// The builds of the kernels, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kernels {
+    /// No x86 vector extensions assumed: what other CPUs run.
+    Portable = 0,
+    /// AVX2 + FMA.
+    Avx2 = 1,
+    /// AVX-512F (with AVX2 and FMA).
+    Avx512 = 2,
+}
 
-/// Makes every later kernel call take the portable path (tests compare it with the fast one).
+impl Kernels {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Kernels::Portable,
+            1 => Kernels::Avx2,
+            _ => Kernels::Avx512,
+        }
+    }
+}
+
+/// The widest build allowed by [`cap_kernels`] (none yet: the widest there is).
+static CAP: AtomicU8 = AtomicU8::new(Kernels::Avx512 as u8);
+
+/// Keeps every later kernel call at `level` or narrower (tests compare each build with Burn).
+/// A cap only ever narrows.
+pub fn cap_kernels(level: Kernels) {
+    CAP.fetch_min(level as u8, Ordering::Relaxed);
+}
+
+/// Makes every later kernel call take the portable path.
 pub fn force_portable() {
-    FORCED.store(true, Ordering::Relaxed);
+    cap_kernels(Kernels::Portable);
 }
 
-/// Whether the portable path is forced (by [`force_portable`] or `FLORA_PORTABLE_KERNELS=1`).
+/// The widest build the environment allows: `FLORA_KERNELS` (`portable`, `avx2`) or
+/// `FLORA_PORTABLE_KERNELS=1`.
+fn env_cap() -> Kernels {
+    static ENV: OnceLock<Kernels> = OnceLock::new();
+    *ENV.get_or_init(|| {
+        if std::env::var("FLORA_PORTABLE_KERNELS").is_ok_and(|v| v == "1") {
+            return Kernels::Portable;
+        }
+        match std::env::var("FLORA_KERNELS").as_deref() {
+            Ok("portable") => Kernels::Portable,
+            Ok("avx2") => Kernels::Avx2,
+            _ => Kernels::Avx512,
+        }
+    })
+}
+
+/// The widest build this CPU runs.
+fn cpu_kernels() -> Kernels {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static CPU: OnceLock<Kernels> = OnceLock::new();
+        *CPU.get_or_init(|| {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                Kernels::Avx512
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                Kernels::Avx2
+            } else {
+                Kernels::Portable
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Kernels::Portable
+}
+
+/// The build the kernels run now: the CPU's widest, within the caps.
+pub fn kernels() -> Kernels {
+    cpu_kernels()
+        .min(env_cap())
+        .min(Kernels::from_u8(CAP.load(Ordering::Relaxed)))
+}
+
+/// Whether the portable path runs (on this CPU, or forced).
 pub fn portable() -> bool {
-    static ENV: OnceLock<bool> = OnceLock::new();
-    FORCED.load(Ordering::Relaxed)
-        || *ENV.get_or_init(|| std::env::var("FLORA_PORTABLE_KERNELS").is_ok_and(|v| v == "1"))
+    kernels() == Kernels::Portable
 }
 
-/// Runs `f`, compiled for the widest vector instructions the CPU has. `f` and what it calls
-/// should be `#[inline(always)]` for the dispatch to reach the loops.
+/// Runs `f`, compiled for the widest vector instructions allowed ([`kernels`]). `f` and what
+/// it calls should be `#[inline(always)]` for the dispatch to reach the loops.
 #[inline(always)]
 pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if !portable() {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has just reported AVX-512F (which implies AVX2 and FMA).
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has just reported AVX2 and FMA.
-            return unsafe { avx2(f) };
-        }
+    match kernels() {
+        // SAFETY: `kernels` picks Avx512 only where the CPU reported AVX-512F (which implies
+        // AVX2 and FMA).
+        Kernels::Avx512 => return unsafe { avx512(f) },
+        // SAFETY: `kernels` picks Avx2 only where the CPU reported AVX2 and FMA.
+        Kernels::Avx2 => return unsafe { avx2(f) },
+        Kernels::Portable => {}
     }
     f()
 }
