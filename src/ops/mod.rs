@@ -18,6 +18,7 @@ mod matmul;
 pub mod mobile;
 pub mod mobile_ext;
 pub mod phases;
+mod planes;
 mod pointwise;
 pub mod simd;
 

@@ -1,0 +1,42 @@
+//! Output buffers of the MobileNetV2 kernels: written once without being zeroed first, and split
+//! into the planes of each channel so that a channel's planes (one per image, strided in NCHW)
+//! can be handed to one parallel task.
+
+use std::mem::MaybeUninit;
+
+/// Values per lane block of the kernels' vector loops (one AVX-512 register, two AVX2 ones).
+pub(super) const LANES: usize = 16;
+
+/// A vector of `len` values filled by `fill`, without zeroing it first.
+///
+/// # Safety
+/// `fill` must write every one of the `len` values it is given (or panic).
+pub(super) unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees that `fill` initialised the first `len` values.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The `hw`-value planes of `t` (`[n][c][hw]`) grouped by channel: entry `ch` holds the plane of
+/// channel `ch` of every image, in image order.
+pub(super) fn by_channel<T>(t: &mut [T], c: usize, hw: usize) -> Vec<Vec<&mut [T]>> {
+    let mut groups: Vec<Vec<&mut [T]>> = (0..c)
+        .map(|_| Vec::with_capacity(t.len() / (c * hw).max(1)))
+        .collect();
+    if hw > 0 {
+        for (i, p) in t.chunks_exact_mut(hw).enumerate() {
+            groups[i % c].push(p);
+        }
+    }
+    groups
+}
+
+/// Copies `src` into `dst` (same length).
+#[inline(always)]
+pub(super) fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
