@@ -33,10 +33,3 @@ pub(super) fn by_channel<T>(t: &mut [T], c: usize, hw: usize) -> Vec<Vec<&mut [T
     groups
 }
 
-/// Copies `src` into `dst` (same length).
-#[inline(always)]
-pub(super) fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        d.write(v);
-    }
-}
