@@ -144,42 +144,61 @@ fn channel_forward(
     for (img, op) in out.into_iter().enumerate() {
         let xp = s.plane(x, img, ch);
         if relu6 {
-            for (o, &v) in op.iter_mut().zip(xp) {
-                o.write((v * a + b).clamp(0.0, 6.0));
-            }
+            map_values(op, xp, xp, #[inline(always)] |v, _| (v * a + b).clamp(0.0, 6.0));
         } else {
-            for (o, &v) in op.iter_mut().zip(xp) {
-                o.write(v * a + b);
-            }
+            map_values(op, xp, xp, #[inline(always)] |v, _| v * a + b);
         }
     }
     (mean, var, inv_std)
 }
 
-/// Sum and sum of squares of `x - k` over a plane, in f32 over [`LANES`] lanes per block of
-/// 256, then f64.
+/// Sum and sum of squares of `x - k` over a plane, in f32 over [`LANES`] lanes, then f64. The
+/// last block is padded with `k` (adding nothing).
 #[inline(always)]
 fn plane_sums(p: &[f32], k: f32) -> (f64, f64) {
-    let (mut sum, mut sq) = (0f64, 0f64);
-    for block in p.chunks(256) {
-        let (mut ls, mut lq) = ([0f32; LANES], [0f32; LANES]);
-        let (chunks, rest) = block.as_chunks::<LANES>();
-        for c in chunks {
-            for l in 0..LANES {
-                let d = c[l] - k;
-                ls[l] += d;
-                lq[l] += d * d;
-            }
-        }
-        for &v in rest {
-            let d = (v - k) as f64;
-            sum += d;
-            sq += d * d;
-        }
-        sum += ls.iter().map(|&v| v as f64).sum::<f64>();
-        sq += lq.iter().map(|&v| v as f64).sum::<f64>();
+    let (mut ls, mut lq) = ([0f32; LANES], [0f32; LANES]);
+    let (chunks, rest) = p.as_chunks::<LANES>();
+    for c in chunks {
+        square_lanes(c, k, &mut ls, &mut lq);
     }
-    (sum, sq)
+    if !rest.is_empty() {
+        square_lanes(&padded(rest, k), k, &mut ls, &mut lq);
+    }
+    (
+        ls.iter().map(|&v| v as f64).sum::<f64>(),
+        lq.iter().map(|&v| v as f64).sum::<f64>(),
+    )
+}
+
+/// Adds `x - k` and its square over one block to the lanes `ls` and `lq`.
+#[inline(always)]
+fn square_lanes(c: &[f32; LANES], k: f32, ls: &mut [f32; LANES], lq: &mut [f32; LANES]) {
+    for l in 0..LANES {
+        let d = c[l] - k;
+        ls[l] += d;
+        lq[l] += d * d;
+    }
+}
+
+/// The (fewer than [`LANES`]) values of `rest` in a block padded with `pad`.
+#[inline(always)]
+fn padded(rest: &[f32], pad: f32) -> [f32; LANES] {
+    let mut b = [pad; LANES];
+    b[..rest.len()].copy_from_slice(rest);
+    b
+}
+
+/// `out[i] = f(a[i], b[i])` (`a`, `b` and `out` of the same length).
+#[inline(always)]
+fn map_values(
+    out: &mut [MaybeUninit<f32>],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    for ((o, &av), &bv) in out.iter_mut().zip(a).zip(b) {
+        o.write(f(av, bv));
+    }
 }
 
 /// The backward pass from the forward's input `x`, parameters and statistics, and the output
@@ -245,6 +264,24 @@ pub fn backward(
     }
 }
 
+/// Adds `g` and `g · x̂` of one block to the lanes `lg` and `lgx`, `g` being `gv` through the
+/// ReLU6 (`a`, `b`: the affine map; `m`, `is`: mean and `1/σ`).
+#[inline(always)]
+fn grad_lanes<const RELU6: bool>(
+    xv: &[f32; LANES],
+    gv: &[f32; LANES],
+    [a, b, m, is]: [f32; 4],
+    lg: &mut [f32; LANES],
+    lgx: &mut [f32; LANES],
+) {
+    for l in 0..LANES {
+        let v = xv[l];
+        let g = masked::<RELU6>(v, gv[l], a, b);
+        lg[l] += g;
+        lgx[l] += g * ((v - m) * is);
+    }
+}
+
 /// The inputs of [`backward`].
 struct BwdParams<'a> {
     s: BnShape,
@@ -273,17 +310,12 @@ fn channel_backward<const RELU6: bool>(
         let (mut lg, mut lgx) = ([0f32; LANES], [0f32; LANES]);
         let ((xc, xr), (gc, gr)) = (xp.as_chunks::<LANES>(), gp.as_chunks::<LANES>());
         for (xv, gv) in xc.iter().zip(gc) {
-            for l in 0..LANES {
-                let v = xv[l];
-                let g = masked::<RELU6>(v, gv[l], a, b);
-                lg[l] += g;
-                lgx[l] += g * ((v - m) * is);
-            }
+            grad_lanes::<RELU6>(xv, gv, [a, b, m, is], &mut lg, &mut lgx);
         }
-        for (&v, &g) in xr.iter().zip(gr) {
-            let g = masked::<RELU6>(v, g, a, b);
-            sg += g as f64;
-            sgx += (g * ((v - m) * is)) as f64;
+        if !xr.is_empty() {
+            // Padded with zero gradients, which add nothing.
+            let (xv, gv) = (padded(xr, 0.0), padded(gr, 0.0));
+            grad_lanes::<RELU6>(&xv, &gv, [a, b, m, is], &mut lg, &mut lgx);
         }
         sg += lg.iter().map(|&v| v as f64).sum::<f64>();
         sgx += lgx.iter().map(|&v| v as f64).sum::<f64>();
@@ -308,10 +340,10 @@ fn channel_backward<const RELU6: bool>(
         } else {
             let (mg, mgx) = (mg as f32, mgx as f32);
             let scale = p.gamma[ch] * is;
-            for ((d, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
+            map_values(dp, xp, gp, #[inline(always)] |v, g| {
                 let g = masked::<RELU6>(v, g, a, b);
-                d.write(scale * (g - mg - (v - m) * is * mgx));
-            }
+                scale * (g - mg - (v - m) * is * mgx)
+            });
         }
     }
     (sg, sgx)

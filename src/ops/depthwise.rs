@@ -127,7 +127,9 @@ fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buf
 }
 
-/// `plane` (`h`×`w`) into `buf` (zeroed, `l.len` long) in the layout of the stride.
+/// `plane` (`h`×`w`) into `buf` (`l.len` long, zero outside the plane's places) in the layout
+/// of the stride. Only the plane's places are written, so a buffer zeroed once serves every
+/// plane of a call.
 #[inline(always)]
 fn border_into(s: DwShape, l: &Layout, plane: &[f32], buf: &mut [f32]) {
     for (r, row) in plane.chunks_exact(s.w).enumerate() {
@@ -154,9 +156,7 @@ fn border_into(s: DwShape, l: &Layout, plane: &[f32], buf: &mut [f32]) {
 fn unborder(s: DwShape, l: &Layout, buf: &[f32], plane: &mut [MaybeUninit<f32>]) {
     for (r, row) in plane.chunks_exact_mut(s.w).enumerate() {
         if s.stride == 1 {
-            for (d, &v) in row.iter_mut().zip(&buf[(r + 1) * l.e + 1..]) {
-                d.write(v);
-            }
+            row.write_copy_of_slice(&buf[(r + 1) * l.e + 1..][..s.w]);
         } else {
             let (py, u) = ((r + 1) % 2, (r + 1) / 2);
             let odd = &buf[(py * 2 + 1) * l.phase + u * l.e..];
@@ -190,9 +190,7 @@ fn gather(buf: &[f32], taps: &[usize; 9], k: &[f32; 9], out: &mut [f32]) {
 #[inline(always)]
 fn compact(flat: &[f32], e: usize, wo: usize, dst: &mut [MaybeUninit<f32>]) {
     for (d, src) in dst.chunks_exact_mut(wo).zip(flat.chunks(e)) {
-        for (d, &v) in d.iter_mut().zip(src) {
-            d.write(v);
-        }
+        d.write_copy_of_slice(&src[..wo]);
     }
 }
 
@@ -220,13 +218,14 @@ pub fn forward(s: DwShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
                     dispatch(
                         #[inline(always)]
                         || {
+                            // Zeroed once: each plane overwrites the same interior.
                             let out = zeroed(&mut sc.out, l.flat);
+                            let buf = zeroed(&mut sc.x, l.len);
                             for (p, (yp, xp)) in yc
                                 .chunks_exact_mut(ohw)
                                 .zip(xc.chunks_exact(hw))
                                 .enumerate()
                             {
-                                let buf = zeroed(&mut sc.x, l.len);
                                 border_into(s, &l, xp, buf);
                                 gather(buf, &l.taps, &kernel(weight, (t * per + p) % s.c), out);
                                 compact(out, l.e, wo, yp);
@@ -307,48 +306,45 @@ fn channel_backward(
     let k = kernel(weight, ch);
     let flipped: [f32; 9] = std::array::from_fn(|t| k[8 - t]);
     let mut dw = [0f64; 9];
+    // Zeroed once: each image overwrites the same places (but for the stride-2 sums).
+    let dyb = zeroed(&mut sc.dy, l.dy_len);
+    let xb = zeroed(&mut sc.x, if want_w { l.len } else { 0 });
+    let out = zeroed(&mut sc.out, if s.stride == 1 { l.flat } else { l.len });
     for img in 0..s.n {
         let plane = img * s.c + ch;
-        let dyb = zeroed(&mut sc.dy, l.dy_len);
         for (i, row) in dy[plane * ohw..][..ohw].chunks_exact(wo).enumerate() {
             dyb[(i + 1) * l.e + 1..][..wo].copy_from_slice(row);
         }
-        let dflat = &dyb[l.e + 1..][..l.flat];
+        let (dc, _) = dyb[l.e + 1..][..l.flat].as_chunks::<LANES>();
         if want_w {
-            let xb = zeroed(&mut sc.x, l.len);
             border_into(s, l, &x[plane * hw..][..hw], xb);
-            let mut acc = [[0f32; LANES]; 9];
-            let (dc, _) = dflat.as_chunks::<LANES>();
-            for (b, d) in dc.iter().enumerate() {
-                for (t, a) in acc.iter_mut().enumerate() {
-                    let xv: &[f32; LANES] = xb[l.taps[t] + b * LANES..][..LANES]
-                        .try_into()
-                        .expect("a lane block");
+            for (w, &tap) in dw.iter_mut().zip(&l.taps) {
+                let (xc, _) = xb[tap..][..l.flat].as_chunks::<LANES>();
+                let mut acc = [0f32; LANES];
+                for (d, xv) in dc.iter().zip(xc) {
                     for lane in 0..LANES {
-                        a[lane] += d[lane] * xv[lane];
+                        acc[lane] += d[lane] * xv[lane];
                     }
                 }
-            }
-            for (w, a) in dw.iter_mut().zip(&acc) {
-                *w += a.iter().map(|&v| v as f64).sum::<f64>();
+                *w += acc.iter().map(|&v| v as f64).sum::<f64>();
             }
         }
         let Some(dx) = dx.as_mut() else { continue };
         let dxp = &mut *dx[img];
         if s.stride == 1 {
             // The transposed conv at stride 1 is the conv of dy with the flipped kernel.
-            let out = zeroed(&mut sc.out, l.flat);
             gather(dyb, &l.taps, &flipped, out);
             compact(out, l.e, s.w, dxp);
         } else {
             // Each output gradient goes to the 9 inputs it was computed from.
-            let buf = zeroed(&mut sc.out, l.len);
+            out.fill(0.0);
+            let dflat = &dyb[l.e + 1..][..l.flat];
             for (t, &kv) in k.iter().enumerate() {
-                for (o, &g) in buf[l.taps[t]..][..l.flat].iter_mut().zip(dflat) {
+                for (o, &g) in out[l.taps[t]..][..l.flat].iter_mut().zip(dflat) {
                     *o += kv * g;
                 }
             }
-            unborder(s, l, buf, dxp);
+            unborder(s, l, out, dxp);
         }
     }
     dw.map(|v| v as f32)
