@@ -144,9 +144,21 @@ fn channel_forward(
     for (img, op) in out.into_iter().enumerate() {
         let xp = s.plane(x, img, ch);
         if relu6 {
-            map_values(op, xp, xp, #[inline(always)] |v, _| (v * a + b).clamp(0.0, 6.0));
+            map_values(
+                op,
+                xp,
+                xp,
+                #[inline(always)]
+                |v, _| (v * a + b).clamp(0.0, 6.0),
+            );
         } else {
-            map_values(op, xp, xp, #[inline(always)] |v, _| v * a + b);
+            map_values(
+                op,
+                xp,
+                xp,
+                #[inline(always)]
+                |v, _| v * a + b,
+            );
         }
     }
     (mean, var, inv_std)
@@ -340,10 +352,16 @@ fn channel_backward<const RELU6: bool>(
         } else {
             let (mg, mgx) = (mg as f32, mgx as f32);
             let scale = p.gamma[ch] * is;
-            map_values(dp, xp, gp, #[inline(always)] |v, g| {
-                let g = masked::<RELU6>(v, g, a, b);
-                scale * (g - mg - (v - m) * is * mgx)
-            });
+            map_values(
+                dp,
+                xp,
+                gp,
+                #[inline(always)]
+                |v, g| {
+                    let g = masked::<RELU6>(v, g, a, b);
+                    scale * (g - mg - (v - m) * is * mgx)
+                },
+            );
         }
     }
     (sg, sgx)

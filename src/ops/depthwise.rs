@@ -138,7 +138,9 @@ fn border_into(s: DwShape, l: &Layout, plane: &[f32], buf: &mut [f32]) {
         } else {
             // Bordered row r + 1, column c + 1: even c go to the odd-column phase at c / 2,
             // odd c to the even-column phase at (c + 1) / 2.
-            let (py, u) = ((r + 1) % 2, (r + 1) / 2);
+            // The bordered row r + 1: its row parity and its row in the phase.
+            let br = r + 1;
+            let (py, u) = (br % 2, br / 2);
             let odd = (py * 2 + 1) * l.phase + u * l.e;
             for (d, &v) in buf[odd..].iter_mut().zip(row.iter().step_by(2)) {
                 *d = v;
@@ -158,7 +160,9 @@ fn unborder(s: DwShape, l: &Layout, buf: &[f32], plane: &mut [MaybeUninit<f32>])
         if s.stride == 1 {
             row.write_copy_of_slice(&buf[(r + 1) * l.e + 1..][..s.w]);
         } else {
-            let (py, u) = ((r + 1) % 2, (r + 1) / 2);
+            // The bordered row r + 1: its row parity and its row in the phase.
+            let br = r + 1;
+            let (py, u) = (br % 2, br / 2);
             let odd = &buf[(py * 2 + 1) * l.phase + u * l.e..];
             let even = &buf[py * 2 * l.phase + u * l.e + 1..];
             for (c, d) in row.iter_mut().enumerate() {
@@ -408,7 +412,14 @@ mod tests {
 
     #[test]
     fn backward_matches_the_definition() {
-        for (h, w, stride) in [(5, 7, 1), (5, 7, 2), (1, 1, 2), (6, 4, 2), (2, 3, 1), (9, 8, 2)] {
+        for (h, w, stride) in [
+            (5, 7, 1),
+            (5, 7, 2),
+            (1, 1, 2),
+            (6, 4, 2),
+            (2, 3, 1),
+            (9, 8, 2),
+        ] {
             let s = DwShape {
                 n: 2,
                 c: 3,

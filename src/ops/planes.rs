@@ -32,4 +32,3 @@ pub(super) fn by_channel<T>(t: &mut [T], c: usize, hw: usize) -> Vec<Vec<&mut [T
     }
     groups
 }
-
