@@ -165,31 +165,31 @@ fn channel_forward(
 }
 
 /// Sum and sum of squares of `x - k` over a plane, in f32 over [`LANES`] lanes, then f64. The
-/// last block is padded with `k` (adding nothing).
+/// last block is padded with `k` (adding nothing). Two loops over the (cached) plane, one per
+/// sum, so that each vectorises as a plain lane-wise sum.
 #[inline(always)]
 fn plane_sums(p: &[f32], k: f32) -> (f64, f64) {
-    let (mut ls, mut lq) = ([0f32; LANES], [0f32; LANES]);
     let (chunks, rest) = p.as_chunks::<LANES>();
-    for c in chunks {
-        square_lanes(c, k, &mut ls, &mut lq);
-    }
-    if !rest.is_empty() {
-        square_lanes(&padded(rest, k), k, &mut ls, &mut lq);
+    let last = padded(rest, k);
+    let tail: &[[f32; LANES]] = if rest.is_empty() { &[] } else { &[last] };
+    let (mut ls, mut lq) = ([0f32; LANES], [0f32; LANES]);
+    for blocks in [chunks, tail] {
+        for c in blocks {
+            for l in 0..LANES {
+                ls[l] += c[l] - k;
+            }
+        }
+        for c in blocks {
+            for l in 0..LANES {
+                let d = c[l] - k;
+                lq[l] += d * d;
+            }
+        }
     }
     (
         ls.iter().map(|&v| v as f64).sum::<f64>(),
         lq.iter().map(|&v| v as f64).sum::<f64>(),
     )
-}
-
-/// Adds `x - k` and its square over one block to the lanes `ls` and `lq`.
-#[inline(always)]
-fn square_lanes(c: &[f32; LANES], k: f32, ls: &mut [f32; LANES], lq: &mut [f32; LANES]) {
-    for l in 0..LANES {
-        let d = c[l] - k;
-        ls[l] += d;
-        lq[l] += d * d;
-    }
 }
 
 /// The (fewer than [`LANES`]) values of `rest` in a block padded with `pad`.

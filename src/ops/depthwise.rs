@@ -136,21 +136,34 @@ fn border_into(s: DwShape, l: &Layout, plane: &[f32], buf: &mut [f32]) {
         if s.stride == 1 {
             buf[(r + 1) * l.e + 1..][..s.w].copy_from_slice(row);
         } else {
-            // Bordered row r + 1, column c + 1: even c go to the odd-column phase at c / 2,
-            // odd c to the even-column phase at (c + 1) / 2.
-            // The bordered row r + 1: its row parity and its row in the phase.
-            let br = r + 1;
-            let (py, u) = (br % 2, br / 2);
-            let odd = (py * 2 + 1) * l.phase + u * l.e;
-            for (d, &v) in buf[odd..].iter_mut().zip(row.iter().step_by(2)) {
-                *d = v;
+            let (even, odd) = phase_rows(l, r, buf);
+            let (pairs, rest) = row.as_chunks::<2>();
+            for ((o, e), p) in odd.iter_mut().zip(even.iter_mut()).zip(pairs) {
+                *o = p[0];
+                *e = p[1];
             }
-            let even = py * 2 * l.phase + u * l.e + 1;
-            for (d, &v) in buf[even..].iter_mut().zip(row.iter().skip(1).step_by(2)) {
-                *d = v;
+            if let [last] = rest {
+                odd[pairs.len()] = *last;
             }
         }
     }
+}
+
+/// Where input row `r` starts in the column phase `px` (stride 2): bordered row `r + 1`,
+/// column `c + 1`, so even `c` go to the odd-column phase at `c / 2`, odd `c` to the
+/// even-column phase at `(c + 1) / 2`.
+#[inline(always)]
+fn phase_row(l: &Layout, r: usize, px: usize) -> usize {
+    let br = r + 1;
+    (br % 2 * 2 + px) * l.phase + br / 2 * l.e + (1 - px)
+}
+
+/// The even-column and odd-column phase rows of input row `r` (see [`phase_row`]).
+#[inline(always)]
+fn phase_rows<'a>(l: &Layout, r: usize, buf: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+    let (even, odd) = (phase_row(l, r, 0), phase_row(l, r, 1));
+    let (lo, hi) = buf.split_at_mut(odd);
+    (&mut lo[even..], hi)
 }
 
 /// The inverse of [`border_into`]: the plane's values from `buf` into `plane`.
@@ -160,13 +173,14 @@ fn unborder(s: DwShape, l: &Layout, buf: &[f32], plane: &mut [MaybeUninit<f32>])
         if s.stride == 1 {
             row.write_copy_of_slice(&buf[(r + 1) * l.e + 1..][..s.w]);
         } else {
-            // The bordered row r + 1: its row parity and its row in the phase.
-            let br = r + 1;
-            let (py, u) = (br % 2, br / 2);
-            let odd = &buf[(py * 2 + 1) * l.phase + u * l.e..];
-            let even = &buf[py * 2 * l.phase + u * l.e + 1..];
-            for (c, d) in row.iter_mut().enumerate() {
-                d.write(if c % 2 == 0 { odd[c / 2] } else { even[c / 2] });
+            let (pairs, rest) = row.as_chunks_mut::<2>();
+            let (even, odd) = (&buf[phase_row(l, r, 0)..], &buf[phase_row(l, r, 1)..]);
+            for ((p, &o), &e) in pairs.iter_mut().zip(odd).zip(even) {
+                p[0].write(o);
+                p[1].write(e);
+            }
+            if let [last] = rest {
+                last.write(odd[pairs.len()]);
             }
         }
     }
