@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::planes::{LANES, by_channel, written};
+use super::planes::{FLUSH_BLOCKS, LANES, by_channel, flush, written};
 use super::simd::dispatch;
 
 /// Shape of one call: `n` images of `c` planes of `hw` values.
@@ -129,10 +129,15 @@ fn channel_forward(
     // that is small beside the mean to cancellation.
     let k = x[ch * s.hw];
     let (mut sum, mut sq) = (0f64, 0f64);
+    let (mut ls, mut lq) = ([0f32; LANES], [0f32; LANES]);
+    let mut pending = 0;
     for img in 0..s.n {
-        let (ps, pq) = plane_sums(s.plane(x, img, ch), k);
-        sum += ps;
-        sq += pq;
+        pending += plane_sums(s.plane(x, img, ch), k, &mut ls, &mut lq);
+        if pending >= FLUSH_BLOCKS || img + 1 == s.n {
+            flush(&mut ls, &mut sum);
+            flush(&mut lq, &mut sq);
+            pending = 0;
+        }
     }
     let m = s.count() as f64;
     let shift = sum / m;
@@ -164,15 +169,14 @@ fn channel_forward(
     (mean, var, inv_std)
 }
 
-/// Sum and sum of squares of `x - k` over a plane, in f32 over [`LANES`] lanes, then f64. The
-/// last block is padded with `k` (adding nothing). Two loops over the (cached) plane, one per
-/// sum, so that each vectorises as a plain lane-wise sum.
+/// Adds `x - k` and its square over a plane to the lanes `ls` and `lq`; returns the blocks
+/// added. The last block is padded with `k` (adding nothing). Two loops over the (cached)
+/// plane, one per sum, so that each vectorises as a plain lane-wise sum.
 #[inline(always)]
-fn plane_sums(p: &[f32], k: f32) -> (f64, f64) {
+fn plane_sums(p: &[f32], k: f32, ls: &mut [f32; LANES], lq: &mut [f32; LANES]) -> usize {
     let (chunks, rest) = p.as_chunks::<LANES>();
     let last = padded(rest, k);
     let tail: &[[f32; LANES]] = if rest.is_empty() { &[] } else { &[last] };
-    let (mut ls, mut lq) = ([0f32; LANES], [0f32; LANES]);
     for blocks in [chunks, tail] {
         for c in blocks {
             for l in 0..LANES {
@@ -186,10 +190,7 @@ fn plane_sums(p: &[f32], k: f32) -> (f64, f64) {
             }
         }
     }
-    (
-        ls.iter().map(|&v| v as f64).sum::<f64>(),
-        lq.iter().map(|&v| v as f64).sum::<f64>(),
-    )
+    chunks.len() + tail.len()
 }
 
 /// The (fewer than [`LANES`]) values of `rest` in a block padded with `pad`.
@@ -317,9 +318,10 @@ fn channel_backward<const RELU6: bool>(
     let (m, is) = (p.mean[ch], p.inv_std[ch]);
     let (a, b) = affine(p.gamma[ch], p.beta[ch], m, is);
     let (mut sg, mut sgx) = (0f64, 0f64);
+    let (mut lg, mut lgx) = ([0f32; LANES], [0f32; LANES]);
+    let mut pending = 0;
     for img in 0..s.n {
         let (xp, gp) = (s.plane(p.x, img, ch), s.plane(p.dout, img, ch));
-        let (mut lg, mut lgx) = ([0f32; LANES], [0f32; LANES]);
         let ((xc, xr), (gc, gr)) = (xp.as_chunks::<LANES>(), gp.as_chunks::<LANES>());
         for (xv, gv) in xc.iter().zip(gc) {
             grad_lanes::<RELU6>(xv, gv, [a, b, m, is], &mut lg, &mut lgx);
@@ -329,8 +331,12 @@ fn channel_backward<const RELU6: bool>(
             let (xv, gv) = (padded(xr, 0.0), padded(gr, 0.0));
             grad_lanes::<RELU6>(&xv, &gv, [a, b, m, is], &mut lg, &mut lgx);
         }
-        sg += lg.iter().map(|&v| v as f64).sum::<f64>();
-        sgx += lgx.iter().map(|&v| v as f64).sum::<f64>();
+        pending += xp.len().div_ceil(LANES);
+        if pending >= FLUSH_BLOCKS || img + 1 == s.n {
+            flush(&mut lg, &mut sg);
+            flush(&mut lgx, &mut sgx);
+            pending = 0;
+        }
     }
     let Some(dx) = dx else {
         return (sg, sgx);

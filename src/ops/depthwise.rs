@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::planes::{LANES, by_channel, written};
+use super::planes::{FLUSH_BLOCKS, LANES, by_channel, flush, written};
 use super::simd::dispatch;
 
 /// Shape of one depthwise call: `n` images of `c` planes of `h`×`w`.
@@ -324,6 +324,7 @@ fn channel_backward(
     let k = kernel(weight, ch);
     let flipped: [f32; 9] = std::array::from_fn(|t| k[8 - t]);
     let mut dw = [0f64; 9];
+    let (mut acc, mut pending) = ([[0f32; LANES]; 9], 0);
     // Zeroed once: each image overwrites the same places (but for the stride-2 sums).
     let dyb = zeroed(&mut sc.dy, l.dy_len);
     let xb = zeroed(&mut sc.x, if want_w { l.len } else { 0 });
@@ -336,15 +337,20 @@ fn channel_backward(
         let (dc, _) = dyb[l.e + 1..][..l.flat].as_chunks::<LANES>();
         if want_w {
             border_into(s, l, &x[plane * hw..][..hw], xb);
-            for (w, &tap) in dw.iter_mut().zip(&l.taps) {
+            for (a, &tap) in acc.iter_mut().zip(&l.taps) {
                 let (xc, _) = xb[tap..][..l.flat].as_chunks::<LANES>();
-                let mut acc = [0f32; LANES];
                 for (d, xv) in dc.iter().zip(xc) {
                     for lane in 0..LANES {
-                        acc[lane] += d[lane] * xv[lane];
+                        a[lane] += d[lane] * xv[lane];
                     }
                 }
-                *w += acc.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            pending += dc.len();
+            if pending >= FLUSH_BLOCKS || img + 1 == s.n {
+                for (a, w) in acc.iter_mut().zip(&mut dw) {
+                    flush(a, w);
+                }
+                pending = 0;
             }
         }
         let Some(dx) = dx.as_mut() else { continue };

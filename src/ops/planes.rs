@@ -7,6 +7,17 @@ use std::mem::MaybeUninit;
 /// Values per lane block of the kernels' vector loops (one AVX-512 register, two AVX2 ones).
 pub(super) const LANES: usize = 16;
 
+/// Lane blocks summed in f32 before the lanes go to an f64 total: small planes are pooled
+/// (over images) so that the f64 reduction does not cost more than the sums themselves.
+pub(super) const FLUSH_BLOCKS: usize = 16;
+
+/// Adds `lanes` to `total` in f64, in lane order, and clears them.
+#[inline(always)]
+pub(super) fn flush(lanes: &mut [f32; LANES], total: &mut f64) {
+    *total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+    *lanes = [0.0; LANES];
+}
+
 /// A vector of `len` values filled by `fill`, without zeroing it first.
 ///
 /// # Safety
