@@ -165,13 +165,13 @@ impl Backward<Flex, 2> for DepthwiseBackward {
         let s = dw_shape(&st.x, &st.weight, st.stride);
         let dy = values(&dy);
         let (dx, dw) = timed(Phase::DwBwd, || {
-            (
-                node_x
-                    .is_some()
-                    .then(|| depthwise::backward_input(s, &dy, &values(&st.weight))),
-                node_w
-                    .is_some()
-                    .then(|| depthwise::backward_weight(s, &values(&st.x), &dy)),
+            depthwise::backward(
+                s,
+                &values(&st.x),
+                &values(&st.weight),
+                &dy,
+                node_x.is_some(),
+                node_w.is_some(),
             )
         });
         if let (Some(node), Some(dx)) = (node_x, dx) {

@@ -20,6 +20,7 @@ pub mod mobile;
 pub mod mobile_ext;
 pub(crate) mod patches;
 pub mod phases;
+mod planes;
 mod pointwise;
 pub mod simd;
 
