@@ -100,8 +100,8 @@ pub fn train_planned(
     plan: &Plan,
 ) -> Result<TrainOutcome> {
     let cfg = &settings.config;
-    device::set_threads(cfg.train.threads);
     crate::ops::heap::keep_freed_memory();
+    device::set_threads(cfg.train.threads);
     if let Some(file) = settings.pretrained_file() {
         // Refused before a run exists: a wrong file is a set-up error, not a failed run.
         crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &file)?;
