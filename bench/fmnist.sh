@@ -5,7 +5,7 @@
 # Env: ARCH (cnn, the default recipe at 28 px; or mobilenet_v2), WIDTH (MobileNetV2 width,
 # default 0.5), SIZE (input size; default 28 for cnn, 32 for mobilenet_v2), PER_CLASS (train on a
 # stated subset: that many images per class, a seeded stable choice; default all 6,000), WORK.
-# Needs: apt-get install dataset-fashion-mnist. The cnn recipe takes about 15 minutes on 2 cores.
+# Needs: apt-get install dataset-fashion-mnist. The cnn recipe trains in about 6 minutes on 2 cores.
 # Usage: bench/fmnist.sh [EPOCHS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
