@@ -236,7 +236,10 @@ fn a_pushed_run_reads_back_in_mlflow_once_and_sweeps_keep_their_links() {
         assert_eq!(got.len(), want.len(), "{key}: {got:?} vs {want:?}");
         for (g, w) in got.iter().zip(&want) {
             let close = (g.1 - w.1).abs() <= 1e-12 * w.1.abs().max(1.0);
-            assert!(g.0 == w.0 && g.2 == w.2 && close, "{key}: {got:?} vs {want:?}");
+            assert!(
+                g.0 == w.0 && g.2 == w.2 && close,
+                "{key}: {got:?} vs {want:?}"
+            );
         }
     }
     assert_eq!(r["history"]["val_accuracy"].as_array().unwrap().len(), 2);

@@ -330,9 +330,9 @@ pub fn backward(
                         // Every value is overwritten: only growth needs filling.
                         dy.resize((i1 - i0) * s.conv_len(), 0.0);
                         for (i, dyi) in (i0..i1).zip(dy.chunks_exact_mut(s.conv_len())) {
-                            let (o, c) = (i * s.out_len()..(i + 1) * s.out_len(), i * s.conv_len());
-                            let yi = &y[c..c + s.conv_len()];
-                            let (gi, ai) = (&dout[o.clone()], &argmax[o]);
+                            let pooled = i * s.out_len()..(i + 1) * s.out_len();
+                            let yi = &y[i * s.conv_len()..(i + 1) * s.conv_len()];
+                            let (gi, ai) = (&dout[pooled.clone()], &argmax[pooled]);
                             dy_image(s, yi, gi, ai, (&a, &b, &k1), dyi, &mut dbias);
                         }
                     });
