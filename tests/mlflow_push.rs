@@ -162,19 +162,7 @@ fn local_kv(run: &Path, sub: &str) -> BTreeMap<String, String> {
 }
 
 fn run_named(dir: &Path, name: &str) -> PathBuf {
-    walkdir::WalkDir::new(dir.join("runs"))
-        .min_depth(2)
-        .max_depth(2)
-        .into_iter()
-        .flatten()
-        .map(|e| e.into_path())
-        .find(|r| {
-            std::fs::read_to_string(r.join("tags/mlflow.runName"))
-                .ok()
-                .as_deref()
-                == Some(name)
-        })
-        .unwrap_or_else(|| panic!("no run {name}"))
+    common::run_dir(dir, name).unwrap_or_else(|| panic!("no run {name}"))
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -41,22 +41,6 @@ fn fails2(dir: &Path, args: &[&str]) -> String {
     let out = flora2(dir, args).output().unwrap();
     assert!(!out.status.success(), "flora {args:?} should fail");
     String::from_utf8(out.stderr).unwrap()
-}
-
-/// The folder of the run called `name`, if it exists yet.
-fn run_dir(dir: &Path, name: &str) -> Option<PathBuf> {
-    walkdir::WalkDir::new(dir.join("runs"))
-        .min_depth(2)
-        .max_depth(2)
-        .into_iter()
-        .flatten()
-        .map(|e| e.into_path())
-        .find(|r| {
-            std::fs::read_to_string(r.join("tags/mlflow.runName"))
-                .ok()
-                .as_deref()
-                == Some(name)
-        })
 }
 
 /// The epoch of the run's last checkpoint (0 without one).

@@ -477,19 +477,7 @@ fn start_training(
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let found = walkdir::WalkDir::new(dir.join("runs"))
-            .min_depth(2)
-            .max_depth(2)
-            .into_iter()
-            .flatten()
-            .map(|e| e.into_path())
-            .find(|r| {
-                std::fs::read_to_string(r.join("tags/mlflow.runName"))
-                    .ok()
-                    .as_deref()
-                    == Some(name)
-                    && r.join("artifacts/config.toml").exists()
-            });
+        let found = common::run_dir(dir, name).filter(|r| r.join("artifacts/config.toml").exists());
         if let Some(run) = found {
             return (child, run);
         }

@@ -87,26 +87,9 @@ pub fn inbox(layout: &Layout) -> Result<Vec<Item>> {
         .map(|r| (layout.abs(&r.destination), r))
         .collect();
     let mut items = Vec::new();
-    if !layout.inbox.is_dir() {
-        return Ok(items);
-    }
-    let manifest = layout.manifest();
-    let walker = walkdir::WalkDir::new(&layout.inbox)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
-    for e in walker {
-        let e = e.with_context(|| format!("listing {}", layout.inbox.display()))?;
-        if !e.file_type().is_file() || e.path() == manifest {
-            continue;
-        }
-        let rel = e.path().strip_prefix(&layout.inbox).unwrap_or(e.path());
-        let sub = (rel.components().count() > 1)
-            .then(|| rel.components().next())
-            .flatten()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .filter(|c| check_class_name(c).is_ok());
-        let row = merged.get(e.path()).cloned();
+    for (path, folder) in layout.inbox_files()? {
+        let sub = folder.filter(|c| check_class_name(c).is_ok());
+        let row = merged.get(&path).cloned();
         let (suggested, confidence) = match (&sub, &row) {
             (Some(c), Some(r)) if *c == r.predicted_class || r.predicted_class.is_empty() => {
                 (c.clone(), r.confidence)
@@ -129,10 +112,10 @@ pub fn inbox(layout: &Layout) -> Result<Vec<Item>> {
             .as_ref()
             .map(|r| r.collected_date.clone())
             .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| file_date(e.path()));
+            .unwrap_or_else(|| file_date(&path));
         items.push(Item {
-            path: dataset_rel(layout, e.path()),
-            abs: e.path().to_path_buf(),
+            path: dataset_rel(layout, &path),
+            abs: path,
             suggested_by: if suggested.is_empty() { "" } else { "merge" }.into(),
             rank: confidence.unwrap_or(1.0),
             suggested,

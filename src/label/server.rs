@@ -149,10 +149,7 @@ fn loopback_host(headers: &HeaderMap) -> bool {
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    super::is_loopback(name)
 }
 
 async fn index() -> Html<&'static str> {

@@ -196,6 +196,22 @@ impl Journal {
         })
     }
 
+    /// A whole journalled step: saves the journal, moves the files, commits the batch. Returns
+    /// the rows of the entries that were done and the warnings.
+    pub fn run(mut self, layout: &Layout) -> Result<(Vec<Row>, Vec<String>)> {
+        self.save(layout)?;
+        let outcome = self.execute(layout)?;
+        self.commit(layout, &outcome)?;
+        let done = self
+            .entries
+            .into_iter()
+            .zip(outcome.done)
+            .filter(|(_, d)| *d)
+            .map(|(e, _)| e.row)
+            .collect();
+        Ok((done, outcome.warnings))
+    }
+
     /// Records the finished batch and removes the journal. Safe to repeat.
     pub fn commit(&self, layout: &Layout, outcome: &Outcome) -> Result<()> {
         let manifest = layout.manifest();

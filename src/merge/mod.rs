@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 use crate::registry::Registry;
 use crate::select::{self, Chosen, ModelArgs};
-use journal::{Journal, Op, Outcome, count, pending, read_manifest};
+use journal::{Journal, Op, count, pending, read_manifest};
 pub use plan::Sorter;
 
 /// The inbox folder's name inside the dataset (never a class: it starts with `_`).
@@ -156,6 +156,34 @@ impl Layout {
     /// `dataset/_UNLABELED_SORT_ME/merge.csv`.
     pub fn manifest(&self) -> PathBuf {
         self.inbox.join("merge.csv")
+    }
+
+    /// The files waiting in the inbox, sorted by name, each with the folder it was filed
+    /// under inside the inbox (if any). Hidden entries (`.merge/`, temp files) and the manifest
+    /// are left out; no inbox means none.
+    pub fn inbox_files(&self) -> Result<Vec<(PathBuf, Option<String>)>> {
+        let mut files = Vec::new();
+        if !self.inbox.is_dir() {
+            return Ok(files);
+        }
+        let manifest = self.manifest();
+        let walker = walkdir::WalkDir::new(&self.inbox)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        for e in walker {
+            let e = e.with_context(|| format!("listing {}", self.inbox.display()))?;
+            if !e.file_type().is_file() || e.path() == manifest {
+                continue;
+            }
+            let rel = e.path().strip_prefix(&self.inbox).unwrap_or(e.path());
+            let folder = (rel.components().count() > 1)
+                .then(|| rel.components().next())
+                .flatten()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            files.push((e.into_path(), folder));
+        }
+        Ok(files)
     }
 
     /// `dataset/_UNLABELED_SORT_ME/.merge/`: lock and journals.
@@ -410,22 +438,14 @@ pub fn merge(layout: &Layout, sorter: Option<&Sorter>, opts: &MergeOptions) -> R
         manifest: layout.manifest(),
     };
     if !opts.dry_run && !entries.is_empty() {
-        let mut j = Journal {
+        let j = Journal {
             op: Op::Merge,
             batch: report.batch.clone(),
             entries,
         };
-        j.save(layout)?;
-        let outcome: Outcome = j.execute(layout)?;
-        j.commit(layout, &outcome)?;
-        report.rows = j
-            .entries
-            .iter()
-            .zip(&outcome.done)
-            .filter(|(_, d)| **d)
-            .map(|(e, _)| e.row.clone())
-            .collect();
-        notes.extend(outcome.warnings);
+        let (done, warnings) = j.run(layout)?;
+        report.rows = done;
+        notes.extend(warnings);
     }
     report.notes = notes;
     drop(lock);
@@ -488,26 +508,15 @@ pub fn undo(layout: &Layout, batch: &str, dry_run: bool) -> Result<UndoReport> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut j = Journal {
+    let j = Journal {
         op: Op::Undo,
         batch: batch.to_string(),
         entries,
     };
-    j.save(layout)?;
-    let outcome = j.execute(layout)?;
-    j.commit(layout, &outcome)?;
-    notes.extend(outcome.warnings);
+    let (restored, warnings) = j.run(layout)?;
+    notes.extend(warnings);
     drop(lock);
-    Ok(UndoReport {
-        restored: j
-            .entries
-            .iter()
-            .zip(&outcome.done)
-            .filter(|(_, d)| **d)
-            .map(|(e, _)| e.row.clone())
-            .collect(),
-        notes,
-    })
+    Ok(UndoReport { restored, notes })
 }
 
 /// What is waiting in the inbox.
@@ -533,34 +542,14 @@ pub fn status(layout: &Layout) -> Result<Status> {
         .map(|r| (layout.abs(&r.destination), r.collected_date.as_str()))
         .collect();
     let mut st = Status::default();
-    if layout.inbox.is_dir() {
-        let manifest = layout.manifest();
-        let walker = walkdir::WalkDir::new(&layout.inbox)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
-        for e in walker {
-            let e = e.with_context(|| format!("listing {}", layout.inbox.display()))?;
-            if !e.file_type().is_file() || e.path() == manifest {
-                continue;
-            }
-            st.waiting += 1;
-            let rel = e.path().strip_prefix(&layout.inbox).unwrap_or(e.path());
-            let class = if rel.components().count() > 1 {
-                rel.components()
-                    .next()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
-            *st.by_class.entry(class).or_default() += 1;
-            let date = dates
-                .get(e.path())
-                .filter(|d| !d.is_empty())
-                .map_or("unknown".to_string(), |d| d.to_string());
-            *st.by_date.entry(date).or_default() += 1;
-        }
+    for (path, folder) in layout.inbox_files()? {
+        st.waiting += 1;
+        *st.by_class.entry(folder.unwrap_or_default()).or_default() += 1;
+        let date = dates
+            .get(&path)
+            .filter(|d| !d.is_empty())
+            .map_or("unknown".to_string(), |d| d.to_string());
+        *st.by_date.entry(date).or_default() += 1;
     }
     st.not_merged = plan::scan(&layout.collected)?.images.len();
     for r in &rows {

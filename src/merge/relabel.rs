@@ -108,23 +108,14 @@ fn journalled<L>(
     if entries.is_empty() {
         return Ok((Vec::new(), notes));
     }
-    let mut j = Journal {
+    let j = Journal {
         op,
         batch: batch.to_string(),
         entries,
     };
-    j.save(layout)?;
-    let outcome = j.execute(layout)?;
-    j.commit(layout, &outcome)?;
-    notes.extend(outcome.warnings);
+    let (done, warnings) = j.run(layout)?;
+    notes.extend(warnings);
     drop(lock);
-    let done = j
-        .entries
-        .into_iter()
-        .zip(outcome.done)
-        .filter(|(_, d)| *d)
-        .map(|(e, _)| e.row)
-        .collect();
     Ok((done, notes))
 }
 

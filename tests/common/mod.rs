@@ -128,6 +128,22 @@ pub fn only_run(dir: &Path) -> (PathBuf, PathBuf) {
     (exps[0].clone(), run_dirs[0].clone())
 }
 
+/// The folder of the run called `name` under `dir/runs/<exp>/`, if it exists yet.
+pub fn run_dir(dir: &Path, name: &str) -> Option<PathBuf> {
+    walkdir::WalkDir::new(dir.join("runs"))
+        .min_depth(2)
+        .max_depth(2)
+        .into_iter()
+        .flatten()
+        .map(|e| e.into_path())
+        .find(|r| {
+            std::fs::read_to_string(r.join("tags/mlflow.runName"))
+                .ok()
+                .as_deref()
+                == Some(name)
+        })
+}
+
 /// Parses a flat MLflow meta.yaml into key → raw value text.
 pub fn yaml(path: &Path) -> std::collections::BTreeMap<String, String> {
     std::fs::read_to_string(path)

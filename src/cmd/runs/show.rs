@@ -74,15 +74,7 @@ pub fn run(store: &RunStore, args: &RunsShowArgs) -> Result<ExitCode> {
     println!("folder      {}", i.dir.display());
 
     println!("\nparams");
-    let rows: Vec<Vec<String>> = s
-        .params
-        .iter()
-        .map(|(k, v)| vec![format!("  {k}"), v.trim().to_string()])
-        .collect();
-    print!(
-        "{}",
-        table::render(&[left(""), left("")], &rows, Some(1), 20, width)
-    );
+    print!("{}", key_values(&s.params, width));
 
     println!("\nmetrics");
     let rows: Vec<Vec<String>> = s
@@ -108,15 +100,7 @@ pub fn run(store: &RunStore, args: &RunsShowArgs) -> Result<ExitCode> {
     print!("{}", table::render(&cols, &rows, None, 0, width));
 
     println!("\ntags");
-    let rows: Vec<Vec<String>> = s
-        .tags
-        .iter()
-        .map(|(k, v)| vec![format!("  {k}"), v.trim().to_string()])
-        .collect();
-    print!(
-        "{}",
-        table::render(&[left(""), left("")], &rows, Some(1), 20, width)
-    );
+    print!("{}", key_values(&s.tags, width));
 
     println!("\nartifacts ({})", i.artifacts().display());
     let rows: Vec<Vec<String>> = artifacts
@@ -150,6 +134,15 @@ pub fn run(store: &RunStore, args: &RunsShowArgs) -> Result<ExitCode> {
 }
 
 /// A column header for a per-epoch metric.
+/// A two-column table of `key value` lines (params, tags), values trimmed.
+fn key_values(map: &std::collections::BTreeMap<String, String>, width: usize) -> String {
+    let rows: Vec<Vec<String>> = map
+        .iter()
+        .map(|(k, v)| vec![format!("  {k}"), v.trim().to_string()])
+        .collect();
+    table::render(&[left(""), left("")], &rows, Some(1), 20, width)
+}
+
 fn short_key(key: &str) -> &'static str {
     match key {
         "train_loss" => "train_loss",
