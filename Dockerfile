@@ -11,6 +11,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY assets ./assets
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --bin flora --target x86_64-unknown-linux-gnu \
  && mkdir -p /out/data/models /out/data/runs /out/data/collected_data \

@@ -32,7 +32,7 @@ fn main() {
     let width = args.get(3).copied().unwrap_or(35) as f64 / 100.0;
     let classes = 10;
     let tag = format!("width={width} size={size}");
-    let device = flora::device::training();
+    let device = flora::util::device::training();
     device.seed(1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let input: Vec<f32> = (0..batch * 3 * size * size)
@@ -117,11 +117,11 @@ fn main() {
     }
 
     let valid = model.valid();
-    let infer_device = flora::device::inference();
+    let infer_device = flora::util::device::inference();
     let fused = valid.fused().expect("mobilenet has a fused form");
     let pixels: Vec<u8> = (0..batch * 3 * size * size).map(|_| rng.random()).collect();
     let images: Vec<&[u8]> = pixels.chunks(3 * size * size).collect();
-    let norm = flora::imaging::Normalization::default();
+    let norm = flora::data::imaging::Normalization::default();
     let burn = |imgs: usize| {
         let x = Tensor::<4>::from_data(
             TensorData::new(

@@ -31,7 +31,7 @@ fn main() {
     let size = args.get(1).copied().unwrap_or(64);
     let batch = args.get(2).copied().unwrap_or(32);
     let classes = 10;
-    let device = flora::device::training();
+    let device = flora::util::device::training();
     device.seed(1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let input: Vec<f32> = (0..batch * 3 * size * size)
@@ -139,7 +139,7 @@ fn main() {
     let model = models.remove(0);
 
     let valid = model.valid();
-    let infer_device = flora::device::inference();
+    let infer_device = flora::util::device::inference();
     let n = 64;
     let data: Vec<f32> = (0..n * 3 * size * size)
         .map(|_| rng.random_range(-2.0..2.0))
@@ -161,7 +161,7 @@ fn main() {
     // The fused path takes RGB8 pixels (its figure includes normalising them; Burn's does not).
     let pixels: Vec<u8> = (0..n * 3 * size * size).map(|_| rng.random()).collect();
     let images: Vec<&[u8]> = pixels.chunks(3 * size * size).collect();
-    let norm = flora::imaging::Normalization::default();
+    let norm = flora::data::imaging::Normalization::default();
     let fused_batch = |imgs: usize| {
         let _ = fused.logits(&images[..imgs], &norm, size);
     };

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::CvArgs;
-use crate::config::Settings;
-use crate::cv;
+use flora::config::Settings;
+use flora::train::cv;
 
 /// Runs the folds with the config plus the train flags and prints the summary.
 pub fn run(settings: &Settings, args: &CvArgs) -> Result<ExitCode> {

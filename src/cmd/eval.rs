@@ -5,16 +5,16 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 use crate::cli::EvalArgs;
-use crate::config::Settings;
-use crate::store::{self, Run};
-use crate::{coverage, eval, report, select, unknown};
+use flora::config::Settings;
+use flora::track::store::{self, Run};
+use flora::{evaluate::coverage, evaluate::eval, evaluate::html_report, track::select};
 
 /// Exit code when accuracy is below `--min-accuracy`.
 pub const EXIT_BELOW_GATE: u8 = 3;
 
 /// Prints the report (or JSON), saves the files, logs into the run; exits 3 below the gate.
 pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
-    let chosen = select::choose(settings, &args.model)?;
+    let chosen = select::choose(settings, &args.model.choice())?;
     eprintln!("model: {}", chosen.describe());
     let bundle = chosen.load()?;
     let samples = match (&args.data, chosen.run()) {
@@ -41,7 +41,7 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
     let suggested = args
         .target_accuracy
         .map(|t| coverage::suggest(&outcomes, t as f64));
-    let thresholds = unknown::effective(settings, &bundle.meta);
+    let thresholds = bundle.meta.thresholds_with(settings.thresholds());
     let under = (!thresholds.is_empty()).then(|| result.under(&thresholds));
     let out_dir = match (&args.out, chosen.run()) {
         (Some(dir), _) => Some(dir.clone()),
@@ -134,7 +134,7 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
 /// Writes `report.html` (and its thumbnails) into `dir`.
 fn write_html(
     chosen: &select::Chosen,
-    bundle: &crate::bundle::ModelBundle,
+    bundle: &flora::model::bundle::ModelBundle,
     result: &eval::Evaluation,
     curve: &[coverage::Point],
     dir: &std::path::Path,
@@ -158,7 +158,7 @@ fn write_html(
     if !bundle.meta.thresholds.is_empty() {
         facts.push(("thresholds".into(), bundle.meta.thresholds.describe()));
     }
-    let page = report::Page {
+    let page = html_report::Page {
         title: format!(
             "flora eval: {}",
             bundle.meta.run_name.as_deref().unwrap_or("model")
@@ -171,5 +171,5 @@ fn write_html(
         tables: Vec::new(),
         issues: None,
     };
-    report::write(dir, &page)
+    html_report::write(dir, &page)
 }

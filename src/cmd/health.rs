@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::HealthArgs;
-use crate::config::Settings;
+use flora::config::Settings;
 
 /// Exit 0 when the server answers 200 within the timeout, 1 otherwise (with the reason).
 pub fn run(settings: &Settings, args: &HealthArgs) -> Result<ExitCode> {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::InitArgs;
-use crate::config::{DEFAULT_CONFIG, DEFAULT_TOML};
+use flora::config::{DEFAULT_CONFIG, DEFAULT_TOML};
 
 /// Creates `DIR/flora.toml` (never overwriting one) and `dataset/`, `runs/`, `models/`,
 /// `collected_data/`.
@@ -16,7 +16,7 @@ pub fn run(args: &InitArgs) -> Result<ExitCode> {
     if config.exists() {
         eprintln!("{} exists: left as it is", config.display());
     } else {
-        crate::fsutil::write_atomic(&config, DEFAULT_TOML.as_bytes())?;
+        flora::util::fsutil::write_atomic(&config, DEFAULT_TOML.as_bytes())?;
         println!("wrote {}", config.display());
     }
     for sub in ["dataset", "runs", "models", "collected_data"] {

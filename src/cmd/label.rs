@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::LabelArgs;
-use crate::config::Settings;
-use crate::label::{self, Options};
+use flora::config::Settings;
+use flora::feedback::label::{self, Options};
 
 /// Serves the page until Ctrl-C, then says what the session did.
 pub fn run(settings: &Settings, args: &LabelArgs) -> Result<ExitCode> {
@@ -21,7 +21,7 @@ pub fn run(settings: &Settings, args: &LabelArgs) -> Result<ExitCode> {
         Options {
             host: args.host.clone(),
             port: args.port,
-            model: args.model.clone(),
+            model: args.model.choice(),
             queue: args.queue.clone(),
             user,
         },

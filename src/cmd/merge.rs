@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::MergeArgs;
-use crate::config::Settings;
-use crate::merge::{self, Layout, MergeOptions};
+use flora::config::Settings;
+use flora::feedback::merge::{self, Layout, MergeOptions};
+use flora::track::select;
 
 /// Runs a merge, an undo or a status report. Exits 1 when some file could not be moved.
 pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
@@ -33,11 +34,11 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
         }
         return Ok(exit(&report.notes));
     }
-    let chosen = merge::choose_model(settings, &args.model)?;
+    let chosen = select::choose_named_or_live(settings, &args.model.choice())?;
     let sorter = match &chosen {
         Some(c) => {
             eprintln!("model: {}", c.describe());
-            Some(merge::sorter(settings, c)?)
+            Some(merge::Sorter::load(settings, c)?)
         }
         None => {
             eprintln!(

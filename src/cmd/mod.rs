@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::config::Settings;
+use flora::config::Settings;
 
 /// Exit code of a run stopped by Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;

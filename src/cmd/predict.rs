@@ -7,20 +7,20 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::bundle::ModelBundle;
 use crate::cli::PredictArgs;
-use crate::config::Settings;
-use crate::{explain, fsutil, imaging, infer, select, unknown};
+use flora::config::Settings;
+use flora::model::bundle::ModelBundle;
+use flora::{data::imaging, evaluate::explain, model::infer, track::select, util::fsutil};
 
 /// Predicts every image named or found in the folders; exits 1 if any named file failed.
 pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
-    let chosen = select::choose(settings, &args.model)?;
+    let chosen = select::choose(settings, &args.model.choice())?;
     eprintln!("model: {}", chosen.describe());
     let bundle = chosen.load()?;
     let (files, mut failures) = collect(&args.paths);
     let results = infer::predict_files(&bundle, &files, "predicting");
     let k = args.top_k.max(1).min(bundle.meta.classes.len());
-    let thresholds = unknown::effective(settings, &bundle.meta);
+    let thresholds = bundle.meta.thresholds_with(settings.thresholds());
     let model_json = json!({
         "run_id": bundle.meta.run_id,
         "slot": chosen.slot().map(|s| s.as_str()),

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 use crate::cli::{PromoteArgs, StatusArgs};
-use crate::config::Settings;
-use crate::promote::{self, PromoteRequest};
-use crate::registry::Registry;
+use flora::config::Settings;
+use flora::serving::promote::{self, PromoteRequest};
+use flora::track::slots::{Registry, Slot};
 
 /// `flora promote RUN [--to SLOT] [--live]`, `flora promote --live SLOT`, `flora promote --rollback`.
 pub fn run(settings: &Settings, args: &PromoteArgs) -> Result<ExitCode> {
@@ -22,7 +22,7 @@ pub fn run(settings: &Settings, args: &PromoteArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let Some(run) = &args.run else {
-        let Some(Some(slot)) = args.live else {
+        let Some(Some(slot)) = args.live.map(|l| l.map(Slot::from)) else {
             bail!(
                 "name a run to promote (`flora promote RUN`), or use --live blue|green or --rollback"
             );
@@ -38,7 +38,7 @@ pub fn run(settings: &Settings, args: &PromoteArgs) -> Result<ExitCode> {
         settings,
         &PromoteRequest {
             run: run.clone(),
-            to: args.to,
+            to: args.to.map(Slot::from),
             data: args.data.clone(),
             force: args.force,
             live: args.live.is_some(),
@@ -47,7 +47,7 @@ pub fn run(settings: &Settings, args: &PromoteArgs) -> Result<ExitCode> {
     println!(
         "promoted run {} ({}) to {} (accuracy {:.2}%){}",
         p.info.run_name,
-        crate::store::short_id(&p.info.run_id),
+        flora::track::store::short_id(&p.info.run_id),
         p.slot,
         100.0 * p.info.accuracy.unwrap_or(0.0),
         if p.made_live { "; it is live" } else { "" }
@@ -84,7 +84,7 @@ pub fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode> {
             r.run_name
                 .unwrap_or_else(|| if r.filled { dash() } else { "(empty)".into() }),
             r.run_id
-                .map(|s| crate::store::short_id(&s).to_string())
+                .map(|s| flora::track::store::short_id(&s).to_string())
                 .unwrap_or_else(dash),
             r.accuracy
                 .map(|a| format!("{:.2}%", 100.0 * a))

@@ -1,12 +1,12 @@
-//! `flora serve`: the HTTP API (see [`crate::serve`]).
+//! `flora serve`: the HTTP API (see [`flora::serving::serve`]).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use crate::cli::ServeArgs;
-use crate::config::Settings;
-use crate::serve::{self, Options};
+use flora::config::Settings;
+use flora::serving::serve::{self, Options};
 
 /// Serves until SIGINT/SIGTERM.
 pub fn run(settings: &Settings, args: &ServeArgs) -> Result<ExitCode> {

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
-use crate::checkpoint::Resume;
 use crate::cli::TrainArgs;
-use crate::config::Settings;
-use crate::store::RunStatus;
-use crate::sweep::Plan;
-use crate::train::Start;
+use flora::config::Settings;
+use flora::track::store::RunStatus;
+use flora::train::Start;
+use flora::train::checkpoint::Resume;
+use flora::train::sweep::Plan;
 
 /// Trains with the config plus the flags; exit 0 when FINISHED, 130 when interrupted.
 pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
@@ -29,7 +29,7 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     };
     let stop = stop_on_signals()?;
     if let Some(plan) = &plan {
-        let outcome = crate::sweep::run(&settings, plan, args.name.as_deref(), &stop)?;
+        let outcome = flora::train::sweep::run(&settings, plan, args.name.as_deref(), &stop)?;
         println!(
             "\nsweep {} ({}) {}\n{}",
             outcome.parent.run_name,
@@ -44,8 +44,8 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
         });
     }
     let outcome = match &resume {
-        Some(r) => crate::train::train(&r.settings, Start::Resume(r), &stop)?,
-        None => crate::train::train(
+        Some(r) => flora::train::train(&r.settings, Start::Resume(r), &stop)?,
+        None => flora::train::train(
             &settings,
             Start::New {
                 name: args.name.as_deref(),
@@ -54,7 +54,7 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
             &stop,
         )?,
     };
-    println!("{}", crate::train::summary(&outcome));
+    println!("{}", flora::train::summary(&outcome));
     Ok(match outcome.status {
         RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
         _ => ExitCode::SUCCESS,
@@ -88,7 +88,7 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
         t.learning_rate = v;
     }
     if let Some(v) = args.arch {
-        t.arch = v;
+        t.arch = v.into();
     }
     if let Some(v) = args.patience {
         t.patience = v;
@@ -100,7 +100,7 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
         t.class_weights = w.clone();
     }
     if let Some(v) = args.sampler {
-        t.sampler = v;
+        t.sampler = v.into();
     }
     if let Some(p) = &args.pretrained {
         // Relative to the current folder, like --data.
@@ -108,7 +108,7 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     }
     settings.config.validate()?;
     if let Some(name) = &args.name {
-        crate::store::checked_name("run", name)?;
+        flora::track::store::checked_name("run", name)?;
     }
     Ok(settings)
 }
@@ -121,8 +121,8 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             let ids: Vec<String> = [
-                crate::train::abandon_active_run(),
-                crate::sweep::abandon_parent(),
+                flora::train::abandon_active_run(),
+                flora::train::sweep::abandon_parent(),
             ]
             .into_iter()
             .flatten()

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::imaging::Normalization;
+use crate::data::imaging::Normalization;
 
 /// One conv3x3 (padding 1) → BatchNorm → ReLU → MaxPool2 block with the norm folded in.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::fused::{ConvBnWeights, matmul, per_image, pool_and_classify};
-use crate::imaging::Normalization;
+use crate::data::imaging::Normalization;
 
 /// Which kernel a [`FusedConv`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,13 +289,13 @@ mod tests {
     use burn::module::Module;
     use burn::tensor::{Tensor, TensorData};
 
-    use crate::imaging::Normalization;
+    use crate::data::imaging::Normalization;
     use crate::model::MobileNetV2;
 
     /// A MobileNetV2 with random weights and non-trivial BatchNorm statistics (two forward
     /// passes in training mode on random input).
     fn trained_like(width: f64, classes: usize, side: usize) -> MobileNetV2 {
-        let device = crate::device::training();
+        let device = crate::util::device::training();
         device.seed(7);
         let model = MobileNetV2::new(width, classes, 0.2, &device);
         for seed in 0..2u32 {
@@ -332,7 +332,7 @@ mod tests {
             for (img, out) in images.iter().zip(input.chunks_mut(3 * side * side)) {
                 norm.write_chw(img, side, false, out);
             }
-            let device = crate::device::inference();
+            let device = crate::util::device::inference();
             let x = Tensor::<4>::from_data(TensorData::new(input, [2, 3, side, side]), &device);
             let want = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
             // A batch (images in parallel) and a lone image (split across threads).

@@ -1,12 +1,15 @@
 //! Model architectures behind one [`Classifier`] type: the reference CNN and MobileNetV2.
 //!
-//! Model code never names a backend: the device (see [`crate::device`]) decides where it runs.
+//! Model code never names a backend: the device (see [`crate::util::device`]) decides where it runs.
 
+pub mod bundle;
 pub mod cnn;
 pub mod fused;
 pub mod fused_mobilenet;
+pub mod infer;
 pub mod mobilenet;
 pub mod pretrained;
+pub mod unknown;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -16,10 +19,17 @@ pub use fused::FusedCnn;
 pub use fused_mobilenet::FusedMobileNet;
 pub use mobilenet::MobileNetV2;
 
-use crate::imaging::Normalization;
+use crate::data::imaging::Normalization;
+
+/// One class with its probability: what a model answers, best first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Scored {
+    pub class: String,
+    pub confidence: f32,
+}
 
 /// The architectures flora can train.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     /// 4 × [conv3x3 → BatchNorm → ReLU → MaxPool2] (32/64/128/256), GAP, dropout, linear.
@@ -27,7 +37,6 @@ pub enum Arch {
     Cnn,
     /// MobileNetV2 in torchvision's layout at a width multiplier (`train.width`), from scratch
     /// or from ImageNet weights (`train.pretrained`). Default dropout 0.2 (torchvision's).
-    #[value(name = "mobilenet_v2")]
     MobilenetV2,
 }
 

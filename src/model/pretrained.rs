@@ -93,8 +93,9 @@ pub fn load(
 ) -> Result<(MobileNetV2, Layout)> {
     if !path.is_file() {
         bail!(
-            "pretrained weights file {} does not exist: download it first (README, \
-             \"Transfer learning\") and point train.pretrained or --pretrained at it",
+            "pretrained weights file {} does not exist: download it first \
+             (docs/guide/01-train.md, \"Transfer learning\") and point train.pretrained or \
+             --pretrained at it",
             path.display()
         );
     }
@@ -175,7 +176,7 @@ pub fn load(
 /// Checks, before anything is created, that `path` holds weights that [`load_classifier`] can
 /// load into an `arch` model at `width` (the same checks, on a throwaway model).
 pub fn check(arch: Arch, width: f64, path: &Path) -> Result<()> {
-    let device = crate::device::inference();
+    let device = crate::util::device::inference();
     let model = Classifier::with_width(arch, width, 2, 0.0, &device);
     load_classifier(model, width, path).map(|_| ())
 }

@@ -8,15 +8,16 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::Plan;
-use crate::bundle::Engine;
-use crate::cache::ImageCache;
-use crate::class_weights::Weighting;
 use crate::config::Settings;
-use crate::dataset::{DatasetIndex, Subset};
-use crate::device;
-use crate::imaging::{self, Normalization};
+use crate::data::cache::ImageCache;
+use crate::data::class_weights::Weighting;
+use crate::data::dataset::{DatasetIndex, Subset};
+use crate::data::imaging::{self, Normalization};
+use crate::data::split::{self, SplitRow};
+use crate::evaluate::scores::argmax;
 use crate::model::Classifier;
-use crate::split::{self, SplitRow};
+use crate::model::bundle::Engine;
+use crate::util::device;
 
 /// Images per forward pass during validation.
 const EVAL_BATCH: usize = 128;
@@ -57,7 +58,7 @@ pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
         );
     }
     let subsets: Vec<Option<Subset>> = match &index.fixed_split {
-        _ if !plan.held_out.is_empty() => crate::cv::split_rest(
+        _ if !plan.held_out.is_empty() => split::split_rest(
             &cache,
             index.classes.len(),
             &plan.held_out,
@@ -123,7 +124,7 @@ pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
         &index.classes,
         &train_classes,
     )?;
-    crate::unknown::configured(settings).validate(&index.classes)?;
+    settings.thresholds().validate(&index.classes)?;
     eprintln!(
         "dataset {}: {} classes, {} train / {} val images at {}px",
         index.root.display(),
@@ -206,17 +207,6 @@ pub(super) fn count_correct(logits: Tensor<2>, data: &Prepared, batch: &[usize])
         .zip(batch)
         .filter(|(row, i)| argmax(row) == data.cache.samples[**i].class)
         .count()
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Mean cross-entropy and accuracy of `model` (in validation mode) on the val split, through

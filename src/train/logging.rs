@@ -4,11 +4,12 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 
+use super::TrainOutcome;
 use super::data::Prepared;
-use super::{EpochStats, TrainOutcome};
 use crate::config::Settings;
-use crate::store::Run;
-use crate::{fsutil, progress, split};
+use crate::track::epochs::{EpochStats, epoch_metrics};
+use crate::track::store::Run;
+use crate::{data::split, util::fsutil, util::progress};
 
 /// Logs every resolved setting, the data fingerprint, the split and the config.
 pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
@@ -52,10 +53,7 @@ pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Res
         ("num_train", data.train.len().to_string()),
         ("num_val", data.val.len().to_string()),
         ("num_skipped", data.cache.skipped.len().to_string()),
-        (
-            "thresholds",
-            crate::unknown::configured(settings).describe(),
-        ),
+        ("thresholds", settings.thresholds().describe()),
     ];
     let params = params
         .into_iter()
@@ -73,19 +71,6 @@ pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Res
     }
     text.push_str(&toml::to_string_pretty(&public).context("serialising the resolved config")?);
     fsutil::write_atomic(&run.artifacts().join("config.toml"), text.as_bytes())
-}
-
-/// The metrics logged per epoch (at step `epoch`), by name.
-pub(crate) fn epoch_metrics(s: &EpochStats) -> [(&'static str, f64); 7] {
-    [
-        ("train_loss", s.train_loss),
-        ("train_accuracy", s.train_accuracy),
-        ("val_loss", s.val_loss),
-        ("val_accuracy", s.val_accuracy),
-        ("learning_rate", s.learning_rate),
-        ("epoch_seconds", s.epoch_seconds),
-        ("images_per_second", s.images_per_second),
-    ]
 }
 
 pub(super) fn log_epoch(run: &Run, s: &EpochStats) -> Result<()> {

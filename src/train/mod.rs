@@ -11,22 +11,25 @@ use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_dir};
-use crate::checkpoint::{self, Checkpoint, LoopState, Resume};
 use crate::config::{Settings, TrainConfig};
-use crate::finetune::{self, Schedule};
-use crate::imaging::Normalization;
+use crate::data::imaging::Normalization;
 use crate::model::Classifier;
-use crate::progress;
-use crate::store::{Run, RunStatus, RunStore};
-use crate::{device, fsutil};
+use crate::model::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_dir};
+use crate::track::epochs::EpochStats;
+use crate::track::store::{Run, RunStatus, RunStore};
+use crate::util::progress;
+use crate::{util::device, util::fsutil};
+use checkpoint::{Checkpoint, LoopState, Resume};
+use finetune::Schedule;
 
+pub mod checkpoint;
+pub mod cv;
 mod data;
+pub mod finetune;
 mod logging;
+pub mod sweep;
 
-pub use data::argmax;
 use data::{Prepared, batch_input, count_correct, evaluate, prepare, to_tensors};
-pub(crate) use logging::epoch_metrics;
 pub use logging::summary;
 use logging::{log_epoch, log_inputs, report_epoch, write_results};
 
@@ -47,22 +50,7 @@ pub struct TrainOutcome {
     pub phases: String,
 }
 
-/// One epoch's figures, as logged to the run store and `results.csv`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct EpochStats {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    pub learning_rate: f64,
-    pub epoch_seconds: f64,
-    pub images_per_second: f64,
-    /// `full`, or `head` / `finetune` (see [`crate::finetune`]).
-    pub phase: String,
-}
-
-/// What a caller such as cross-validation ([`crate::cv`]) changes in a run; the default
+/// What a caller such as cross-validation ([`crate::train::cv`]) changes in a run; the default
 /// changes nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -323,7 +311,7 @@ fn fit(
         log_epoch(run, &stats)?;
         report_epoch(&stats, t.epochs);
         write_results(run, &history)?;
-        crate::plot::curves::save_for_run(run, &history);
+        crate::evaluate::plot::curves::save_for_run(run, &history);
         if is_best {
             best = Some((stats, valid));
         }
@@ -367,13 +355,13 @@ fn fit(
             data_fingerprint: data.cache.fingerprint.clone(),
             metrics,
             class_info: class_info_json(settings)?,
-            thresholds: crate::unknown::configured(settings),
+            thresholds: settings.thresholds(),
             created_at_ms: fsutil::now_ms(),
         },
         best_model,
     );
     let bundle_dir = run_bundle_dir(&run.artifacts());
-    checkpoint::save_bundle(&bundle, &bundle_dir)?;
+    bundle.replace(&bundle_dir)?;
     Ok(TrainOutcome {
         run_id: run.info.run_id.clone(),
         run_name: run.info.run_name.clone(),

@@ -10,10 +10,10 @@ use anyhow::{Result, bail};
 use super::show::value;
 use super::table::{self, Col, left};
 use crate::cli::RunsCompareArgs;
-use crate::plot::PALETTE;
-use crate::plot::curves::{Panel, Series, panels_png};
-use crate::run_summary::{RunSummary, format_duration, percent};
-use crate::store::{RunStore, short_id};
+use flora::evaluate::plot::PALETTE;
+use flora::evaluate::plot::curves::{Panel, Series, panels_png};
+use flora::track::store::{RunStore, short_id};
+use flora::track::summary::{RunSummary, format_duration, percent};
 
 /// Prints both tables and writes the overlay PNG (to `--out`, else `compare-<ids>.png` in the
 /// current folder), saying where.
@@ -210,7 +210,7 @@ fn fit(cols: &[Col], rows: &[Vec<String>], width: usize) -> String {
                     if i == 0 {
                         c.clone()
                     } else {
-                        crate::plot::shorten(c, per)
+                        flora::evaluate::plot::shorten(c, per)
                     }
                 })
                 .collect()

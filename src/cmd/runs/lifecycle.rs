@@ -1,5 +1,5 @@
 //! `flora runs delete`, `restore` and `gc`: MLflow's soft delete, its undo, and the purge of
-//! deleted runs (see [`crate::lifecycle`]).
+//! deleted runs (see [`flora::track::soft_delete`]).
 
 use std::process::ExitCode;
 
@@ -7,10 +7,10 @@ use anyhow::Result;
 
 use super::show::bytes;
 use crate::cli::{RunsDeleteArgs, RunsGcArgs, RunsRestoreArgs};
-use crate::config::Settings;
-use crate::lifecycle;
-use crate::registry::Registry;
-use crate::store::{RunInfo, RunStore, short_id};
+use flora::config::Settings;
+use flora::track::slots::Registry;
+use flora::track::soft_delete;
+use flora::track::store::{RunInfo, RunStore, short_id};
 
 /// Soft-deletes the runs, after checking every one (nothing changes if one is refused).
 pub fn delete(settings: &Settings, store: &RunStore, args: &RunsDeleteArgs) -> Result<ExitCode> {
@@ -31,14 +31,14 @@ pub fn delete(settings: &Settings, store: &RunStore, args: &RunsDeleteArgs) -> R
                 Err(_) => return Err(e),
             },
         };
-        lifecycle::refuse_delete(&registry, &run, args.force)?;
+        soft_delete::refuse_delete(&registry, &run, args.force)?;
         if !todo.iter().any(|r| r.run_id == run.run_id) {
             todo.push(run);
         }
     }
     for run in &todo {
-        let held = lifecycle::slots_holding(&registry, &run.run_id)?;
-        lifecycle::delete(run)?;
+        let held = soft_delete::slots_holding(&registry, &run.run_id)?;
+        soft_delete::delete(run)?;
         println!(
             "deleted run {} ({}): hidden from lists and model choice; `flora runs restore {}` \
              brings it back, `flora runs gc` removes it for good",
@@ -66,7 +66,7 @@ pub fn restore(store: &RunStore, args: &RunsRestoreArgs) -> Result<ExitCode> {
         }
     }
     for run in &todo {
-        lifecycle::restore(run)?;
+        soft_delete::restore(run)?;
         println!("restored run {} ({})", run.run_name, short_id(&run.run_id));
     }
     Ok(ExitCode::SUCCESS)
@@ -75,11 +75,11 @@ pub fn restore(store: &RunStore, args: &RunsRestoreArgs) -> Result<ExitCode> {
 /// Purges deleted runs (older than `--older-than`), or says what it would purge.
 pub fn gc(settings: &Settings, store: &RunStore, args: &RunsGcArgs) -> Result<ExitCode> {
     let older_than = match &args.older_than {
-        Some(age) => lifecycle::parse_age(age)?,
+        Some(age) => soft_delete::parse_age(age)?,
         None => 0,
     };
     let registry = Registry::new(settings.models_dir());
-    let report = lifecycle::gc(store, &registry, older_than, args.dry_run)?;
+    let report = soft_delete::gc(store, &registry, older_than, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
     } else {

@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 
 use super::table::{self, left, right};
 use crate::cli::{RunsListArgs, RunsSort, RunsStatus};
-use crate::run_summary::{RunSummary, format_duration, percent};
-use crate::store::RunStore;
+use flora::model::Arch;
+use flora::track::store::RunStore;
+use flora::track::summary::{RunSummary, format_duration, percent};
 
 /// Prints the table (or JSON lines). A RUNNING run whose process is gone shows as CRASHED, a
 /// deleted one (`--all`, `--deleted`) as DELETED.
@@ -35,7 +36,10 @@ pub fn run(store: &RunStore, args: &RunsListArgs) -> Result<ExitCode> {
         if !args.status.is_empty() && !args.status.iter().any(|&st| status_is(&s, st)) {
             continue;
         }
-        if args.arch.is_some_and(|a| s.arch() != Some(a.as_str())) {
+        if args
+            .arch
+            .is_some_and(|a| s.arch() != Some(Arch::from(a).as_str()))
+        {
             continue;
         }
         runs.push(s);
@@ -141,7 +145,7 @@ fn table(runs: &[RunSummary]) -> String {
                 .unwrap_or_default();
             vec![
                 s.info.run_name.clone(),
-                crate::store::short_id(&s.info.run_id).to_string(),
+                flora::track::store::short_id(&s.info.run_id).to_string(),
                 s.shown_status().to_string(),
                 s.arch_short(),
                 s.epochs_run().to_string(),

@@ -1,8 +1,9 @@
-//! `flora runs`: list, show, compare, delete, restore and gc the runs of the run store.
+//! `flora runs`: list, show, compare, delete, restore, gc and push the runs of the run store.
 
 mod compare;
 mod lifecycle;
 mod list;
+mod push;
 mod show;
 mod table;
 
@@ -11,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::{RunsArgs, RunsCommand};
-use crate::config::Settings;
-use crate::store::RunStore;
+use flora::config::Settings;
+use flora::track::store::RunStore;
 
 /// Runs the `flora runs` subcommand (`list` when none is given).
 pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
@@ -25,6 +26,6 @@ pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
         Some(RunsCommand::Delete(a)) => lifecycle::delete(settings, &store, a),
         Some(RunsCommand::Restore(a)) => lifecycle::restore(&store, a),
         Some(RunsCommand::Gc(a)) => lifecycle::gc(settings, &store, a),
-        Some(RunsCommand::Push(a)) => crate::push::run(settings, a),
+        Some(RunsCommand::Push(a)) => push::run(settings, a),
     }
 }

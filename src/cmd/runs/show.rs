@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::table::{self, left, right};
 use crate::cli::RunsShowArgs;
-use crate::run_summary::{RunSummary, format_duration, format_time};
-use crate::store::RunStore;
+use flora::track::store::RunStore;
+use flora::track::summary::{RunSummary, format_duration, format_time};
 
 /// Prints the run (a deleted one too, marked as such), or one JSON object with `--json`.
 pub fn run(store: &RunStore, args: &RunsShowArgs) -> Result<ExitCode> {
@@ -59,7 +59,7 @@ pub fn run(store: &RunStore, args: &RunsShowArgs) -> Result<ExitCode> {
             "status      {} (DELETED {}: `flora runs restore {}` brings it back)",
             s.status,
             format_time(t),
-            crate::store::short_id(&i.run_id)
+            flora::track::store::short_id(&i.run_id)
         ),
         _ if i.is_deleted() => println!("status      {} (DELETED)", s.status),
         _ => println!("status      {}", s.status),

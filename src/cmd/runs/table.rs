@@ -1,7 +1,7 @@
 //! Plain-text tables that fit the terminal: columns as wide as their widest cell, and one
 //! flexible column cut in the middle (`cnn-2…201400`) when the table is wider than the screen.
 
-use crate::plot::shorten;
+use flora::evaluate::plot::shorten;
 
 /// A column's header and alignment.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,98 @@
+//! A config together with the folder its relative paths are resolved against.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Config, DEFAULT_CONFIG};
+use crate::model::unknown::Thresholds;
+
+/// A config together with the folder its relative paths are resolved against.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    /// The folder holding the config file (or the current folder when there is none).
+    pub base: PathBuf,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads `path`, or `./flora.toml` when `path` is None. A missing default file means the
+    /// defaults; a missing file that was named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let (file, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        if !file.exists() {
+            if explicit {
+                bail!(
+                    "config file {} does not exist (run `flora init` to create one)",
+                    file.display()
+                );
+            }
+            let base = std::env::current_dir().context("reading the current folder")?;
+            return Ok(Self {
+                config: Config::default(),
+                base,
+                file: None,
+            });
+        }
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading config file {}", file.display()))?;
+        let config =
+            Config::parse(&text).with_context(|| format!("in config file {}", file.display()))?;
+        let abs =
+            std::path::absolute(&file).with_context(|| format!("resolving {}", file.display()))?;
+        let base = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Self {
+            config,
+            base,
+            file: Some(abs),
+        })
+    }
+
+    /// Resolves a config path against the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// The dataset folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.config.data.dir)
+    }
+    /// The run store folder.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.resolve(&self.config.paths.runs)
+    }
+    /// The model slots folder.
+    pub fn models_dir(&self) -> PathBuf {
+        self.resolve(&self.config.paths.models)
+    }
+    /// The folder for collected uploads.
+    pub fn collected_dir(&self) -> PathBuf {
+        self.resolve(&self.config.paths.collected_data)
+    }
+    /// The pretrained weights file, if any.
+    pub fn pretrained_file(&self) -> Option<PathBuf> {
+        self.config
+            .train
+            .pretrained
+            .as_deref()
+            .map(|p| self.resolve(p))
+    }
+
+    /// The thresholds of the config in use (`[thresholds]`), empty when it has none.
+    pub fn thresholds(&self) -> Thresholds {
+        // Validated when the config was read.
+        Thresholds::from_table(&self.config.thresholds).unwrap_or_default()
+    }
+}

@@ -1,0 +1,171 @@
+//! `flora label`: sort the inbox (`dataset/_UNLABELED_SORT_ME/`) in the browser.
+//!
+//! - [`queue`]: what is shown (the inbox with merge's record of each image, or a queue file)
+//!   and the model's suggestions;
+//! - [`session`]: the decisions, one merge batch per session, each move journalled by
+//!   [`crate::feedback::merge::relabel`], undoable one step at a time;
+//! - [`server`]: the page and its API, behind the token / Host / Origin checks.
+
+pub mod queue;
+pub mod server;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::Settings;
+use crate::feedback::merge::{self, Layout};
+use crate::track::select::{self, ModelChoice};
+use queue::Suggester;
+use session::{ModelInfo, Session};
+
+/// What `flora label` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub model: ModelChoice,
+    pub queue: Option<PathBuf>,
+    pub user: String,
+}
+
+/// The session as it ended: its batch and how many images were decided.
+pub struct Summary {
+    pub batch: String,
+    pub done: usize,
+    pub total: usize,
+    pub manifest: PathBuf,
+}
+
+/// Builds the queue, starts the page and serves it until Ctrl-C or SIGTERM.
+pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
+    let layout = Layout::new(settings, None)?;
+    let loopback = is_loopback(&opts.host);
+    let token = crate::serving::serve::admin_token(&settings.config.serve);
+    if !loopback && token.is_none() {
+        bail!(
+            "--host {} listens beyond this machine: set {} (or `admin_token` in the [serve] \
+             section of flora.toml) first: every request must then carry it",
+            opts.host,
+            crate::serving::serve::TOKEN_ENV
+        );
+    }
+    let chosen = select::choose_named_or_live(settings, &opts.model)?;
+    let model = match &chosen {
+        Some(c) => {
+            eprintln!("model: {}", c.describe());
+            Some(merge::Sorter::load(settings, c)?)
+        }
+        None => {
+            eprintln!("no model (no live slot, no --model/--run/--slot):");
+            eprintln!("suggestions are the inbox folders merge sorted the images into");
+            None
+        }
+    };
+    let mut items = match &opts.queue {
+        Some(file) => queue::from_file(&layout, file)?,
+        None => queue::inbox(&layout)?,
+    };
+    let mut known: Vec<String> = if layout.accept_root().is_dir() {
+        crate::data::dataset::class_names(&layout.accept_root())?
+    } else {
+        Vec::new()
+    };
+    if let Some(m) = &model {
+        eprintln!("suggesting for {} image(s)...", items.len());
+        queue::suggest(
+            &mut items,
+            &Suggester {
+                bundle: &m.bundle,
+                slot: m.slot.clone(),
+                run_id: m.run_id.clone(),
+            },
+        );
+        known.extend(m.bundle.meta.classes.iter().cloned());
+    }
+    let class_info: serde_json::Map<String, serde_json::Value> = settings
+        .config
+        .class_info
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?)))
+        .collect::<Result<_>>()?;
+    let info = model.as_ref().map(|m| ModelInfo {
+        slot: m.slot.clone(),
+        run_id: m.run_id.clone(),
+    });
+    let session = Session::new(layout.clone(), opts.user.clone(), items, known, info);
+    let batch = session.batch.clone();
+    let total = session.items.len();
+    let cfg = &settings.config.serve;
+    let app = Arc::new(server::LabelApp {
+        session: Mutex::new(session),
+        model_name: chosen.as_ref().map(|c| c.describe()),
+        model: model.map(|m| Arc::new(m.bundle)),
+        class_info,
+        explain_permits: tokio::sync::Semaphore::new(1),
+        token_sha256: token
+            .filter(|_| !loopback)
+            .map(|t| crate::util::fingerprint::sha256(t.as_bytes())),
+        loopback,
+        origins: crate::serving::serve::origin::OriginPolicy::new(
+            &cfg.allowed_origins,
+            &cfg.trusted_proxies,
+        ),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr} (is another program using the port?)"))?;
+        let local = listener.local_addr()?;
+        let host = match local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        println!("{total} image(s) to sort, as batch {batch}");
+        println!("(undo the whole session with: flora merge --undo {batch})");
+        if loopback {
+            println!("flora label: open http://{host}:{}/", local.port());
+        } else {
+            println!(
+                "flora label: open http://{host}:{}/?token=ADMIN_TOKEN",
+                local.port()
+            );
+            println!("(with the admin token, once: a cookie keeps it)");
+            eprintln!("note: listening beyond this machine over plain HTTP: the token travels");
+            eprintln!("in clear text unless a TLS proxy is in front");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        axum::serve(
+            listener,
+            server::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(crate::serving::serve::shutdown_signal())
+        .await
+        .context("serving")
+    })?;
+    let s = app.session.lock().expect("session lock");
+    Ok(Summary {
+        batch: s.batch.clone(),
+        done: s.done(),
+        total: s.items.len(),
+        manifest: layout.manifest(),
+    })
+}
+
+/// `host` is a loopback address or `localhost`.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,273 @@
+//! `POST /predict` and `POST /explain`: an uploaded image through the serving model.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::upload::{DecGuard, decode_permit, read_upload};
+use crate::data::imaging;
+use crate::model::Scored;
+use crate::serving::collect::{self, Outcome, Sidecar};
+use crate::serving::serve::error::ApiError;
+use crate::serving::serve::snapshot::Loaded;
+use crate::serving::serve::{App, access};
+
+/// `?top_k=N`
+#[derive(Debug, Deserialize)]
+pub struct PredictQuery {
+    top_k: Option<usize>,
+}
+
+/// `POST /predict`: a multipart field `file`, or a raw `image/*` body.
+pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    let query = Query::<PredictQuery>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let (bytes, filename) = read_upload(&app, req).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_file",
+            "the uploaded file is empty",
+        ));
+    }
+    let Some(format) = imaging::sniff_format(&bytes) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_an_image",
+            "not a supported image: send JPEG, PNG, BMP, GIF, WebP or TIFF content",
+        ));
+    };
+
+    // The model that answers is fixed here, for the whole request.
+    let snap = app.models.snapshot();
+    let (label, model) = snap.serving().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_model",
+            "no model is loaded",
+        )
+    })?;
+    let model = model.clone();
+
+    let pixels = decode_for(&app, &model, bytes.clone()).await?;
+
+    let probs = app
+        .worker
+        .predict(model.clone(), pixels)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "inference",
+                format!("{e:#}"),
+            )
+        })?;
+    let classes = model.bundle.meta.classes.len();
+    let k = query.top_k.unwrap_or(3).clamp(1, classes);
+    let top = model.bundle.top_k(&probs, k);
+    let best = top[0].clone();
+    let thresholds = match app.thresholds.is_empty() {
+        true => &model.bundle.meta.thresholds,
+        false => &app.thresholds,
+    };
+    let is_unknown = thresholds.is_unknown(&best);
+    let answer = thresholds.answer(&best).to_string();
+    app.metrics
+        .prediction(label, &answer, best.confidence, app.low_confidence);
+    if is_unknown {
+        app.metrics.unknown(label, &best.class);
+    }
+    let info = match is_unknown {
+        true => None,
+        false => model.bundle.meta.class_info.get(&best.class),
+    };
+
+    let (collected, collection) = if app.collect {
+        save_upload(&app, &model, &top, bytes, format, filename).await
+    } else {
+        (None, "off")
+    };
+
+    let mut resp = Json(json!({
+        "model_used": label,
+        "run_id": model.bundle.meta.run_id,
+        "prediction": {
+            "class": answer,
+            "confidence": best.confidence,
+            "unknown": is_unknown,
+            "info": info,
+        },
+        "top_k": top,
+        "data_collected_at": collected,
+        "collection": collection,
+    }))
+    .into_response();
+    resp.extensions_mut().insert(access::Answered {
+        slot: label,
+        class: answer,
+    });
+    Ok(resp)
+}
+
+/// `POST /explain`: the uploaded image (as for `/predict`, never collected) with the serving
+/// model's occlusion heat map for its top class over it, as PNG. Computed only when asked, one
+/// at a time (503 `busy` while another runs), decoded under the upload limits.
+pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    let (bytes, _) = read_upload(&app, req).await?;
+    if imaging::sniff_format(&bytes).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_an_image",
+            "not a supported image: send JPEG, PNG, BMP, GIF, WebP or TIFF content",
+        ));
+    }
+    let model = app
+        .models
+        .snapshot()
+        .serving()
+        .map(|(_, m)| m.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_model",
+                "no model is loaded",
+            )
+        })?;
+    let busy = app
+        .explain_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "explain_busy",
+                "another explanation is being computed: retry in a moment",
+            )
+        })?;
+    let decode = decode_permit(&app).await?;
+    let limits = app.limits;
+    let running = app.metrics.decodes_running().clone();
+    // The permits live in the blocking task: a client that leaves does not free them early.
+    let png = tokio::task::spawn_blocking(move || {
+        let _permits = (busy, decode);
+        running.inc();
+        let decoded = imaging::decode(&bytes, limits);
+        drop(DecGuard(running));
+        let rgb = imaging::to_rgb(&decoded?);
+        crate::evaluate::explain::top_class_overlay_png(&model.bundle, &rgb)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decode_error",
+            "the image could not be explained",
+        )
+    })?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decode_error",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// Decodes an upload into the model's input pixels, under the server's decode limits and one
+/// of its decode permits.
+async fn decode_for(app: &App, model: &Loaded, bytes: Bytes) -> Result<Vec<u8>, ApiError> {
+    let size = model.bundle.meta.image_size;
+    let limits = app.limits;
+    let permit = decode_permit(app).await?;
+    let running = app.metrics.decodes_running().clone();
+    // The permit lives in the blocking task: if the client goes away, the decode still
+    // counts against the limit until it ends.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        running.inc();
+        let _running = DecGuard(running);
+        imaging::prepare(&bytes, size, limits).map(image::RgbImage::into_raw)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decode_error",
+            "the image could not be decoded",
+        )
+    })?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decode_error",
+            format!("{e:#}"),
+        )
+    })
+}
+
+/// Saves an upload with its sidecar under collected_data: where it went (for the answer) and
+/// what happened (`saved`, `duplicate`, `low_disk`, `failed`).
+async fn save_upload(
+    app: &App,
+    model: &Loaded,
+    top: &[Scored],
+    bytes: Bytes,
+    format: image::ImageFormat,
+    filename: Option<String>,
+) -> (Option<String>, &'static str) {
+    let mut sidecar = Sidecar {
+        id: collect::new_id(),
+        time: jiff::Timestamp::now().to_string(),
+        file: String::new(),
+        slot: model.slot.map(|s| s.as_str().to_string()),
+        run_id: model.bundle.meta.run_id.clone(),
+        predicted_class: top[0].class.clone(),
+        confidence: top[0].confidence,
+        top_k: top.to_vec(),
+        client_filename: filename,
+        bytes: 0,
+        sha256: String::new(),
+    };
+    let root = app.collected_dir.clone();
+    let min_free = app.collect_min_free_bytes;
+    let saved = tokio::task::spawn_blocking(move || {
+        collect::collect(&root, &bytes, format, &mut sidecar, min_free)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .and_then(|r| r);
+    match saved {
+        Ok(Outcome::Saved(path)) => {
+            app.metrics.collected(true);
+            (Some(app.display_path(&path)), "saved")
+        }
+        Ok(Outcome::Duplicate) => {
+            app.metrics.collection_skipped("duplicate");
+            (None, "duplicate")
+        }
+        Ok(Outcome::LowDisk { free }) => {
+            app.metrics.collection_skipped("low_disk");
+            eprintln!(
+                "warning: not saving an upload: {} has {free} bytes free, below serve.collect_min_free_bytes = {}",
+                app.collected_dir.display(),
+                app.collect_min_free_bytes
+            );
+            (None, "low_disk")
+        }
+        Err(e) => {
+            app.metrics.collected(false);
+            eprintln!(
+                "error: saving an upload under {}: {e:#}",
+                app.collected_dir.display()
+            );
+            (None, "failed")
+        }
+    }
+}
