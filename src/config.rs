@@ -540,7 +540,7 @@ weight_decay = 0.0
 patience = 5                   # early stopping on val accuracy (0 = off)
 threads = 0                    # 0 = one per core
 width = 1.0                    # mobilenet_v2 width multiplier: 0.35 | 0.5 | 0.75 | 1.0
-# pretrained = "weights/mobilenet_v2-b0353104.pth"  # ImageNet weights, mobilenet_v2 only (README)
+# pretrained = "weights/mobilenet_v2-b0353104.pth"  # ImageNet weights, mobilenet_v2 only (docs/guide/01-train.md)
 freeze_epochs = 0              # > 0: phase 1 trains only the head over the frozen backbone,
 unfreeze_fraction = 0.3        #   then phase 2 unfreezes this top share of the backbone
 finetune_learning_rate = 0.0001  # phase 2's learning rate

@@ -93,8 +93,9 @@ pub fn load(
 ) -> Result<(MobileNetV2, Layout)> {
     if !path.is_file() {
         bail!(
-            "pretrained weights file {} does not exist: download it first (README, \
-             \"Transfer learning\") and point train.pretrained or --pretrained at it",
+            "pretrained weights file {} does not exist: download it first \
+             (docs/guide/01-train.md, \"Transfer learning\") and point train.pretrained or \
+             --pretrained at it",
             path.display()
         );
     }
