@@ -6,8 +6,9 @@ use anyhow::{Result, bail};
 
 use crate::cli::EvalArgs;
 use flora::config::Settings;
+use flora::evaluate::{coverage, eval, html_report};
+use flora::track::select;
 use flora::track::store::{self, Run};
-use flora::{evaluate::coverage, evaluate::eval, evaluate::html_report, track::select};
 
 /// Exit code when accuracy is below `--min-accuracy`.
 pub const EXIT_BELOW_GATE: u8 = 3;

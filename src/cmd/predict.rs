@@ -9,8 +9,12 @@ use serde_json::json;
 
 use crate::cli::PredictArgs;
 use flora::config::Settings;
+use flora::data::imaging;
+use flora::evaluate::explain;
 use flora::model::bundle::ModelBundle;
-use flora::{data::imaging, evaluate::explain, model::infer, track::select, util::fsutil};
+use flora::model::infer;
+use flora::track::select;
+use flora::util::fsutil;
 
 /// Predicts every image named or found in the folders; exits 1 if any named file failed.
 pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {

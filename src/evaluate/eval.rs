@@ -7,10 +7,13 @@ use serde::Serialize;
 
 use crate::data::cache::ImageCache;
 use crate::data::dataset::{DatasetIndex, Sample};
+use crate::data::split;
+use crate::evaluate::plot;
 use crate::evaluate::scores::{self, Report};
 use crate::model::bundle::ModelBundle;
+use crate::model::infer;
 use crate::track::store::{self, Run, RunInfo};
-use crate::{data::split, evaluate::plot, model::infer, util::fsutil};
+use crate::util::fsutil;
 
 /// One wrongly classified image (a place where label errors show up).
 #[derive(Debug, Clone, Serialize)]

@@ -7,9 +7,10 @@ use anyhow::{Context, Result};
 use super::TrainOutcome;
 use super::data::Prepared;
 use crate::config::Settings;
+use crate::data::split;
 use crate::track::epochs::{EpochStats, epoch_metrics};
 use crate::track::store::Run;
-use crate::{data::split, util::fsutil, util::progress};
+use crate::util::{fsutil, progress};
 
 /// Logs every resolved setting, the data fingerprint, the split and the config.
 pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {

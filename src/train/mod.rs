@@ -18,7 +18,7 @@ use crate::model::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_di
 use crate::track::epochs::EpochStats;
 use crate::track::store::{Run, RunStatus, RunStore};
 use crate::util::progress;
-use crate::{util::device, util::fsutil};
+use crate::util::{device, fsutil};
 use checkpoint::{Checkpoint, LoopState, Resume};
 use finetune::Schedule;
 

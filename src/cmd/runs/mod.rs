@@ -1,10 +1,10 @@
 //! `flora runs`: list, show, compare, delete, restore, gc and push the runs of the run store.
 
 mod compare;
-mod lifecycle;
 mod list;
 mod push;
 mod show;
+mod soft_delete;
 mod table;
 
 use std::process::ExitCode;
@@ -23,9 +23,9 @@ pub fn run(settings: &Settings, args: &RunsArgs) -> Result<ExitCode> {
         Some(RunsCommand::List(a)) => list::run(&store, a),
         Some(RunsCommand::Show(a)) => show::run(&store, a),
         Some(RunsCommand::Compare(a)) => compare::run(&store, a),
-        Some(RunsCommand::Delete(a)) => lifecycle::delete(settings, &store, a),
-        Some(RunsCommand::Restore(a)) => lifecycle::restore(&store, a),
-        Some(RunsCommand::Gc(a)) => lifecycle::gc(settings, &store, a),
+        Some(RunsCommand::Delete(a)) => soft_delete::delete(settings, &store, a),
+        Some(RunsCommand::Restore(a)) => soft_delete::restore(&store, a),
+        Some(RunsCommand::Gc(a)) => soft_delete::gc(settings, &store, a),
         Some(RunsCommand::Push(a)) => push::run(settings, a),
     }
 }

@@ -9,11 +9,12 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::check_class_name;
+use crate::data::imaging;
 use crate::feedback::merge::manifest::read_manifest;
 use crate::feedback::merge::{Action, Layout, Row};
 use crate::model::Scored;
 use crate::model::bundle::ModelBundle;
-use crate::{data::imaging, util::fsutil};
+use crate::util::fsutil;
 
 /// Images per forward pass when suggesting.
 const BATCH: usize = 64;

@@ -19,11 +19,15 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::data::cache::ImageCache;
 use crate::data::dataset::DatasetIndex;
+use crate::data::split;
+use crate::evaluate::html_report;
 use crate::evaluate::label_audit::{self, Issue};
 use crate::evaluate::scores::{self, Report};
 use crate::model::bundle::ModelBundle;
+use crate::model::infer;
 use crate::track::store::{self, RunStatus, RunStore};
-use crate::{data::split, evaluate::html_report, model::infer, train, util::fsutil};
+use crate::train;
+use crate::util::fsutil;
 
 /// Folds `flora cv` accepts.
 pub const FOLDS: std::ops::RangeInclusive<usize> = 2..=20;
