@@ -1,0 +1,36 @@
+//! flora's integration tests: one test binary (`cargo test --test it`), one module per area,
+//! each running the real `flora` binary (or the library) on the real images under
+//! `tests/data/`. Helpers and the fixtures made once per process live in [`support`].
+//!
+//! All modules run in one process, in parallel threads: a test must not change what is
+//! process-wide (environment, current folder, the SIMD kernels' cap, the global thread pool);
+//! it runs a child process for that (see `support::kernels`).
+
+mod support;
+
+mod browser;
+mod class_weights;
+mod container;
+mod cv;
+mod deploy;
+mod eval_predict;
+mod explain;
+mod fused_mobilenet_train;
+mod fused_train;
+mod merge;
+mod mlflow;
+mod mlflow_push;
+mod mobilenet;
+mod monitoring;
+mod promote;
+mod replicas;
+mod report;
+mod resume;
+mod retrain;
+mod runs;
+mod serve;
+mod serve_limits;
+mod split;
+mod sweep;
+mod train;
+mod unknown;
