@@ -23,7 +23,7 @@ pub struct FusedBlock {
     bias: Vec<f32>,
 }
 
-/// The reference CNN as plain arrays, ready for [`FusedCnn::forward`].
+/// The reference CNN as plain arrays, ready for [`FusedCnn::logits`].
 #[derive(Debug, Clone)]
 pub struct FusedCnn {
     blocks: Vec<FusedBlock>,

@@ -9,7 +9,7 @@ use crate::support::browser::{Browser, ENTER, browser};
 use crate::support::common::*;
 use crate::support::label::{INBOX, Label, inbox_project, manifest, tree};
 use crate::support::serve::{self, Server, bundles};
-use flora::merge::{Action, Row};
+use flora::feedback::merge::{Action, Row};
 use serde_json::{Value, json};
 
 /// The page's current item.

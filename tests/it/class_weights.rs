@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::support::common::*;
-use flora::store::{RunStore, read_params};
+use flora::track::store::{RunStore, read_params};
 
 /// A project with 40 trousers and 4 bags (10:1), augmentation off.
 fn imbalanced() -> tempfile::TempDir {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::support::common::*;
-use flora::store::{RunInfo, RunStore, read_params, read_tags};
+use flora::track::store::{RunInfo, RunStore, read_params, read_tags};
 
 /// (parent, children) of the newest cross-validation in `p`'s store.
 fn cv_runs(p: &Path) -> (RunInfo, Vec<RunInfo>) {
@@ -41,7 +41,7 @@ fn oof_folds(parent: &RunInfo) -> BTreeMap<String, String> {
 
 /// The held-out paths of a child run, from its `split.csv`.
 fn held_out(child: &RunInfo) -> BTreeSet<String> {
-    flora::split::read_csv(&child.artifacts().join("split.csv"))
+    flora::data::split::read_csv(&child.artifacts().join("split.csv"))
         .unwrap()
         .into_iter()
         .filter(|r| r.subset == "held_out")
@@ -78,7 +78,7 @@ fn folds_are_disjoint_cover_every_image_and_stay_put() {
             assert_eq!(folds[path], n, "{path}");
         }
         // The child trained and validated only on the other folds.
-        let rows = flora::split::read_csv(&c.artifacts().join("split.csv")).unwrap();
+        let rows = flora::data::split::read_csv(&c.artifacts().join("split.csv")).unwrap();
         assert!(rows.iter().any(|r| r.subset == "val"));
         assert!(rows.iter().any(|r| r.subset == "train"));
     }
@@ -165,7 +165,8 @@ fn flipped_labels_rank_near_the_top_of_the_audit() {
         "{text}"
     );
     let mut r = csv::Reader::from_path(&path).unwrap();
-    let rows: Vec<flora::label_audit::Issue> = r.deserialize().map(|x| x.unwrap()).collect();
+    let rows: Vec<flora::evaluate::label_audit::Issue> =
+        r.deserialize().map(|x| x.unwrap()).collect();
     assert!(!rows.is_empty());
     for w in rows.windows(2) {
         assert!(w[0].score >= w[1].score, "ranked by score");
@@ -179,8 +180,9 @@ fn flipped_labels_rank_near_the_top_of_the_audit() {
         assert!((row.score - (row.p_suggested - row.p_given)).abs() < 1e-5);
     }
     // Most flipped images are among the first 2×8 suspects, with their true class suggested.
-    let top: Vec<&flora::label_audit::Issue> = rows.iter().take(2 * flipped.len()).collect();
-    let found: Vec<&&flora::label_audit::Issue> = top
+    let top: Vec<&flora::evaluate::label_audit::Issue> =
+        rows.iter().take(2 * flipped.len()).collect();
+    let found: Vec<&&flora::evaluate::label_audit::Issue> = top
         .iter()
         .filter(|i| flipped.contains_key(&i.path))
         .collect();

@@ -172,18 +172,18 @@ fn eval_defaults_to_the_runs_validation_split_and_logs_into_the_run() {
 fn saved_and_reloaded_bundle_gives_identical_probabilities() {
     let (dir, held_out) = trained();
     let bundle_dir = find_bundle(dir.path());
-    let a = flora::bundle::ModelBundle::load(&bundle_dir).unwrap();
+    let a = flora::model::bundle::ModelBundle::load(&bundle_dir).unwrap();
     let copy = tempfile::tempdir().unwrap();
     let again = copy.path().join("b");
     a.save(&again).unwrap();
-    let b = flora::bundle::ModelBundle::load(&again).unwrap();
+    let b = flora::model::bundle::ModelBundle::load(&again).unwrap();
     let img = std::fs::read_dir(held_out.join("bag"))
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
         .path();
-    let px = flora::imaging::prepare_file(&img, 28).unwrap();
+    let px = flora::data::imaging::prepare_file(&img, 28).unwrap();
     assert_eq!(
         a.predict_pixels(&[px.as_raw()]),
         b.predict_pixels(&[px.as_raw()])
@@ -208,7 +208,7 @@ fn saved_and_reloaded_bundle_gives_identical_probabilities() {
 
 #[test]
 fn fused_engine_matches_the_burn_forward_pass() {
-    use flora::bundle::{Engine, ModelBundle};
+    use flora::model::bundle::{Engine, ModelBundle};
     let (dir, held_out) = trained();
     // Both engines are set here, whatever FLORA_ENGINE says in the environment.
     let mut burn = ModelBundle::load(&find_bundle(dir.path())).unwrap();
@@ -221,7 +221,7 @@ fn fused_engine_matches_the_burn_forward_pass() {
         .unwrap()
         .chain(std::fs::read_dir(held_out.join("sneaker")).unwrap())
         .take(24)
-        .map(|e| flora::imaging::prepare_file(&e.unwrap().path(), 28).unwrap())
+        .map(|e| flora::data::imaging::prepare_file(&e.unwrap().path(), 28).unwrap())
         .collect();
     let px: Vec<&[u8]> = images.iter().map(|i| i.as_raw().as_slice()).collect();
     // A batch (images in parallel) and a lone image (rows split across threads).

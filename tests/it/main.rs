@@ -8,6 +8,7 @@
 
 mod support;
 
+mod architecture;
 mod browser;
 mod class_weights;
 mod container;

@@ -7,10 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::common::*;
-use flora::bundle::Scored;
-use flora::collect::{self, Sidecar};
-use flora::fingerprint::{hex, sha256};
-use flora::merge::{Action, Row};
+use flora::feedback::merge::{Action, Row};
+use flora::model::Scored;
+use flora::serving::collect::{self, Sidecar};
+use flora::util::fingerprint::{hex, sha256};
 use serde_json::Value;
 
 const INBOX: &str = "dataset/_UNLABELED_SORT_ME";
@@ -84,7 +84,7 @@ fn manifest(project: &Path) -> Vec<Row> {
 
 /// Saves `bytes` as serve does (sidecar first, then the image), with a made-up prediction.
 fn upload(collected: &Path, bytes: &[u8], client: &str) -> PathBuf {
-    let format = flora::imaging::sniff_format(bytes).unwrap_or(image::ImageFormat::Png);
+    let format = flora::data::imaging::sniff_format(bytes).unwrap_or(image::ImageFormat::Png);
     let mut side = Sidecar {
         id: collect::new_id(),
         time: jiff::Zoned::now().to_string(),
@@ -885,8 +885,8 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
     let good = upload(&collected, &std::fs::read(&imgs[2]).unwrap(), "ok.png");
 
     // A journal shipped with somebody else's dataset, replayed by the next merge.
-    let journal = flora::merge::journal::Journal {
-        op: flora::merge::journal::Op::Merge,
+    let journal = flora::feedback::merge::journal::Journal {
+        op: flora::feedback::merge::journal::Op::Merge,
         batch: "20260101-000000-evil".into(),
         entries: [
             row(
@@ -898,7 +898,7 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
             row("20260101-000000-evil", &abs, twin, &abs_sha),
         ]
         .into_iter()
-        .map(|row| flora::merge::journal::Entry {
+        .map(|row| flora::feedback::merge::journal::Entry {
             row,
             sidecar_sha256: None,
         })
@@ -939,7 +939,8 @@ fn journal_and_manifest_paths_outside_the_project_are_refused() {
         &outside_sha,
     ));
     rows.push(row("evil", twin, &abs, &abs_sha));
-    flora::merge::journal::write_manifest(&p.join(INBOX).join("merge.csv"), &rows).unwrap();
+    flora::feedback::merge::manifest::write_manifest(&p.join(INBOX).join("merge.csv"), &rows)
+        .unwrap();
     let out = run(&p, &["merge", "--undo", "evil"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

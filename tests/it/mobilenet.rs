@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::support::common::{self, *};
 use burn::store::ModuleSnapshot;
 use burn::tensor::{Tensor, TensorData};
-use flora::bundle::ModelBundle;
-use flora::imaging::Normalization;
+use flora::data::imaging::Normalization;
+use flora::model::bundle::ModelBundle;
 use flora::model::pretrained::{self, Head, Layout};
 use flora::model::{Classifier, MobileNetV2};
 
@@ -45,7 +45,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn load(file: &str, width: f64, classes: usize) -> anyhow::Result<(MobileNetV2, Layout)> {
-    let device = flora::device::inference();
+    let device = flora::util::device::inference();
     let model = MobileNetV2::new(width, classes, 0.2, &device);
     pretrained::load(model, width, &fixture(file), Head::Load)
 }
@@ -61,7 +61,7 @@ fn check_parity(weights: &str, logits_file: &str, layout: Layout) {
     for (img, out) in images.iter().zip(input.chunks_mut(per)) {
         norm.write_chw(img, SIDE, false, out);
     }
-    let device = flora::device::inference();
+    let device = flora::util::device::inference();
     let x = Tensor::<4>::from_data(TensorData::new(input, [2, 3, SIDE, SIDE]), &device);
     let burn = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
     let d = max_diff(&burn, &want);

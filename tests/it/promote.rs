@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::common::*;
-use flora::bundle::ModelBundle;
-use flora::registry::{Registry, Slot};
+use flora::model::bundle::ModelBundle;
+use flora::track::slots::{Registry, Slot};
 use serde_json::Value;
 
 /// A project with a poor run "weak" and a good run "strong" on the same data and split.
@@ -178,13 +178,13 @@ fn promote_switch_rollback_gate_and_errors() {
     assert!(fails(p, &["promote", "no-such-run"]).contains("no run with id or name"));
     assert!(fails(p, &["promote", "weak", "--to", "purple"]).contains("purple"));
     assert!(fails(p, &["promote", "--live", "../x"]).contains("../x"));
-    let store = flora::store::RunStore::new(p.join("runs"));
+    let store = flora::track::store::RunStore::new(p.join("runs"));
     let exp = store.experiment("test").unwrap();
     let mut failed = store.create_run(&exp, "crashed").unwrap();
-    failed.end(flora::store::RunStatus::Failed).unwrap();
+    failed.end(flora::track::store::RunStatus::Failed).unwrap();
     assert!(fails(p, &["promote", "crashed"]).contains("is FAILED"));
     let mut empty = store.create_run(&exp, "no-model").unwrap();
-    empty.end(flora::store::RunStatus::Finished).unwrap();
+    empty.end(flora::track::store::RunStatus::Finished).unwrap();
     assert!(fails(p, &["promote", "no-model"]).contains("has no model bundle"));
     assert_eq!(
         std::fs::read_to_string(p.join("models/LIVE")).unwrap(),
@@ -415,7 +415,7 @@ fn promote_races_hand_made_slots_and_odd_run_ids() {
 
     // A run id that is short and not ASCII (a hand-made or foreign run) never panics.
     let (_, run_dir) = {
-        let store = flora::store::RunStore::new(p.join("runs"));
+        let store = flora::track::store::RunStore::new(p.join("runs"));
         let r = store.find("strong").unwrap();
         ((), r.dir)
     };

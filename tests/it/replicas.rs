@@ -94,7 +94,7 @@ fn distinct_png(base: &image::GrayImage, i: usize) -> Vec<u8> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    flora::fingerprint::hex(&flora::fingerprint::sha256(bytes))
+    flora::util::fingerprint::hex(&flora::util::fingerprint::sha256(bytes))
 }
 
 #[test]

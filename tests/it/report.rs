@@ -115,7 +115,7 @@ fn eval_html_matches_eval_and_every_link_resolves() {
     assert!(html.contains("id=\"coverage-chart\""));
     assert!(html.contains("Accuracy against coverage"));
     assert!(html.contains("train.epochs"));
-    let bundle = flora::store::RunStore::new(p.join("runs"))
+    let bundle = flora::track::store::RunStore::new(p.join("runs"))
         .find("r")
         .unwrap()
         .artifacts()
@@ -159,7 +159,7 @@ fn names_from_files_and_folders_are_escaped() {
     std::fs::rename(&first, data.join("trouser").join(evil_file)).unwrap();
     write_config(p, 1, "");
     ok(p, &["cv", "--folds", "2", "--name", "x"]);
-    let parent = flora::store::RunStore::new(p.join("runs"))
+    let parent = flora::track::store::RunStore::new(p.join("runs"))
         .find("x")
         .unwrap();
     let html = check_page(&parent.artifacts().join("report.html"));

@@ -44,7 +44,7 @@ fn names(dir: &Path, args: &[&str]) -> Vec<String> {
 
 /// The run folder of the run called `name`.
 fn run_dir(dir: &Path, name: &str) -> PathBuf {
-    let store = flora::store::RunStore::new(dir.join("runs"));
+    let store = flora::track::store::RunStore::new(dir.join("runs"));
     store
         .all_runs()
         .unwrap()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::common::*;
 use crate::support::serve::*;
-use flora::registry::{Registry, Slot};
+use flora::track::slots::{Registry, Slot};
 use serde_json::Value;
 
 #[test]
@@ -51,7 +51,7 @@ fn predict_via_multipart_and_raw_body_collects_the_upload() {
     assert_eq!(side["bytes"], png.len() as u64);
     assert_eq!(side["top_k"].as_array().unwrap().len(), 2);
     assert!(side["time"].as_str().unwrap().contains('T'));
-    let sc = flora::collect::read_sidecar(&saved).expect("the sidecar parses");
+    let sc = flora::serving::collect::read_sidecar(&saved).expect("the sidecar parses");
     assert_eq!(sc.file, saved.file_name().unwrap().to_str().unwrap());
 
     // A raw body with Content-Type image/png gives the same answer.

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::common::*;
 use crate::support::serve::*;
-use flora::registry::{Registry, Slot};
+use flora::track::slots::{Registry, Slot};
 
-const INDEX: &str = flora::collect::INDEX_DIR;
+const INDEX: &str = flora::serving::collect::INDEX_DIR;
 
 /// Connects to the server without sending anything.
 fn connect(server: &Server) -> TcpStream {
@@ -438,9 +438,9 @@ fn repeats_are_collected_once_even_across_servers() {
     assert_eq!(a["collection"], "saved", "{a}");
     let saved = dir.path().join(a["data_collected_at"].as_str().unwrap());
     // Named by content: <first 32 hex of sha256>.png in a dated folder, with its sidecar.
-    let sha = flora::fingerprint::hex(&flora::fingerprint::sha256(&png));
+    let sha = flora::util::fingerprint::hex(&flora::util::fingerprint::sha256(&png));
     assert_eq!(name_of(&saved), format!("{}.png", &sha[..32]));
-    let side = flora::collect::read_sidecar(&saved).expect("sidecar");
+    let side = flora::serving::collect::read_sidecar(&saved).expect("sidecar");
     assert_eq!(side.sha256, sha);
     assert_eq!(side.client_filename.as_deref(), Some("first.png"));
 
@@ -450,7 +450,7 @@ fn repeats_are_collected_once_even_across_servers() {
     assert_eq!(b["collection"], "duplicate", "{b}");
     assert!(b["data_collected_at"].is_null(), "{b}");
     assert_eq!(b["prediction"], a["prediction"]);
-    let side = flora::collect::read_sidecar(&saved).expect("sidecar");
+    let side = flora::serving::collect::read_sidecar(&saved).expect("sidecar");
     assert_eq!(side.client_filename.as_deref(), Some("first.png"));
     // Other bytes are stored.
     let (_, test) = fashion_mnist();

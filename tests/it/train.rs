@@ -115,7 +115,7 @@ fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
     let cfg = std::fs::read_to_string(art.join("config.toml")).unwrap();
     assert!(cfg.contains("epochs = 3"), "{cfg}");
 
-    let bundle = flora::bundle::ModelBundle::load(&art.join("model")).expect("bundle loads");
+    let bundle = flora::model::bundle::ModelBundle::load(&art.join("model")).expect("bundle loads");
     assert_eq!(
         bundle.meta.classes,
         vec!["bag", "sneaker", "t-shirt_top", "trouser"]
@@ -129,7 +129,7 @@ fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
         "4 easy classes should be learnt well above chance (0.25): {acc}"
     );
     // The bundle predicts a real image on its own.
-    let img = flora::imaging::prepare_file(
+    let img = flora::data::imaging::prepare_file(
         &dir.path()
             .join("dataset/trouser")
             .read_dir()
@@ -412,7 +412,8 @@ fn sigint_marks_the_run_killed_and_keeps_the_store_readable() {
     assert_eq!(yaml(&run.join("meta.yaml"))["status"], "5", "KILLED");
     let lines = metric_lines(&run, "val_accuracy");
     assert!(!lines.is_empty() && lines.len() < 50);
-    flora::bundle::ModelBundle::load(&run.join("artifacts/model")).expect("what exists was saved");
+    flora::model::bundle::ModelBundle::load(&run.join("artifacts/model"))
+        .expect("what exists was saved");
     let runs = ok(dir.path(), &["runs", "--json"]);
     assert!(runs.contains("KILLED"), "{runs}");
 }
@@ -437,7 +438,7 @@ fn mobilenet_v2_trains_and_its_bundle_predicts() {
         std::fs::read_to_string(run.join("params/train.arch")).unwrap(),
         "mobilenet_v2"
     );
-    let bundle = flora::bundle::ModelBundle::load(&run.join("artifacts/model")).unwrap();
+    let bundle = flora::model::bundle::ModelBundle::load(&run.join("artifacts/model")).unwrap();
     assert_eq!(bundle.meta.arch, flora::model::Arch::MobilenetV2);
     let out = ok(dir.path(), &["predict", "--json", "dataset/bag"]);
     assert_eq!(out.lines().count(), 10);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::support::common::*;
 use crate::support::serve::*;
-use flora::merge::{Action, Row};
+use flora::feedback::merge::{Action, Row};
 use serde_json::Value;
 
 const INBOX: &str = "dataset/_UNLABELED_SORT_ME";
@@ -115,7 +115,7 @@ fn predict_answers_unknown_below_the_global_and_per_class_thresholds() {
     write_config(p, 3, &format!("[thresholds]\nmin_confidence = {t}\n"));
     ok(p, &["train", "--name", "gated"]);
     write_config(p, 3, "");
-    let store = flora::store::RunStore::new(p.join("runs"));
+    let store = flora::track::store::RunStore::new(p.join("runs"));
     let bundle = store.find("gated").unwrap().artifacts().join("model");
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())

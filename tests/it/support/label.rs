@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::common::*;
-use flora::bundle::Scored;
-use flora::collect::{self, Sidecar};
-use flora::fingerprint::{hex, sha256};
+use flora::model::Scored;
+use flora::serving::collect::{self, Sidecar};
+use flora::util::fingerprint::{hex, sha256};
 
 pub const INBOX: &str = "dataset/_UNLABELED_SORT_ME";
 
@@ -160,7 +160,7 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-pub fn manifest(dir: &Path) -> Vec<flora::merge::Row> {
+pub fn manifest(dir: &Path) -> Vec<flora::feedback::merge::Row> {
     csv::Reader::from_path(dir.join(INBOX).join("merge.csv"))
         .unwrap()
         .deserialize()

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::common::*;
-use flora::registry::{Registry, Slot, SlotInfo};
-use flora::store::RunStore;
+use flora::track::slots::{Registry, Slot, SlotInfo};
+use flora::track::store::RunStore;
 use serde_json::Value;
 
 pub const TOKEN: &str = "s3cret-token";
