@@ -4,12 +4,11 @@
 //! the portable build of the code runs.
 //!
 //! The choice can be capped below what the CPU has, to test every build on one machine:
-//! [`cap_kernels`] in code, `FLORA_KERNELS=avx2` or `FLORA_KERNELS=portable` in the
-//! environment (`FLORA_PORTABLE_KERNELS=1` is the same as the latter). On the portable level
+//! `FLORA_KERNELS=avx2` or `FLORA_KERNELS=portable` in the environment
+//! (`FLORA_PORTABLE_KERNELS=1` is the same as the latter), read once per process. On the portable level
 //! matrix products also leave the `gemm` crate's SIMD kernels for a plain loop.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The builds of the kernels, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -20,30 +19,6 @@ pub enum Kernels {
     Avx2 = 1,
     /// AVX-512F (with AVX2 and FMA).
     Avx512 = 2,
-}
-
-impl Kernels {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Kernels::Portable,
-            1 => Kernels::Avx2,
-            _ => Kernels::Avx512,
-        }
-    }
-}
-
-/// The widest build allowed by [`cap_kernels`] (none yet: the widest there is).
-static CAP: AtomicU8 = AtomicU8::new(Kernels::Avx512 as u8);
-
-/// Keeps every later kernel call at `level` or narrower (tests compare each build with Burn).
-/// A cap only ever narrows.
-pub fn cap_kernels(level: Kernels) {
-    CAP.fetch_min(level as u8, Ordering::Relaxed);
-}
-
-/// Makes every later kernel call take the portable path.
-pub fn force_portable() {
-    cap_kernels(Kernels::Portable);
 }
 
 /// The widest build the environment allows: `FLORA_KERNELS` (`portable`, `avx2`) or
@@ -83,11 +58,9 @@ fn cpu_kernels() -> Kernels {
     Kernels::Portable
 }
 
-/// The build the kernels run now: the CPU's widest, within the caps.
+/// The build the kernels run: the CPU's widest, within the environment's cap.
 pub fn kernels() -> Kernels {
-    cpu_kernels()
-        .min(env_cap())
-        .min(Kernels::from_u8(CAP.load(Ordering::Relaxed)))
+    cpu_kernels().min(env_cap())
 }
 
 /// Whether the portable path runs (on this CPU, or forced).

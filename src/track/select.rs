@@ -30,13 +30,6 @@ pub struct ModelChoice {
     pub slot: Option<SlotChoice>,
 }
 
-impl ModelChoice {
-    /// Whether anything was asked for.
-    pub fn is_given(&self) -> bool {
-        self.run.is_some() || self.model.is_some() || self.slot.is_some()
-    }
-}
-
 /// Where a chosen model came from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -88,32 +81,10 @@ impl Chosen {
 /// Resolves the model choice for eval and predict: what `args` names, else the live slot,
 /// else the newest FINISHED run. Errors name what is missing.
 pub fn choose(settings: &Settings, args: &ModelChoice) -> Result<Chosen> {
+    if let Some(chosen) = choose_named_or_live(settings, args)? {
+        return Ok(chosen);
+    }
     let store = RunStore::new(settings.runs_dir());
-    let registry = Registry::new(settings.models_dir());
-    if let Some(key) = &args.run {
-        let run = store.find(key)?;
-        return from_run(run);
-    }
-    if let Some(dir) = &args.model {
-        return Ok(Chosen {
-            dir: std::path::absolute(dir)?,
-            source: Source::Dir,
-        });
-    }
-    let slot = match args.slot {
-        Some(SlotChoice::Blue) => Some(Slot::Blue),
-        Some(SlotChoice::Green) => Some(Slot::Green),
-        Some(SlotChoice::Live) => Some(registry.live()?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "no slot is live in {}: run `flora promote RUN`",
-                registry.dir().display()
-            )
-        })?),
-        None => registry.live()?,
-    };
-    if let Some(slot) = slot {
-        return from_slot(&registry, &store, slot);
-    }
     match store.latest_finished()? {
         Some(run) => from_run(run),
         None => bail!(
@@ -126,17 +97,31 @@ pub fn choose(settings: &Settings, args: &ModelChoice) -> Result<Chosen> {
 /// Resolves the model choice for merge and label: what `args` names, else the live slot, else
 /// none (they never fall back to the newest run, unlike predict).
 pub fn choose_named_or_live(settings: &Settings, args: &ModelChoice) -> Result<Option<Chosen>> {
-    if args.is_given() {
-        return choose(settings, args).map(Some);
-    }
+    let store = RunStore::new(settings.runs_dir());
     let registry = Registry::new(settings.models_dir());
-    match registry.live()? {
-        Some(slot) => {
-            let store = RunStore::new(settings.runs_dir());
-            from_slot(&registry, &store, slot).map(Some)
-        }
-        None => Ok(None),
+    if let Some(key) = &args.run {
+        let run = store.find(key)?;
+        return from_run(run).map(Some);
     }
+    if let Some(dir) = &args.model {
+        return Ok(Some(Chosen {
+            dir: std::path::absolute(dir)?,
+            source: Source::Dir,
+        }));
+    }
+    let slot = match args.slot {
+        Some(SlotChoice::Blue) => Some(Slot::Blue),
+        Some(SlotChoice::Green) => Some(Slot::Green),
+        Some(SlotChoice::Live) => Some(registry.live()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no slot is live in {}: run `flora promote RUN`",
+                registry.dir().display()
+            )
+        })?),
+        None => registry.live()?,
+    };
+    slot.map(|slot| from_slot(&registry, &store, slot))
+        .transpose()
 }
 
 /// The model bundle of a run; an error when the run has none.

@@ -1,10 +1,9 @@
 //! Checks on narrower builds of the SIMD kernels, each in a child process of its own.
 //!
-//! `flora::ops::simd::cap_kernels` narrows the kernels for the rest of the process and a cap
-//! never widens again, so narrowing them inside this (shared) test binary would put every test
-//! that runs later in it on the portable kernels. Instead the test binary runs itself again,
-//! only the calling test, with `FLORA_KERNELS` set (read once, when the child's kernels are
-//! first picked).
+//! The kernels' build is fixed once per process (`FLORA_KERNELS`, read when the kernels are
+//! first picked), and narrowing it inside this shared test binary would put every test that
+//! runs later in it on a narrower build. So the test binary runs itself again, only the
+//! calling test, with `FLORA_KERNELS` set.
 
 use std::process::Command;
 
