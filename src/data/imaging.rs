@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// The square input sizes flora accepts, in pixels (config and model bundles alike).
 pub const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 8..=1024;
 
+/// Version of the decode → orient → resize pipeline. Anything that stores pixels made by it
+/// (the disk pixel cache) keys on this, so a change to how pixels come out must bump it.
+pub const PIPELINE_VERSION: u32 = 2;
+
 /// Decoder limits: the largest image side and decoder allocation accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
