@@ -29,7 +29,7 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
             bail!("this model has no run to take a validation split from: pass --data DIR")
         }
     };
-    let result = eval::evaluate(&bundle, &samples)?;
+    let result = eval::evaluate(&bundle, &samples, settings.decode_limits())?;
     if !result.skipped.is_empty() {
         eprintln!(
             "warning: skipped {} unreadable file(s), e.g. {}",

@@ -50,6 +50,7 @@ pub fn run(settings: &Settings, args: &MergeArgs) -> Result<ExitCode> {
     let opts = MergeOptions {
         accept_above: args.accept_above,
         dry_run: args.dry_run,
+        limits: settings.decode_limits(),
     };
     let report = merge::merge(&layout, sorter.as_ref(), &opts)?;
     print_notes(&report.notes);

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::cli::PredictArgs;
 use flora::config::Settings;
-use flora::data::imaging;
+use flora::data::imaging::{self, DecodeLimits};
 use flora::evaluate::explain;
 use flora::model::bundle::ModelBundle;
 use flora::model::infer;
@@ -22,7 +22,7 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
     eprintln!("model: {}", chosen.describe());
     let bundle = chosen.load()?;
     let (files, mut failures) = collect(&args.paths);
-    let results = infer::predict_files(&bundle, &files, "predicting");
+    let results = infer::predict_files(&bundle, &files, settings.decode_limits(), "predicting");
     let k = args.top_k.max(1).min(bundle.meta.classes.len());
     let thresholds = bundle.meta.thresholds_with(settings.thresholds());
     let model_json = json!({
@@ -50,7 +50,13 @@ pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
             false => bundle.meta.class_info.get(&top[0].class),
         };
         let explanation = match args.explain {
-            true => match explain_file(&bundle, path, &probs, &args.explain_dir, &mut explained) {
+            true => match explain_file(
+                &bundle,
+                path,
+                &probs,
+                (&args.explain_dir, settings.decode_limits()),
+                &mut explained,
+            ) {
                 Ok(out) => Some(out),
                 Err(e) => {
                     eprintln!("error: explaining {}: {e:#}", path.display());
@@ -117,11 +123,11 @@ fn explain_file(
     bundle: &ModelBundle,
     path: &Path,
     probs: &[f32],
-    dir: &Path,
+    (dir, limits): (&Path, DecodeLimits),
     used: &mut HashSet<String>,
 ) -> Result<(PathBuf, PathBuf)> {
-    let rgb = imaging::to_rgb(&imaging::load(path)?);
     let side = bundle.meta.image_size;
+    let rgb = imaging::load_rgb(path, explain::shown_side(side), limits)?;
     let class = (0..probs.len())
         .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
         .context("no classes")?;

@@ -53,6 +53,9 @@ pub struct DataConfig {
     pub augment: bool,
     /// Smallest share of the image area that a random resized crop keeps.
     pub crop_scale_min: f64,
+    /// Largest image accepted from files (train, eval, predict, merge, label), in megapixels
+    /// (width × height / 10⁶). JPEGs larger than the model needs decode at a reduced scale.
+    pub max_image_megapixels: f64,
 }
 
 impl Default for DataConfig {
@@ -64,6 +67,7 @@ impl Default for DataConfig {
             seed: 42,
             augment: true,
             crop_scale_min: 0.7,
+            max_image_megapixels: crate::data::imaging::DEFAULT_MAX_MEGAPIXELS,
         }
     }
 }
@@ -204,8 +208,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Bearer token for the admin endpoints (`FLORA_ADMIN_TOKEN` wins over it).
     pub admin_token: Option<String>,
-    /// Largest image width or height the decoder accepts (decompression-bomb guard).
-    pub max_image_side: u32,
+    /// Largest upload accepted, in megapixels (width × height / 10⁶); larger ones get 422.
+    pub max_image_megapixels: f64,
     /// Largest decoder allocation per image, in bytes (decompression-bomb guard).
     pub max_decode_bytes: u64,
     /// Most images run through the model in one forward pass (1 turns batching off).
@@ -244,7 +248,7 @@ impl Default for ServeConfig {
             collect: true,
             max_body_bytes: 10 * 1024 * 1024,
             admin_token: None,
-            max_image_side: 4096,
+            max_image_megapixels: crate::data::imaging::DEFAULT_MAX_MEGAPIXELS,
             max_decode_bytes: 64 * 1024 * 1024,
             max_batch: 16,
             low_confidence: 0.5,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::{Config, DEFAULT_CONFIG};
+use crate::data::imaging::DecodeLimits;
 use crate::model::unknown::Thresholds;
 
 /// A config together with the folder its relative paths are resolved against.
@@ -88,6 +89,18 @@ impl Settings {
             .pretrained
             .as_deref()
             .map(|p| self.resolve(p))
+    }
+
+    /// The limits of decoding image files (`data.max_image_megapixels`).
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits::for_data(self.config.data.max_image_megapixels)
+    }
+
+    /// The limits of decoding uploads in `flora serve` (`serve.max_image_megapixels`,
+    /// `serve.max_decode_bytes`).
+    pub fn serve_decode_limits(&self) -> DecodeLimits {
+        let s = &self.config.serve;
+        DecodeLimits::for_serve(s.max_image_megapixels, s.max_decode_bytes)
     }
 
     /// The thresholds of the config in use (`[thresholds]`), empty when it has none.

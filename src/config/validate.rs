@@ -116,8 +116,21 @@ impl Config {
         if self.serve.max_body_bytes == 0 {
             bail!("serve.max_body_bytes must be positive");
         }
-        if self.serve.max_image_side == 0 || self.serve.max_decode_bytes == 0 {
-            bail!("serve.max_image_side and serve.max_decode_bytes must be positive");
+        for (key, mp) in [
+            ("data.max_image_megapixels", self.data.max_image_megapixels),
+            (
+                "serve.max_image_megapixels",
+                self.serve.max_image_megapixels,
+            ),
+        ] {
+            if !(mp > 0.0 && mp <= 10_000.0) {
+                bail!(
+                    "{key} = {mp} is out of range: use a number of megapixels above 0 (at most 10000)"
+                );
+            }
+        }
+        if self.serve.max_decode_bytes == 0 {
+            bail!("serve.max_decode_bytes must be positive");
         }
         if self.serve.max_batch == 0 {
             bail!("serve.max_batch must be at least 1");

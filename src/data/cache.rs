@@ -26,12 +26,12 @@ pub struct ImageCache {
 
 impl ImageCache {
     /// Reads and decodes `samples` in parallel with a progress bar labelled `what`.
-    pub fn build(samples: &[Sample], size: u32, what: &str) -> Self {
+    pub fn build(samples: &[Sample], size: u32, limits: DecodeLimits, what: &str) -> Self {
         let bar = progress::count_bar(samples.len() as u64, what);
         let results: Vec<Result<(Vec<u8>, FileDigest), String>> = samples
             .par_iter()
             .map(|s| {
-                let r = load_one(s, size);
+                let r = load_one(s, size, limits);
                 bar.inc(1);
                 r
             })
@@ -97,13 +97,12 @@ impl ImageCache {
     }
 }
 
-fn load_one(s: &Sample, size: u32) -> Result<(Vec<u8>, FileDigest), String> {
+fn load_one(s: &Sample, size: u32, limits: DecodeLimits) -> Result<(Vec<u8>, FileDigest), String> {
     let bytes = std::fs::read(&s.path).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.is_empty() {
         return Err("empty file".into());
     }
-    let img =
-        imaging::prepare(&bytes, size, DecodeLimits::default()).map_err(|e| format!("{e:#}"))?;
+    let img = imaging::prepare(&bytes, size, limits).map_err(|e| format!("{e:#}"))?;
     let digest = FileDigest {
         rel: s.rel.clone(),
         size: bytes.len() as u64,

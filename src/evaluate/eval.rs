@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::data::cache::ImageCache;
 use crate::data::dataset::{DatasetIndex, Sample};
+use crate::data::imaging::DecodeLimits;
 use crate::data::split;
 use crate::evaluate::plot;
 use crate::evaluate::scores::{self, Report};
@@ -128,8 +129,12 @@ fn val_split_samples(run: &RunInfo, root: &Path, classes: &[String]) -> Result<V
 }
 
 /// Runs `bundle` over `samples` (decoded in parallel, inferred in batches).
-pub fn evaluate(bundle: &ModelBundle, samples: &[Sample]) -> Result<Evaluation> {
-    let cache = ImageCache::build(samples, bundle.meta.image_size, "decoding");
+pub fn evaluate(
+    bundle: &ModelBundle,
+    samples: &[Sample],
+    limits: DecodeLimits,
+) -> Result<Evaluation> {
+    let cache = ImageCache::build(samples, bundle.meta.image_size, limits, "decoding");
     if cache.is_empty() {
         bail!(
             "none of the {} evaluation images could be read",

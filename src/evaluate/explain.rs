@@ -142,9 +142,19 @@ pub fn top_class_overlay_png(bundle: &ModelBundle, image: &RgbImage) -> anyhow::
     Ok(out.into_inner())
 }
 
-/// [`top_class_overlay_png`] of an image file.
-pub fn overlay_png(bundle: &ModelBundle, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let rgb = crate::data::imaging::to_rgb(&crate::data::imaging::load(path)?);
+/// The side an explanation is shown at, at most: 512 px, never below the model's input.
+pub fn shown_side(input: u32) -> u32 {
+    input.max(512)
+}
+
+/// [`top_class_overlay_png`] of an image file, decoded upright at the size it is shown at.
+pub fn overlay_png(
+    bundle: &ModelBundle,
+    path: &std::path::Path,
+    limits: crate::data::imaging::DecodeLimits,
+) -> anyhow::Result<Vec<u8>> {
+    let shown = shown_side(bundle.meta.image_size);
+    let rgb = crate::data::imaging::load_rgb(path, shown, limits)?;
     top_class_overlay_png(bundle, &rgb)
 }
 

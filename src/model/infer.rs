@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use crate::data::imaging;
+use crate::data::imaging::{self, DecodeLimits};
 use crate::model::bundle::ModelBundle;
 use crate::util::progress;
 
@@ -16,6 +16,7 @@ pub const BATCH: usize = 64;
 pub fn predict_files(
     bundle: &ModelBundle,
     paths: &[PathBuf],
+    limits: DecodeLimits,
     what: &str,
 ) -> Vec<Result<Vec<f32>, String>> {
     let size = bundle.meta.image_size;
@@ -27,7 +28,7 @@ pub fn predict_files(
     for chunk in paths.chunks(BATCH) {
         let decoded: Vec<Result<image::RgbImage, String>> = chunk
             .par_iter()
-            .map(|p| imaging::prepare_file(p, size).map_err(|e| format!("{e:#}")))
+            .map(|p| imaging::prepare_file(p, size, limits).map_err(|e| format!("{e:#}")))
             .collect();
         let ok: Vec<&[u8]> = decoded
             .iter()

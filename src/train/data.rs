@@ -36,7 +36,12 @@ pub(super) struct Prepared {
 pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
     let cfg = &settings.config;
     let index = DatasetIndex::scan(&settings.data_dir())?;
-    let cache = ImageCache::build(&index.samples, cfg.data.image_size, "decoding");
+    let cache = ImageCache::build(
+        &index.samples,
+        cfg.data.image_size,
+        settings.decode_limits(),
+        "decoding",
+    );
     if let Some(report) = cache.skipped_report() {
         eprintln!("warning: {report}");
     }

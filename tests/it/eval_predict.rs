@@ -183,7 +183,7 @@ fn saved_and_reloaded_bundle_gives_identical_probabilities() {
         .unwrap()
         .unwrap()
         .path();
-    let px = flora::data::imaging::prepare_file(&img, 28).unwrap();
+    let px = flora::data::imaging::prepare_file(&img, 28, Default::default()).unwrap();
     assert_eq!(
         a.predict_pixels(&[px.as_raw()]),
         b.predict_pixels(&[px.as_raw()])
@@ -221,7 +221,9 @@ fn fused_engine_matches_the_burn_forward_pass() {
         .unwrap()
         .chain(std::fs::read_dir(held_out.join("sneaker")).unwrap())
         .take(24)
-        .map(|e| flora::data::imaging::prepare_file(&e.unwrap().path(), 28).unwrap())
+        .map(|e| {
+            flora::data::imaging::prepare_file(&e.unwrap().path(), 28, Default::default()).unwrap()
+        })
         .collect();
     let px: Vec<&[u8]> = images.iter().map(|i| i.as_raw().as_slice()).collect();
     // A batch (images in parallel) and a lone image (rows split across threads).

@@ -81,7 +81,7 @@ fn read_response(s: &mut TcpStream, limit: Duration) -> Option<(u16, String)> {
 #[test]
 fn explanations_run_one_at_a_time() {
     let dir = slotted_project(
-        "[serve]\nmax_body_bytes = 67108864\nmax_image_side = 20000\nmax_decode_bytes = 2000000000\n",
+        "[serve]\nmax_body_bytes = 67108864\nmax_image_megapixels = 400\nmax_decode_bytes = 2000000000\n",
     );
     let server = Server::start(dir.path(), None, &["--no-collect"]);
     let explain = |url: String, png: Vec<u8>| {
@@ -384,7 +384,7 @@ fn big_png(side: u32) -> Vec<u8> {
 #[test]
 fn a_client_that_leaves_does_not_free_its_decode_slot() {
     let dir = slotted_project(
-        "[serve]\nmax_decodes = 1\nmax_body_bytes = 67108864\nmax_image_side = 20000\nmax_decode_bytes = 2000000000\n",
+        "[serve]\nmax_decodes = 1\nmax_body_bytes = 67108864\nmax_image_megapixels = 400\nmax_decode_bytes = 2000000000\n",
     );
     let server = Server::start(dir.path(), None, &["--no-collect"]);
     let png = big_png(6000);

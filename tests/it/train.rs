@@ -139,6 +139,7 @@ fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
             .unwrap()
             .path(),
         28,
+        Default::default(),
     )
     .unwrap();
     let probs = bundle.predict_pixels(&[img.as_raw()]);

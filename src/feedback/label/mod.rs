@@ -82,6 +82,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
                 bundle: &m.bundle,
                 slot: m.slot.clone(),
                 run_id: m.run_id.clone(),
+                limits: settings.decode_limits(),
             },
         );
         known.extend(m.bundle.meta.classes.iter().cloned());
@@ -110,6 +111,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
             .filter(|_| !loopback)
             .map(|t| crate::util::fingerprint::sha256(t.as_bytes())),
         loopback,
+        limits: settings.decode_limits(),
         origins: crate::serving::serve::origin::OriginPolicy::new(
             &cfg.allowed_origins,
             &cfg.trusted_proxies,

@@ -65,6 +65,8 @@ pub struct Suggester<'a> {
     pub bundle: &'a ModelBundle,
     pub slot: String,
     pub run_id: String,
+    /// Limits of decoding the queued images.
+    pub limits: crate::data::imaging::DecodeLimits,
 }
 
 /// A row of a queue file (issue 16's label-error audit).
@@ -214,13 +216,15 @@ pub fn suggest(items: &mut [Item], model: &Suggester) {
     for chunk in items.chunks_mut(BATCH) {
         let pixels: Vec<Option<Vec<u8>>> = chunk
             .iter_mut()
-            .map(|it| match imaging::prepare_file(&it.abs, side) {
-                Ok(img) => Some(img.into_raw()),
-                Err(e) => {
-                    it.problem = Some(format!("{e:#}"));
-                    None
-                }
-            })
+            .map(
+                |it| match imaging::prepare_file(&it.abs, side, model.limits) {
+                    Ok(img) => Some(img.into_raw()),
+                    Err(e) => {
+                        it.problem = Some(format!("{e:#}"));
+                        None
+                    }
+                },
+            )
             .collect();
         let ok: Vec<&[u8]> = pixels.iter().flatten().map(Vec::as_slice).collect();
         let probs = model.bundle.predict_pixels(&ok);

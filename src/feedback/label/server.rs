@@ -42,6 +42,8 @@ pub struct LabelApp {
     /// Bound to a loopback address: the Host header must name one.
     pub loopback: bool,
     pub origins: OriginPolicy,
+    /// Limits of decoding the queued images (`data.max_image_megapixels`).
+    pub limits: crate::data::imaging::DecodeLimits,
 }
 
 /// The router with the page, the API and the guard.
@@ -274,17 +276,19 @@ async fn explain(
             "another explanation is being computed: retry in a moment",
         )
     })?;
-    let png =
-        tokio::task::spawn_blocking(move || crate::evaluate::explain::overlay_png(&model, &file))
-            .await
-            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?
-            .map_err(|e| {
-                err(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "explain",
-                    format!("{e:#}"),
-                )
-            })?;
+    let limits = app.limits;
+    let png = tokio::task::spawn_blocking(move || {
+        crate::evaluate::explain::overlay_png(&model, &file, limits)
+    })
+    .await
+    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?
+    .map_err(|e| {
+        err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "explain",
+            format!("{e:#}"),
+        )
+    })?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 

@@ -48,6 +48,8 @@ pub struct MergeOptions {
     pub accept_above: Option<f32>,
     /// Plan and report only.
     pub dry_run: bool,
+    /// Limits of decoding the collected images (`data.max_image_megapixels`).
+    pub limits: crate::data::imaging::DecodeLimits,
 }
 
 /// The result of a merge (or of a dry run).
@@ -134,6 +136,7 @@ pub fn merge(layout: &Layout, sorter: Option<&Sorter>, opts: &MergeOptions) -> R
         &scan.images,
         sorter,
         opts.accept_above,
+        opts.limits,
         hashed.known,
     )?;
     let mut report = MergeReport {

@@ -109,14 +109,13 @@ struct Looked {
     sidecar: Option<(Option<Sidecar>, String)>,
 }
 
-fn look(path: &Path, size: Option<u32>) -> Result<Looked> {
+fn look(path: &Path, size: Option<u32>, limits: DecodeLimits) -> Result<Looked> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha = hex(&sha256(&bytes));
-    let (bad, pixels) = match imaging::decode(&bytes, DecodeLimits::default()) {
-        Ok(img) => (
-            None,
-            size.map(|s| imaging::square(&imaging::to_rgb(&img), s).into_raw()),
-        ),
+    // Decoded upright, at a reduced scale when a model will look at it (else only as small
+    // as the check that it is a whole image needs).
+    let (bad, pixels) = match imaging::decode_rgb(&bytes, size.unwrap_or(8), limits) {
+        Ok(img) => (None, size.map(|s| imaging::square(&img, s).into_raw())),
         Err(e) => (Some(format!("{e:#}")), None),
     };
     let side = path.with_extension("json");
@@ -186,6 +185,7 @@ pub fn plan(
     images: &[PathBuf],
     sorter: Option<&Sorter>,
     accept_above: Option<f32>,
+    limits: DecodeLimits,
     mut known: HashMap<String, String>,
 ) -> Result<Vec<Entry>> {
     let mut reserved = HashSet::new();
@@ -197,7 +197,7 @@ pub fn plan(
     for chunk in images.chunks(crate::model::infer::BATCH) {
         let looked: Vec<Looked> = chunk
             .par_iter()
-            .map(|p| look(p, size))
+            .map(|p| look(p, size, limits))
             .collect::<Result<_>>()?;
         let probs = match sorter {
             Some(s) => {

@@ -190,10 +190,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<()> {
         models: models.clone(),
         metrics: metrics.clone(),
         worker: Worker::start(cfg.max_batch, cfg.max_queue_bytes, metrics.clone()),
-        limits: DecodeLimits {
-            max_side: cfg.max_image_side,
-            max_alloc: cfg.max_decode_bytes,
-        },
+        limits: settings.serve_decode_limits(),
         decode_permits: Arc::new(Semaphore::new(decodes)),
         explain_permits: Arc::new(Semaphore::new(1)),
         collect: opts.collect,

@@ -157,9 +157,11 @@ pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     let png = tokio::task::spawn_blocking(move || {
         let _permits = (busy, decode);
         running.inc();
-        let decoded = imaging::decode(&bytes, limits);
+        // Decoded at a reduced scale when large: the overlay is shown at 256 to 512 px.
+        let shown = crate::evaluate::explain::shown_side(model.bundle.meta.image_size);
+        let decoded = imaging::decode_rgb(&bytes, shown, limits);
         drop(DecGuard(running));
-        let rgb = imaging::to_rgb(&decoded?);
+        let rgb = decoded?;
         crate::evaluate::explain::top_class_overlay_png(&model.bundle, &rgb)
     })
     .await
