@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::data::cache::ImageCache;
 use crate::data::dataset::{DatasetIndex, Sample};
+use crate::data::pixel_store::PixelStore;
 use crate::data::split;
 use crate::evaluate::plot;
 use crate::evaluate::scores::{self, Report};
@@ -127,9 +128,14 @@ fn val_split_samples(run: &RunInfo, root: &Path, classes: &[String]) -> Result<V
     Ok(out)
 }
 
-/// Runs `bundle` over `samples` (decoded in parallel, inferred in batches).
-pub fn evaluate(bundle: &ModelBundle, samples: &[Sample]) -> Result<Evaluation> {
-    let cache = ImageCache::build(samples, bundle.meta.image_size, "decoding");
+/// Runs `bundle` over `samples` (decoded in parallel, or taken from `store`; inferred in
+/// batches).
+pub fn evaluate(
+    bundle: &ModelBundle,
+    samples: &[Sample],
+    store: Option<&PixelStore>,
+) -> Result<Evaluation> {
+    let cache = ImageCache::build(samples, bundle.meta.image_size, "decoding", store);
     if cache.is_empty() {
         bail!(
             "none of the {} evaluation images could be read",

@@ -105,12 +105,13 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
         }
         None => eval::default_samples(&run, &candidate.meta.classes)?,
     };
+    let store = settings.pixel_store()?;
     let mut seen = Snapshot::take(&registry)?;
     eprintln!(
         "gate: evaluating the candidate on {} images of {what}",
         samples.len()
     );
-    let cand_acc = eval::evaluate(&candidate, &samples)?.report.accuracy;
+    let cand_acc = eval::evaluate(&candidate, &samples, store.as_ref())?.report.accuracy;
     let mut scored: HashMap<PathBuf, f64> = HashMap::new();
     for _ in 0..ATTEMPTS {
         let slot = seen.target(req.to);
@@ -131,7 +132,7 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
             } else {
                 let live_acc = match scored.get(live_dir) {
                     Some(a) => *a,
-                    None => eval::evaluate(&live_model, &samples)?.report.accuracy,
+                    None => eval::evaluate(&live_model, &samples, store.as_ref())?.report.accuracy,
                 };
                 scored.insert(live_dir.clone(), live_acc);
                 eprintln!(

@@ -22,6 +22,7 @@ mod merge;
 mod mlflow;
 mod mlflow_push;
 mod mobilenet;
+mod pixel_cache;
 mod monitoring;
 mod promote;
 mod replicas;
