@@ -65,7 +65,11 @@ fn show(settings: &Settings, args: &CacheShowArgs) -> Result<ExitCode> {
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("pixel cache  {} ({})", store.dir().display(), state(settings));
+    println!(
+        "pixel cache  {} ({})",
+        store.dir().display(),
+        state(settings)
+    );
     println!(
         "bound        {} (cache.max_size_mb = {}), {:.1}% used",
         human_bytes(max),
@@ -123,7 +127,10 @@ fn show(settings: &Settings, args: &CacheShowArgs) -> Result<ExitCode> {
         u.entries().to_string(),
         human_bytes(total),
     ]);
-    print!("{}", table::render(&cols, &rows, None, 0, table::screen_width()));
+    print!(
+        "{}",
+        table::render(&cols, &rows, None, 0, table::screen_width())
+    );
     if u.foreign_count > 0 {
         println!("{}", foreign_note(&u.foreign, u.foreign_count));
     }
@@ -135,7 +142,11 @@ fn foreign_note(first: &[std::path::PathBuf], count: u64) -> String {
     format!(
         "note: {count} path(s) in the cache folder are not the cache's and are left alone: {}{}",
         names.join(", "),
-        if count > first.len() as u64 { ", ..." } else { "" }
+        if count > first.len() as u64 {
+            ", ..."
+        } else {
+            ""
+        }
     )
 }
 

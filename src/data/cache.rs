@@ -148,7 +148,15 @@ impl ImageCache {
             }
         }
         if let Some(st) = store {
-            finish(st, &memo, memo_problem, &stats, samples.len(), kept.len(), size);
+            finish(
+                st,
+                &memo,
+                memo_problem,
+                &stats,
+                samples.len(),
+                kept.len(),
+                size,
+            );
         }
         Self {
             size,
@@ -287,7 +295,10 @@ fn load_plain(s: &Sample, size: u32) -> Loaded {
             return Err("empty file".to_string());
         }
         let img = imaging::prepare(&bytes, size, limits()).map_err(|e| format!("{e:#}"))?;
-        Ok((img.into_raw(), digest(s, bytes.len() as u64, sha256(&bytes))))
+        Ok((
+            img.into_raw(),
+            digest(s, bytes.len() as u64, sha256(&bytes)),
+        ))
     })();
     Loaded {
         result,
@@ -302,7 +313,13 @@ fn load_plain(s: &Sample, size: u32) -> Loaded {
 /// With a store: the content hash from the memo and the pixels from the store when both are
 /// there (the file is not opened); else the file is read and hashed, and decoded (and stored)
 /// unless the store has its pixels.
-fn load_cached(s: &Sample, size: u32, store: &PixelStore, memo: &FileMemo, now: SystemTime) -> Loaded {
+fn load_cached(
+    s: &Sample,
+    size: u32,
+    store: &PixelStore,
+    memo: &FileMemo,
+    now: SystemTime,
+) -> Loaded {
     let path = std::path::absolute(&s.path).unwrap_or_else(|_| s.path.clone());
     let mut out = Loaded {
         result: Err(String::new()),

@@ -111,7 +111,9 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
         "gate: evaluating the candidate on {} images of {what}",
         samples.len()
     );
-    let cand_acc = eval::evaluate(&candidate, &samples, store.as_ref())?.report.accuracy;
+    let cand_acc = eval::evaluate(&candidate, &samples, store.as_ref())?
+        .report
+        .accuracy;
     let mut scored: HashMap<PathBuf, f64> = HashMap::new();
     for _ in 0..ATTEMPTS {
         let slot = seen.target(req.to);
@@ -132,7 +134,11 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
             } else {
                 let live_acc = match scored.get(live_dir) {
                     Some(a) => *a,
-                    None => eval::evaluate(&live_model, &samples, store.as_ref())?.report.accuracy,
+                    None => {
+                        eval::evaluate(&live_model, &samples, store.as_ref())?
+                            .report
+                            .accuracy
+                    }
                 };
                 scored.insert(live_dir.clone(), live_acc);
                 eprintln!(

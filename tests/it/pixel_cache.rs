@@ -96,7 +96,11 @@ fn warm_runs_decode_and_read_nothing() {
     let cold = ok_out(p, &["train", "--name", "a"]);
     assert_eq!(one_line(&cold), (0, 48, 48, 48));
     let warm = ok_out(p, &["train", "--name", "b"]);
-    assert_eq!(one_line(&warm), (48, 48, 0, 0), "from the cache, no image opened");
+    assert_eq!(
+        one_line(&warm),
+        (48, 48, 0, 0),
+        "from the cache, no image opened"
+    );
     let (a, b) = (run_dir(p, "a").unwrap(), run_dir(p, "b").unwrap());
     let tag = |r: &Path| std::fs::read_to_string(r.join("tags/flora.data_fingerprint")).unwrap();
     assert_eq!(tag(&a), tag(&b));
@@ -112,7 +116,8 @@ fn warm_runs_decode_and_read_nothing() {
     assert!(cache_lines(&fresh).is_empty());
     assert_eq!(eval.stdout, fresh.stdout);
     let mut off = flora(p);
-    off.args(["eval", "--run", "b", "--json"]).env("FLORA_PIXEL_CACHE", "off");
+    off.args(["eval", "--run", "b", "--json"])
+        .env("FLORA_PIXEL_CACHE", "off");
     let off = off.output().unwrap();
     assert!(off.status.success() && cache_lines(&off).is_empty());
 
@@ -147,14 +152,21 @@ fn corrupt_entries_are_detected_and_rebuilt() {
     std::fs::write(&entries[3], &head).unwrap();
 
     let after = ok_out(p, &["eval", "--run", "a", "--json"]);
-    assert_eq!(before.stdout, after.stdout, "same result from rebuilt pixels");
+    assert_eq!(
+        before.stdout, after.stdout,
+        "same result from rebuilt pixels"
+    );
     let stderr = String::from_utf8_lossy(&after.stderr);
     assert!(stderr.contains("4 corrupt entries rebuilt"), "{stderr}");
     let (from, total, decoded, read) = one_line(&after);
     assert_eq!((from, decoded, read), (total - 4, 4, 4));
     for (f, e) in files[..4].iter().zip(&entries) {
         let content = sha256(&std::fs::read(f).unwrap());
-        assert!(matches!(store(p).get(&content, 28), Lookup::Hit(_)), "{}", e.display());
+        assert!(
+            matches!(store(p).get(&content, 28), Lookup::Hit(_)),
+            "{}",
+            e.display()
+        );
     }
     let again = ok_out(p, &["eval", "--run", "a", "--json"]);
     assert_eq!(one_line(&again).2, 0);
@@ -196,12 +208,7 @@ fn the_bound_evicts_the_least_recently_used() {
     let a = copy_range(&p.join("dataset"), 0, 4);
     let b = copy_range(&p.join("b"), 4, 8);
     let c = copy_range(&p.join("c"), 8, 12);
-    let exists = |files: &[PathBuf]| {
-        files
-            .iter()
-            .filter(|f| entry_of(p, f, 96).exists())
-            .count()
-    };
+    let exists = |files: &[PathBuf]| files.iter().filter(|f| entry_of(p, f, 96).exists()).count();
     ok(p, &["train", "--name", "a"]);
     assert_eq!(exists(&a), 16);
     let eval = |data: &str| ok_out(p, &["eval", "--run", "a", "--data", data]);
@@ -253,7 +260,18 @@ fn processes_share_one_cache() {
         assert_eq!(o.stdout, outs[0].stdout);
         assert_eq!(one_line(o).1, 100);
     }
-    let fresh = ok_out(p, &["eval", "--run", "a", "--data", "held", "--json", "--no-cache"]);
+    let fresh = ok_out(
+        p,
+        &[
+            "eval",
+            "--run",
+            "a",
+            "--data",
+            "held",
+            "--json",
+            "--no-cache",
+        ],
+    );
     assert_eq!(fresh.stdout, outs[0].stdout);
     assert_eq!(one_line(&ok_out(p, &args)), (100, 100, 0, 0));
     let usage = store(p).usage().unwrap();
@@ -271,9 +289,13 @@ fn a_changed_file_is_a_miss() {
     let files = val_files(p, "a");
     // New content in place (same name): read, hashed, decoded.
     let img = image::open(&files[0]).unwrap().fliph();
-    img.save_with_format(&files[0], image::ImageFormat::Png).unwrap();
+    img.save_with_format(&files[0], image::ImageFormat::Png)
+        .unwrap();
     // Same content, new modification time: read and hashed, but not decoded.
-    let f = std::fs::File::options().write(true).open(&files[1]).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&files[1])
+        .unwrap();
     f.set_modified(SystemTime::now() - Duration::from_secs(7200))
         .unwrap();
     let (from, total, decoded, read) = one_line(&ok_out(p, &["eval", "--run", "a"]));
@@ -293,7 +315,12 @@ fn flora_cache_shows_and_clears_only_its_own() {
     assert!(v["groups"][0]["bytes"].as_u64().unwrap() >= 20 * (28 * 28 * 3 + 88));
     assert!(v["dir"].as_str().unwrap().ends_with(".flora/cache"));
     let text = ok(p, &["cache"]);
-    for want in ["28 px", ".flora/cache (on)", "cache.max_size_mb = 4096", "file memo"] {
+    for want in [
+        "28 px",
+        ".flora/cache (on)",
+        "cache.max_size_mb = 4096",
+        "file memo",
+    ] {
         assert!(text.contains(want), "{want}: {text}");
     }
     assert_eq!(ok(p, &["cache", "info"]), text);
@@ -306,18 +333,28 @@ fn flora_cache_shows_and_clears_only_its_own() {
         .map(|e| e.unwrap().path())
         .find(|d| d.is_dir())
         .unwrap();
-    let name = format!("{}{}", shard.file_name().unwrap().to_str().unwrap(), "0".repeat(62));
+    let name = format!(
+        "{}{}",
+        shard.file_name().unwrap().to_str().unwrap(),
+        "0".repeat(62)
+    );
     let outside = p.join(&name);
     std::fs::write(&outside, b"precious").unwrap();
     std::os::unix::fs::symlink(&outside, shard.join(&name)).unwrap();
 
     let cleared = ok(p, &["cache", "clear"]);
-    assert!(cleared.contains("removed 20 cached images and the file memo"), "{cleared}");
+    assert!(
+        cleared.contains("removed 20 cached images and the file memo"),
+        "{cleared}"
+    );
     assert!(cleared.contains("2 path(s)"), "{cleared}");
     assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
     assert!(size_dir.join("notes.txt").exists());
     let v: serde_json::Value = serde_json::from_str(&ok(p, &["cache", "--json"])).unwrap();
-    assert_eq!((v["entries"].as_u64(), v["memo_bytes"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (v["entries"].as_u64(), v["memo_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
 
     // The section is checked like the others.
     write_config(p, 1, "[cache]\nmax_size_mb = 0\n");

@@ -95,7 +95,10 @@ impl FileMemo {
                 None => (Self::default(), Some("the file memo is corrupt".into())),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Self::default(), None),
-            Err(e) => (Self::default(), Some(format!("cannot read the file memo: {e}"))),
+            Err(e) => (
+                Self::default(),
+                Some(format!("cannot read the file memo: {e}")),
+            ),
         }
     }
 

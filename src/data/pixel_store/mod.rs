@@ -199,7 +199,10 @@ mod tests {
         assert!(matches!(store.get(&content, 8), Lookup::Miss));
         store.put(&content, 8, &px).unwrap();
         assert!(matches!(store.get(&content, 8), Lookup::Hit(p) if p == px));
-        assert!(matches!(store.get(&content, 16), Lookup::Miss), "another size");
+        assert!(
+            matches!(store.get(&content, 16), Lookup::Miss),
+            "another size"
+        );
         let path = store.entry_path(&content, 8);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -210,7 +213,10 @@ mod tests {
         assert!(matches!(store.get(&content, 8), Lookup::Hit(_)), "rebuilt");
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(dir.path(), &path).unwrap();
-        assert!(matches!(store.get(&content, 8), Lookup::Corrupt(_)), "a link");
+        assert!(
+            matches!(store.get(&content, 8), Lookup::Corrupt(_)),
+            "a link"
+        );
     }
 
     #[test]

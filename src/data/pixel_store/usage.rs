@@ -230,7 +230,9 @@ pub fn evict(root: &Path, max_bytes: u64) -> Result<Option<Evicted>> {
     let mut total: u64 = w.entries.iter().map(|(_, f)| f.bytes).sum::<u64>()
         + w.memo.as_ref().map_or(0, |m| m.bytes);
     for t in &w.temps {
-        let stale = now.duration_since(t.mtime).is_ok_and(|age| age > STALE_TEMP);
+        let stale = now
+            .duration_since(t.mtime)
+            .is_ok_and(|age| age > STALE_TEMP);
         if !(stale && remove(&t.path)) {
             total += t.bytes;
         }
@@ -351,13 +353,19 @@ mod tests {
         std::os::unix::fs::symlink(&outside, shard.parent().unwrap().join("4f")).unwrap();
         fs::write(shard.join("notes.txt"), b"mine").unwrap();
         fs::write(root.join(layout::MEMO), b"memo").unwrap();
-        let temp = shard.join(format!(".tmp-1-1-{}", entry.file_name().unwrap().to_string_lossy()));
+        let temp = shard.join(format!(
+            ".tmp-1-1-{}",
+            entry.file_name().unwrap().to_string_lossy()
+        ));
         fs::write(&temp, b"half").unwrap();
 
         let u = usage(&root).unwrap();
         assert_eq!((u.entries(), u.temp_files, u.foreign_count), (1, 1, 3));
         let c = clear(&root).unwrap();
-        assert_eq!((c.entries, c.temp_files, c.memo, c.left_count), (1, 1, true, 3));
+        assert_eq!(
+            (c.entries, c.temp_files, c.memo, c.left_count),
+            (1, 1, true, 3)
+        );
         assert!(!entry.exists() && !temp.exists() && !root.join(layout::MEMO).exists());
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert!(shard.join("notes.txt").exists() && shard.join(&link_name).is_symlink());
