@@ -52,6 +52,36 @@ pub enum Command {
     Cv(CvArgs),
     /// Probe a running `flora serve` (GET /health): exit 0 if healthy, for container checks.
     Health(HealthArgs),
+    /// Show the pixel cache (decoded images kept between runs), or clear it.
+    Cache(CacheArgs),
+}
+
+/// `flora cache`: `show` (the default) or `clear`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: Option<CacheCommand>,
+    #[command(flatten)]
+    pub show: CacheShowArgs,
+}
+
+/// The `flora cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Where the cache is, its entries and size on disk per image size, and its bound.
+    #[command(alias = "info")]
+    Show(CacheShowArgs),
+    /// Remove every cached image and the file memo (nothing else in the folder).
+    Clear(CacheShowArgs),
+}
+
+/// `flora cache show`
+#[derive(Debug, Clone, Default, Args)]
+pub struct CacheShowArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `flora label`
@@ -162,6 +192,9 @@ pub struct TrainArgs {
     /// whose process flora cannot check.
     #[arg(long, requires = "resume")]
     pub force: bool,
+    /// Neither use nor fill the pixel cache in this run (cache.enabled = false).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `flora cv`: k-fold cross-validation with a label-error audit; the [`TrainArgs`] flags
@@ -200,6 +233,9 @@ pub struct EvalArgs {
     /// Suggest the lowest min_confidence whose answered images reach this accuracy (0 to 1).
     #[arg(long, value_name = "X", value_parser = parse_probability)]
     pub target_accuracy: Option<f32>,
+    /// Neither use nor fill the pixel cache (cache.enabled = false).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `flora predict`
@@ -266,6 +302,9 @@ pub struct PromoteArgs {
     /// Make the previously live slot live again.
     #[arg(long, conflicts_with_all = ["to", "data", "force"])]
     pub rollback: bool,
+    /// The gate neither uses nor fills the pixel cache (cache.enabled = false).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `flora status`

@@ -29,7 +29,8 @@ pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
             bail!("this model has no run to take a validation split from: pass --data DIR")
         }
     };
-    let result = eval::evaluate(&bundle, &samples, settings.decode_limits())?;
+    let store = super::cache::unless_off(settings, args.no_cache).pixel_store()?;
+    let result = eval::evaluate(&bundle, &samples, settings.decode_limits(), store.as_ref())?;
     if !result.skipped.is_empty() {
         eprintln!(
             "warning: skipped {} unreadable file(s), e.g. {}",

@@ -1,6 +1,7 @@
 //! One function per subcommand: turn parsed arguments into library calls and print the result.
 //! Each returns the process exit code.
 
+pub mod cache;
 pub mod cv;
 pub mod eval;
 pub mod health;
@@ -38,5 +39,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Label(args) => label::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Cv(args) => cv::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Health(args) => health::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Cache(args) => cache::run(&Settings::load(cli.config.as_deref())?, &args),
     }
 }

@@ -35,7 +35,7 @@ pub fn run(settings: &Settings, args: &PromoteArgs) -> Result<ExitCode> {
         bail!("with a run, --live takes no value: use --to SLOT --live");
     }
     let p = promote::promote(
-        settings,
+        &super::cache::unless_off(settings, args.no_cache),
         &PromoteRequest {
             run: run.clone(),
             to: args.to.map(Slot::from),

@@ -18,6 +18,7 @@ use flora::train::sweep::Plan;
 pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     // Everything is checked before anything trains: the flags, the config, every sweep trial,
     // the run to resume.
+    let settings = &super::cache::unless_off(settings, args.no_cache);
     let resume = match &args.resume {
         Some(key) => Some(Resume::prepare(settings, key, args.force)?),
         None => None,
@@ -77,6 +78,9 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     }
     if args.no_augment {
         d.augment = false;
+    }
+    if args.no_cache {
+        settings.config.cache.enabled = false;
     }
     if let Some(v) = args.epochs {
         t.epochs = v;

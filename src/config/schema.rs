@@ -14,6 +14,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub paths: PathsConfig,
     pub serve: ServeConfig,
+    pub cache: CacheConfig,
     /// Free key/values per class (a Latin name, a description...), copied into the model bundle.
     pub class_info: BTreeMap<String, BTreeMap<String, toml::Value>>,
     /// Minimum confidences for a named answer: `min_confidence` (global) and `<class>` keys
@@ -195,6 +196,32 @@ impl Default for PathsConfig {
         }
     }
 }
+
+/// `[cache]`: the pixel cache (decoded, resized images kept on disk between runs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Keep decoded pixels on disk for later runs (`FLORA_PIXEL_CACHE=off` or `--no-cache`
+    /// turn it off for one run).
+    pub enabled: bool,
+    /// The cache folder, relative to the config file.
+    pub dir: PathBuf,
+    /// Most MiB the cache may hold on disk; past it the least recently used entries go.
+    pub max_size_mb: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: ".flora/cache".into(),
+            max_size_mb: 4096,
+        }
+    }
+}
+
+/// The largest `cache.max_size_mb` (16 TiB).
+pub const MAX_CACHE_MB: u64 = 16 << 20;
 
 /// `[serve]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

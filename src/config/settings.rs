@@ -6,7 +6,11 @@ use anyhow::{Context, Result, bail};
 
 use super::{Config, DEFAULT_CONFIG};
 use crate::data::imaging::DecodeLimits;
+use crate::data::pixel_store::PixelStore;
 use crate::model::unknown::Thresholds;
+
+/// The environment variable that turns the pixel cache off for one run (`off`).
+pub const PIXEL_CACHE_ENV: &str = "FLORA_PIXEL_CACHE";
 
 /// A config together with the folder its relative paths are resolved against.
 #[derive(Debug, Clone)]
@@ -81,6 +85,26 @@ impl Settings {
     /// The folder for collected uploads.
     pub fn collected_dir(&self) -> PathBuf {
         self.resolve(&self.config.paths.collected_data)
+    }
+    /// The pixel cache folder.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.resolve(&self.config.cache.dir)
+    }
+    /// The pixel cache as configured, whether or not it is on.
+    pub fn pixel_store_anyway(&self) -> PixelStore {
+        PixelStore::new(self.cache_dir(), self.config.cache.max_size_mb << 20)
+    }
+    /// The pixel cache, or None when `cache.enabled = false` or `FLORA_PIXEL_CACHE=off`.
+    pub fn pixel_store(&self) -> Result<Option<PixelStore>> {
+        let off_by_env = match std::env::var(PIXEL_CACHE_ENV) {
+            Err(_) => false,
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "0" | "false" | "no" => true,
+                "" | "on" | "1" | "true" | "yes" => false,
+                _ => bail!("{PIXEL_CACHE_ENV}={v:?} is not understood: use off (or on)"),
+            },
+        };
+        Ok((self.config.cache.enabled && !off_by_env).then(|| self.pixel_store_anyway()))
     }
     /// The pretrained weights file, if any.
     pub fn pretrained_file(&self) -> Option<PathBuf> {

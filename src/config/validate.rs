@@ -110,6 +110,17 @@ impl Config {
                 t.weight_decay
             );
         }
+        let c = &self.cache;
+        if !(1..=super::MAX_CACHE_MB).contains(&c.max_size_mb) {
+            bail!(
+                "cache.max_size_mb = {} is out of range: use 1 to {}",
+                c.max_size_mb,
+                super::MAX_CACHE_MB
+            );
+        }
+        if c.dir.as_os_str().is_empty() {
+            bail!("cache.dir must not be empty (turn the cache off with cache.enabled = false)");
+        }
         if self.project.name.trim().is_empty() {
             bail!("project.name must not be empty");
         }

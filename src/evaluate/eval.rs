@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::data::cache::ImageCache;
 use crate::data::dataset::{DatasetIndex, Sample};
 use crate::data::imaging::DecodeLimits;
+use crate::data::pixel_store::PixelStore;
 use crate::data::split;
 use crate::evaluate::plot;
 use crate::evaluate::scores::{self, Report};
@@ -128,13 +129,15 @@ fn val_split_samples(run: &RunInfo, root: &Path, classes: &[String]) -> Result<V
     Ok(out)
 }
 
-/// Runs `bundle` over `samples` (decoded in parallel, inferred in batches).
+/// Runs `bundle` over `samples` (decoded in parallel, or taken from `store`; inferred in
+/// batches).
 pub fn evaluate(
     bundle: &ModelBundle,
     samples: &[Sample],
     limits: DecodeLimits,
+    store: Option<&PixelStore>,
 ) -> Result<Evaluation> {
-    let cache = ImageCache::build(samples, bundle.meta.image_size, limits, "decoding");
+    let cache = ImageCache::build(samples, bundle.meta.image_size, limits, "decoding", store);
     if cache.is_empty() {
         bail!(
             "none of the {} evaluation images could be read",

@@ -105,14 +105,20 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
         }
         None => eval::default_samples(&run, &candidate.meta.classes)?,
     };
+    let store = settings.pixel_store()?;
     let mut seen = Snapshot::take(&registry)?;
     eprintln!(
         "gate: evaluating the candidate on {} images of {what}",
         samples.len()
     );
-    let cand_acc = eval::evaluate(&candidate, &samples, settings.decode_limits())?
-        .report
-        .accuracy;
+    let cand_acc = eval::evaluate(
+        &candidate,
+        &samples,
+        settings.decode_limits(),
+        store.as_ref(),
+    )?
+    .report
+    .accuracy;
     let mut scored: HashMap<PathBuf, f64> = HashMap::new();
     for _ in 0..ATTEMPTS {
         let slot = seen.target(req.to);
@@ -134,9 +140,14 @@ pub fn promote(settings: &Settings, req: &PromoteRequest) -> Result<Promotion> {
                 let live_acc = match scored.get(live_dir) {
                     Some(a) => *a,
                     None => {
-                        eval::evaluate(&live_model, &samples, settings.decode_limits())?
-                            .report
-                            .accuracy
+                        eval::evaluate(
+                            &live_model,
+                            &samples,
+                            settings.decode_limits(),
+                            store.as_ref(),
+                        )?
+                        .report
+                        .accuracy
                     }
                 };
                 scored.insert(live_dir.clone(), live_acc);

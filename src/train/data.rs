@@ -36,11 +36,13 @@ pub(super) struct Prepared {
 pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
     let cfg = &settings.config;
     let index = DatasetIndex::scan(&settings.data_dir())?;
+    let store = settings.pixel_store()?;
     let cache = ImageCache::build(
         &index.samples,
         cfg.data.image_size,
         settings.decode_limits(),
         "decoding",
+        store.as_ref(),
     );
     if let Some(report) = cache.skipped_report() {
         eprintln!("warning: {report}");

@@ -5,7 +5,7 @@ mod list;
 mod push;
 mod show;
 mod soft_delete;
-mod table;
+pub mod table;
 
 use std::process::ExitCode;
 

@@ -35,10 +35,11 @@ pub const PIPELINE_VERSION: u32 = 2;
 /// is an error, not a picture with made-up rows.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
     let format = require_supported(bytes)?;
-    if format == ImageFormat::Jpeg && ends_with_eoi(bytes) {
-        if let Some(j) = jpeg::decode(bytes, u32::MAX, &limits)? {
-            return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation));
-        }
+    if format == ImageFormat::Jpeg
+        && ends_with_eoi(bytes)
+        && let Some(j) = jpeg::decode(bytes, u32::MAX, &limits)?
+    {
+        return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation));
     }
     decode_general(bytes, format, &limits)
 }
@@ -49,10 +50,11 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
 /// composited over white.
 pub fn decode_rgb(bytes: &[u8], min_side: u32, limits: DecodeLimits) -> Result<RgbImage> {
     let format = require_supported(bytes)?;
-    if format == ImageFormat::Jpeg && ends_with_eoi(bytes) {
-        if let Some(j) = jpeg::decode(bytes, min_side, &limits)? {
-            return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation).into_rgb8());
-        }
+    if format == ImageFormat::Jpeg
+        && ends_with_eoi(bytes)
+        && let Some(j) = jpeg::decode(bytes, min_side, &limits)?
+    {
+        return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation).into_rgb8());
     }
     Ok(to_rgb(&decode_general(bytes, format, &limits)?))
 }

@@ -147,7 +147,8 @@ fn short(fingerprint: &str) -> &str {
 }
 
 /// The settings a run was trained with: its logged `config.toml`, with the data folder and
-/// pretrained file as they were resolved (logged as params) and the current run store.
+/// pretrained file as they were resolved (logged as params), and the current run store, serve
+/// settings and pixel cache.
 fn run_settings(current: &Settings, info: &RunInfo) -> Result<Settings> {
     let path = info.artifacts().join("config.toml");
     let text =
@@ -163,6 +164,7 @@ fn run_settings(current: &Settings, info: &RunInfo) -> Result<Settings> {
         Some(p) => Some(PathBuf::from(p)),
     };
     config.paths = current.config.paths.clone();
+    config.cache = current.config.cache.clone();
     config.serve = current.config.serve.clone();
     config
         .validate()

@@ -121,11 +121,13 @@ pub fn cross_validate(
     let cfg = &settings.config;
     crate::util::device::set_threads(cfg.train.threads);
     let index = DatasetIndex::scan(&settings.data_dir())?;
+    let store = settings.pixel_store()?;
     let cache = ImageCache::build(
         &index.samples,
         cfg.data.image_size,
         settings.decode_limits(),
         "decoding",
+        store.as_ref(),
     );
     if let Some(r) = cache.skipped_report() {
         eprintln!("warning: {r}");
