@@ -35,3 +35,4 @@ mod split;
 mod sweep;
 mod train;
 mod unknown;
+mod weights_download;
