@@ -16,7 +16,13 @@ pub use values::*;
 
 /// flora: train, evaluate, serve and retrain an image classifier, in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "flora", version, about, propagate_version = true)]
+#[command(
+    name = "flora",
+    version,
+    about,
+    propagate_version = true,
+    after_help = weights_help()
+)]
 pub struct Cli {
     /// Config file; its folder is the base of every relative path in it.
     #[arg(long, global = true, value_name = "FILE")]
@@ -157,9 +163,9 @@ pub struct TrainArgs {
     /// MobileNetV2 width multiplier: 0.35, 0.5, 0.75 or 1.0 (train.width).
     #[arg(long, value_name = "W")]
     pub width: Option<f64>,
-    /// ImageNet weights to start from: torchvision .pth or timm model.safetensors
-    /// (train.pretrained).
-    #[arg(long, value_name = "FILE")]
+    /// ImageNet weights to start from: a name flora downloads once (mobilenet_v2, ...; see
+    /// --help), or a torchvision .pth / timm model.safetensors file (train.pretrained).
+    #[arg(long, value_name = "NAME|FILE", long_help = pretrained_help())]
     pub pretrained: Option<PathBuf>,
     /// Turn augmentation off (data.augment = false).
     #[arg(long)]
@@ -378,4 +384,52 @@ impl ModelArgs {
             }),
         }
     }
+}
+
+/// Where downloaded weights go, for the help texts.
+fn cache_help() -> String {
+    let here = flora::util::download::user_cache_dir()
+        .map(|d| format!(" (here: {})", d.join("weights").display()))
+        .unwrap_or_default();
+    format!(
+        "They are downloaded once into FLORA_CACHE_DIR/weights/<name>/, else the platform's \
+         cache folder: $XDG_CACHE_HOME/flora or ~/.cache/flora (Linux), ~/Library/Caches/flora \
+         (macOS), %LOCALAPPDATA%\\flora\\cache (Windows){here}. FLORA_WEIGHTS_MIRROR (or \
+         train.pretrained_mirror) fetches them from a mirror serving <name>/<file>."
+    )
+}
+
+/// `flora --help`'s closing lines: the weights names.
+fn weights_help() -> String {
+    let names: Vec<String> = flora::model::pretrained::catalog::builtin()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    let here = flora::util::download::user_cache_dir()
+        .map(|d| d.join("weights").display().to_string())
+        .unwrap_or_else(|_| "FLORA_CACHE_DIR/weights".into());
+    format!(
+        "Pretrained weights by name (flora train --pretrained NAME): {}; downloaded once into \
+         {here} (FLORA_CACHE_DIR), see flora train --help.",
+        names.join(", ")
+    )
+}
+
+/// `flora train --help` for --pretrained: the names, where files go, the hashes.
+fn pretrained_help() -> String {
+    format!(
+        "ImageNet weights to start from (train.pretrained; MobileNetV2 only). Either a name, \
+         which also sets --arch mobilenet_v2 and the width the weights are for unless those \
+         flags are given:\n\n{}\n\nor a [weights.<name>] entry of flora.toml. {} The SHA-256 \
+         is checked before use (for torchvision's and timm's GitHub files the 8-digit prefix \
+         in their file names, all they publish); the run records the name, URL and full \
+         SHA-256. Or a file: a torchvision .pth or timm model.safetensors (write ./NAME for a \
+         file named like a weights name).",
+        flora::model::pretrained::catalog::help_lines()
+            .lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        cache_help()
+    )
 }

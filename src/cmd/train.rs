@@ -5,10 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
 
 use crate::cli::TrainArgs;
 use flora::config::Settings;
+use flora::model::Arch;
+use flora::model::pretrained::catalog::{self, Weights};
 use flora::track::store::RunStatus;
 use flora::train::Start;
 use flora::train::checkpoint::Resume;
@@ -65,6 +69,11 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
 /// The settings with the `[data]`/`[train]` flags applied, validated.
 pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     let mut settings = settings.clone();
+    let pretrained = args
+        .pretrained
+        .as_ref()
+        .map(|p| pretrained_arg(&settings, p))
+        .transpose()?;
     let (d, t) = (&mut settings.config.data, &mut settings.config.train);
     if let Some(p) = &args.data {
         // A flag path is relative to the current folder, not to the config file.
@@ -106,15 +115,50 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     if let Some(v) = args.sampler {
         t.sampler = v.into();
     }
-    if let Some(p) = &args.pretrained {
-        // Relative to the current folder, like --data.
-        t.pretrained = Some(std::path::absolute(p)?);
+    if let Some((value, weights)) = pretrained {
+        if let Some(w) = weights {
+            // Named weights are for one architecture and width: the flags may still say
+            // otherwise (and validation then names the clash).
+            let (arch, width) = (
+                args.arch.map_or(Arch::MobilenetV2, Arch::from),
+                args.width.unwrap_or(w.width),
+            );
+            if (arch, width) != (t.arch, t.width) {
+                eprintln!(
+                    "--pretrained {}: train.arch = {}, train.width = {width}",
+                    w.name,
+                    arch.as_str()
+                );
+            }
+            (t.arch, t.width) = (arch, width);
+        }
+        t.pretrained = Some(value);
     }
     settings.config.validate()?;
     if let Some(name) = &args.name {
         flora::track::store::checked_name("run", name)?;
     }
     Ok(settings)
+}
+
+/// `--pretrained`'s value: a weights name as it is (with its catalog entry), or a file made
+/// absolute (relative to the current folder, like --data). Neither is an error listing the
+/// names.
+fn pretrained_arg(settings: &Settings, p: &Path) -> Result<(PathBuf, Option<Weights>)> {
+    if let Some(name) = p.to_str().filter(|s| catalog::is_name_like(s))
+        && let Some(w) = settings.config.named_weights(name)
+    {
+        return Ok((p.to_path_buf(), Some(w)));
+    }
+    let file = std::path::absolute(p)?;
+    if !file.exists() {
+        bail!(
+            "--pretrained {}: no such file, and not a name of weights flora downloads: {}",
+            p.display(),
+            settings.config.weight_names().join(", ")
+        );
+    }
+    Ok((file, None))
 }
 
 /// A flag set by Ctrl-C, SIGTERM or SIGHUP: the first stops after the batch; a second quits at

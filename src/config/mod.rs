@@ -6,11 +6,13 @@
 //! - [`schema`]: the sections and keys, with their defaults;
 //! - [`validate`]: parsing and the range of every value;
 //! - [`settings`]: a config with the folder it was read from, and the paths it resolves;
+//! - [`weights`]: the project's own pretrained weights by name (`[weights.<name>]`);
 //! - `default.toml`: the commented default file that `flora init` writes.
 
 pub mod schema;
 pub mod settings;
 pub mod validate;
+pub mod weights;
 
 pub use schema::*;
 pub use settings::Settings;

@@ -20,6 +20,8 @@ pub struct Config {
     /// Minimum confidences for a named answer: `min_confidence` (global) and `<class>` keys
     /// (see [`crate::model::unknown`]); copied into the model bundle.
     pub thresholds: BTreeMap<String, f64>,
+    /// The project's own pretrained weights by name (see [`super::weights`]).
+    pub weights: BTreeMap<String, super::weights::WeightsEntry>,
 }
 
 /// `[project]`
@@ -96,9 +98,13 @@ pub struct TrainConfig {
     pub threads: usize,
     /// MobileNetV2's width multiplier: 0.35, 0.5, 0.75 or 1.0.
     pub width: f64,
-    /// ImageNet weights to start from (torchvision `.pth` or timm `model.safetensors`;
-    /// `mobilenet_v2` only), relative to the config file.
+    /// ImageNet weights to start from (`mobilenet_v2` only): a name flora downloads into the
+    /// user cache (built-in, or a `[weights]` entry), or a file relative to the config file
+    /// (torchvision `.pth` or timm `model.safetensors`).
     pub pretrained: Option<PathBuf>,
+    /// Where named weights are fetched from instead of their publishers: a URL or a folder
+    /// holding `<name>/<file>` (`FLORA_WEIGHTS_MIRROR` wins over it).
+    pub pretrained_mirror: Option<String>,
     /// Epochs of phase 1, which trains only the head over a frozen backbone (0: no phases).
     pub freeze_epochs: usize,
     /// Share of the backbone (its 17 inverted residual blocks plus the final 1×1 conv, counted
@@ -135,6 +141,7 @@ impl Default for TrainConfig {
             threads: 0,
             width: 1.0,
             pretrained: None,
+            pretrained_mirror: None,
             freeze_epochs: 0,
             unfreeze_fraction: 0.3,
             finetune_learning_rate: 1e-4,

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use super::{Config, DEFAULT_CONFIG};
 use crate::data::imaging::DecodeLimits;
 use crate::data::pixel_store::PixelStore;
+use crate::model::pretrained::catalog::{self, Source};
 use crate::model::unknown::Thresholds;
 
 /// The environment variable that turns the pixel cache off for one run (`off`).
@@ -106,13 +107,47 @@ impl Settings {
         };
         Ok((self.config.cache.enabled && !off_by_env).then(|| self.pixel_store_anyway()))
     }
-    /// The pretrained weights file, if any.
-    pub fn pretrained_file(&self) -> Option<PathBuf> {
-        self.config
-            .train
-            .pretrained
-            .as_deref()
-            .map(|p| self.resolve(p))
+    /// Where the pretrained weights come from, if any: `train.pretrained` names weights (a
+    /// built-in name or a `[weights]` entry; a name wins over a file of that name, which
+    /// `./name` reaches) or is a file relative to the config file's folder. A value that could
+    /// be a name but is neither one nor a file is an error that lists the names.
+    pub fn pretrained(&self) -> Result<Option<Source>> {
+        let Some(p) = self.config.train.pretrained.as_deref() else {
+            return Ok(None);
+        };
+        let file = self.resolve(p);
+        if let Some(text) = p.to_str().filter(|s| catalog::is_name_like(s)) {
+            if let Some(w) = self.config.named_weights(text) {
+                return Ok(Some(Source::Named(w)));
+            }
+            if !file.exists() {
+                bail!(
+                    "train.pretrained = {text:?} is neither a file ({} does not exist) nor a \
+                     name of weights flora downloads: {}",
+                    file.display(),
+                    self.config.weight_names().join(", ")
+                );
+            }
+        }
+        Ok(Some(Source::File(file)))
+    }
+
+    /// Where named weights are fetched from instead of their publishers' servers:
+    /// `FLORA_WEIGHTS_MIRROR`, else `train.pretrained_mirror` (a folder relative to the config
+    /// file's, or a URL).
+    pub fn weights_mirror(&self) -> Option<String> {
+        if let Some(m) = std::env::var("FLORA_WEIGHTS_MIRROR")
+            .ok()
+            .filter(|m| !m.trim().is_empty())
+        {
+            return Some(m.trim().to_string());
+        }
+        let m = self.config.train.pretrained_mirror.as_deref()?.trim();
+        if m.starts_with("http://") || m.starts_with("https://") {
+            return Some(m.to_string());
+        }
+        let folder = Path::new(m.strip_prefix("file://").unwrap_or(m));
+        Some(self.resolve(folder).display().to_string())
     }
 
     /// The limits of decoding image files (`data.max_image_megapixels`).

@@ -102,6 +102,7 @@ impl Config {
             bail!("train.dropout = {d} must be in [0, 1)");
         }
         self.validate_mobilenet()?;
+        self.validate_weights()?;
         crate::data::class_weights::validate(&t.class_weights, t.class_weight_power, t.sampler)?;
         crate::model::unknown::Thresholds::from_table(&self.thresholds)?;
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {

@@ -8,12 +8,19 @@ use super::TrainOutcome;
 use super::data::Prepared;
 use crate::config::Settings;
 use crate::data::split;
+use crate::model::pretrained::catalog::Resolved;
 use crate::track::epochs::{EpochStats, epoch_metrics};
 use crate::track::store::Run;
 use crate::util::{fsutil, progress};
 
-/// Logs every resolved setting, the data fingerprint, the split and the config.
-pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Result<()> {
+/// Logs every resolved setting, the data fingerprint, the split and the config; for
+/// pretrained weights, the file used and its SHA-256 (and the name and URL of named ones).
+pub(super) fn log_inputs(
+    settings: &Settings,
+    run: &Run,
+    data: &Prepared,
+    pretrained: Option<&Resolved>,
+) -> Result<()> {
     let cfg = &settings.config;
     let (d, t) = (&cfg.data, &cfg.train);
     let params: Vec<(&str, String)> = vec![
@@ -37,9 +44,10 @@ pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Res
         ("train.width", t.width.to_string()),
         (
             "train.pretrained",
-            settings
-                .pretrained_file()
-                .map_or("none".into(), |p| p.display().to_string()),
+            pretrained.map_or("none".into(), |p| match &p.weights {
+                Some(w) => w.name.clone(),
+                None => p.file.display().to_string(),
+            }),
         ),
         ("train.freeze_epochs", t.freeze_epochs.to_string()),
         ("train.unfreeze_fraction", t.unfreeze_fraction.to_string()),
@@ -56,8 +64,21 @@ pub(super) fn log_inputs(settings: &Settings, run: &Run, data: &Prepared) -> Res
         ("num_skipped", data.cache.skipped.len().to_string()),
         ("thresholds", settings.thresholds().describe()),
     ];
+    let mut weights: Vec<(&str, String)> = Vec::new();
+    if let Some(p) = pretrained {
+        weights.push(("pretrained.file", p.file.display().to_string()));
+        weights.push(("pretrained.sha256", p.sha256.clone()));
+        if let Some(w) = &p.weights {
+            weights.push(("pretrained.name", w.name.clone()));
+            weights.push(("pretrained.url", w.url.clone()));
+            if let Some(m) = settings.weights_mirror() {
+                weights.push(("pretrained.mirror", m));
+            }
+        }
+    }
     let params = params
         .into_iter()
+        .chain(weights)
         .chain(data.weighting.params(&data.classes));
     for (k, v) in params {
         run.log_param(k, &v)?;

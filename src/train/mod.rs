@@ -15,6 +15,7 @@ use crate::config::{Settings, TrainConfig};
 use crate::data::imaging::Normalization;
 use crate::model::Classifier;
 use crate::model::bundle::{BUNDLE_FORMAT, BundleMeta, ModelBundle, run_bundle_dir};
+use crate::model::pretrained::catalog::Resolved;
 use crate::track::epochs::EpochStats;
 use crate::track::store::{Run, RunStatus, RunStore};
 use crate::util::progress;
@@ -90,10 +91,17 @@ pub fn train_planned(
     let cfg = &settings.config;
     crate::ops::heap::keep_freed_memory();
     device::set_threads(cfg.train.threads);
-    if let Some(file) = settings.pretrained_file() {
-        // Refused before a run exists: a wrong file is a set-up error, not a failed run.
-        crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &file)?;
-    }
+    // Fetched (a name, once into the user cache) and checked before a run exists: missing or
+    // wrong weights are a set-up error, not a failed run.
+    let pretrained = match settings.pretrained()? {
+        Some(source) => {
+            let mirror = settings.weights_mirror();
+            let r = crate::model::pretrained::catalog::resolve(&source, mirror.as_deref())?;
+            crate::model::pretrained::check(cfg.train.arch, cfg.train.width, &r.file)?;
+            Some(r)
+        }
+        None => None,
+    };
     let data = prepare(settings, plan)?;
     let (mut run, checkpoint, tags) = match start {
         Start::New { name, mut tags } => {
@@ -123,9 +131,10 @@ pub fn train_planned(
         None => tags
             .iter()
             .try_for_each(|(k, v)| run.set_tag(k, v))
-            .and_then(|()| log_inputs(settings, &run, &data)),
+            .and_then(|()| log_inputs(settings, &run, &data, pretrained.as_ref())),
     };
-    let result = inputs.and_then(|()| fit(settings, &run, &data, stop, checkpoint));
+    let result =
+        inputs.and_then(|()| fit(settings, &run, &data, stop, checkpoint, pretrained.as_ref()));
     // Under the lock of the active run, so that a second signal cannot end it a second time.
     let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
     *active = None;
@@ -158,13 +167,15 @@ pub fn abandon_active_run() -> Option<String> {
 }
 
 /// The training loop: Adam, cross-entropy, LR schedule, early stopping, best-epoch weights, a
-/// checkpoint after every epoch; from `checkpoint`'s epoch on when one is given.
+/// checkpoint after every epoch; from `checkpoint`'s epoch on when one is given, from
+/// `pretrained_weights` when given.
 fn fit(
     settings: &Settings,
     run: &Run,
     data: &Prepared,
     stop: &AtomicBool,
     checkpoint: Option<&Checkpoint>,
+    pretrained_weights: Option<&Resolved>,
 ) -> Result<TrainOutcome> {
     let cfg = &settings.config;
     let t = &cfg.train;
@@ -174,8 +185,9 @@ fn fit(
     let mut model =
         Classifier::with_width(t.arch, t.width, data.classes.len(), t.dropout(), &device);
     let mut pretrained = None;
-    if let Some(file) = settings.pretrained_file() {
-        let (loaded, source) = crate::model::pretrained::load_classifier(model, t.width, &file)?;
+    if let Some(p) = pretrained_weights {
+        let (loaded, source) =
+            crate::model::pretrained::load_classifier(model, t.width, &p.file, p.name())?;
         eprintln!(
             "starting from pretrained weights {source}; new {}-class head",
             data.classes.len()

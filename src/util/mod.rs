@@ -1,7 +1,8 @@
 //! Small pieces every layer uses: crash-safe file writes and locks, progress bars, the device
-//! choice, data fingerprints, exact float serialisation.
+//! choice, data fingerprints, exact float serialisation, checked resumable downloads.
 
 pub mod device;
+pub mod download;
 pub mod exact_f64;
 pub mod fingerprint;
 pub mod fsutil;

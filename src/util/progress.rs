@@ -44,3 +44,21 @@ fn target() -> ProgressDrawTarget {
         ProgressDrawTarget::hidden()
     }
 }
+
+/// A bar counting the bytes of a download (`len` when the server said it); hidden when not
+/// interactive.
+pub fn bytes_bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(len, target());
+    let template = if len.is_some() {
+        "{msg:>12} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+    } else {
+        "{msg:>12} {bytes} {bytes_per_sec}"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

@@ -36,3 +36,4 @@ mod split;
 mod sweep;
 mod train;
 mod unknown;
+mod weights_download;

@@ -105,6 +105,7 @@ fn known_keys(table: &toml::Value) -> BTreeMap<String, Option<toml::Value>> {
     let mut full = Config::default();
     full.train.dropout = Some(0.0);
     full.train.pretrained = Some("x".into());
+    full.train.pretrained_mirror = Some("x".into());
     let full = toml::Value::try_from(&full).expect("a config serialises");
     for section in SECTIONS {
         for t in [&full, table] {

@@ -1,11 +1,12 @@
-//! ImageNet weights for MobileNetV2 from a file the user downloaded, through burn-store.
+//! ImageNet weights for MobileNetV2, through burn-store: from a file the user has, or by name
+//! from [`catalog`] (downloaded once into the user cache, its SHA-256 checked).
 //!
 //! Two published layouts are told apart by their key names: torchvision's
 //! (`features.0.0.weight`…, in a `.pth` file) and timm's (`conv_stem.weight`…, usually a
 //! `model.safetensors`). Either may come in either container; the container is told by the
-//! file's first bytes. Each file key maps to one path of [`MobileNetV2`] (see [`burn_key`]); the
-//! width is checked against the file before anything is applied, and every shape is checked by
-//! burn-store's `ApplyResult`. Nothing is ever downloaded.
+//! file's first bytes. Each file key maps to one path of [`MobileNetV2`] (see [`burn_key`],
+//! [`keys`]); the width is checked against the file before anything is applied, and every shape
+//! is checked by burn-store's `ApplyResult`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,46 +18,14 @@ use burn::store::{
     SafetensorsStore,
 };
 
-use super::mobilenet::{MobileNetV2, NUM_BLOCKS, Plan, SETTINGS, WIDTHS};
+use super::mobilenet::{MobileNetV2, NUM_BLOCKS, Plan, WIDTHS};
 use super::{Arch, Classifier};
 
-/// The key names of a MobileNetV2 state dict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// `torchvision.models.mobilenet_v2`: `features.<n>.…`, `classifier.1.…`.
-    Torchvision,
-    /// timm's `mobilenetv2_*`: `conv_stem`, `bn1`, `blocks.<stage>.<i>.…`, `conv_head`, `bn2`.
-    Timm,
-}
+pub mod catalog;
+pub mod keys;
 
-impl Layout {
-    /// The name shown to users.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Layout::Torchvision => "torchvision",
-            Layout::Timm => "timm",
-        }
-    }
-
-    /// Tells the layout from the file's keys.
-    fn detect<'a>(keys: impl IntoIterator<Item = &'a String>) -> Option<Self> {
-        keys.into_iter().find_map(|k| match k.as_str() {
-            "features.0.0.weight" => Some(Layout::Torchvision),
-            "conv_stem.weight" => Some(Layout::Timm),
-            _ => None,
-        })
-    }
-}
-
-/// What to do with the file's classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head {
-    /// Keep the model's freshly initialised classifier (sized for the dataset): the usual
-    /// transfer-learning start from a 1000-class ImageNet file.
-    Replace,
-    /// Load the file's classifier too (its class count must match the model's).
-    Load,
-}
+use keys::block_expand;
+pub use keys::{Head, Layout, burn_key};
 
 /// The file container, from its first bytes.
 enum Container {
@@ -93,9 +62,9 @@ pub fn load(
 ) -> Result<(MobileNetV2, Layout)> {
     if !path.is_file() {
         bail!(
-            "pretrained weights file {} does not exist: download it first \
-             (docs/guide/01-train.md, \"Transfer learning\") and point train.pretrained or \
-             --pretrained at it",
+            "pretrained weights file {} does not exist: point train.pretrained or \
+             --pretrained at a file that does, or at a name flora downloads itself \
+             (docs/guide/01-train.md, \"Transfer learning\")",
             path.display()
         );
     }
@@ -178,19 +147,27 @@ pub fn load(
 pub fn check(arch: Arch, width: f64, path: &Path) -> Result<()> {
     let device = crate::util::device::inference();
     let model = Classifier::with_width(arch, width, 2, 0.0, &device);
-    load_classifier(model, width, path).map(|_| ())
+    load_classifier(model, width, path, None).map(|_| ())
 }
 
 /// [`load`] for a [`Classifier`], replacing the classifier; returns the model and a
-/// description of the source for the bundle (`file (layout)`).
-pub fn load_classifier(model: Classifier, width: f64, path: &Path) -> Result<(Classifier, String)> {
+/// description of the source for the bundle: `<name> (<layout>)`, where the name is the
+/// weights' catalog name when given, else the file name.
+pub fn load_classifier(
+    model: Classifier,
+    width: f64,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<(Classifier, String)> {
     match model {
         Classifier::MobileNetV2(m) => {
             let (m, layout) = load(m, width, path, Head::Replace)?;
-            let name = path.file_name().map_or_else(
-                || path.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            );
+            let name = name.map(str::to_string).unwrap_or_else(|| {
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            });
             Ok((
                 Classifier::MobileNetV2(m),
                 format!("{name} ({})", layout.as_str()),
@@ -326,164 +303,4 @@ fn check_result(
         );
     }
     Ok(())
-}
-
-/// The [`MobileNetV2`] path of a file key, or `None` for keys that are not loaded (BatchNorm's
-/// `num_batches_tracked`, and the classifier when it is replaced).
-pub fn burn_key(layout: Layout, key: &str, head: Head) -> Option<String> {
-    let (module, param) = key.rsplit_once('.')?;
-    if param == "num_batches_tracked" {
-        return None;
-    }
-    let parts: Vec<&str> = module.split('.').collect();
-    let path = match layout {
-        Layout::Torchvision => torchvision_module(&parts, head)?,
-        Layout::Timm => timm_module(&parts, head)?,
-    };
-    Some(format!("{path}.{param}"))
-}
-
-/// `conv` or `norm` for index 0/1 of torchvision's `Conv2dNormActivation`.
-fn conv_or_norm(i: &str) -> Option<&'static str> {
-    match i {
-        "0" => Some("conv"),
-        "1" => Some("norm"),
-        _ => None,
-    }
-}
-
-fn torchvision_module(parts: &[&str], head: Head) -> Option<String> {
-    let last = NUM_BLOCKS + 1;
-    match parts {
-        ["classifier", "1"] => (head == Head::Load).then(|| "head".into()),
-        ["features", "0", i] => Some(format!("stem.{}", conv_or_norm(i)?)),
-        ["features", n, i] if n.parse::<usize>().ok() == Some(last) => {
-            Some(format!("last.{}", conv_or_norm(i)?))
-        }
-        ["features", n, "conv", rest @ ..] => {
-            let block: usize = n.parse::<usize>().ok()?.checked_sub(1)?;
-            if block >= NUM_BLOCKS {
-                return None;
-            }
-            let expands = block_expand(block) != 1;
-            // expand: conv.0.{0,1}; depthwise: conv.{0|1}.{0,1}; project: conv.{1|2} then norm
-            // conv.{2|3}.
-            let (layer, part) = match (expands, rest) {
-                (_, [i, j]) => (i.parse::<usize>().ok()?, conv_or_norm(j)?),
-                (false, ["1"]) => (1, "conv"),
-                (false, ["2"]) => (1, "norm"),
-                (true, ["2"]) => (2, "conv"),
-                (true, ["3"]) => (2, "norm"),
-                _ => return None,
-            };
-            Some(format!("blocks.{block}.layers.{layer}.{part}"))
-        }
-        _ => None,
-    }
-}
-
-fn timm_module(parts: &[&str], head: Head) -> Option<String> {
-    match parts {
-        ["classifier"] => (head == Head::Load).then(|| "head".into()),
-        ["conv_stem"] => Some("stem.conv".into()),
-        ["bn1"] => Some("stem.norm".into()),
-        ["conv_head"] => Some("last.conv".into()),
-        ["bn2"] => Some("last.norm".into()),
-        ["blocks", stage, i, part] => {
-            let stage: usize = stage.parse().ok()?;
-            let i: usize = i.parse().ok()?;
-            let (_, _, repeats, _) = *SETTINGS.get(stage)?;
-            if i >= repeats {
-                return None;
-            }
-            let block = SETTINGS[..stage].iter().map(|s| s.2).sum::<usize>() + i;
-            // timm's first block (no expansion) is conv_dw, bn1, conv_pw, bn2.
-            let (layer, kind) = match (block_expand(block) != 1, *part) {
-                (false, "conv_dw") => (0, "conv"),
-                (false, "bn1") => (0, "norm"),
-                (false, "conv_pw") => (1, "conv"),
-                (false, "bn2") => (1, "norm"),
-                (true, "conv_pw") => (0, "conv"),
-                (true, "bn1") => (0, "norm"),
-                (true, "conv_dw") => (1, "conv"),
-                (true, "bn2") => (1, "norm"),
-                (true, "conv_pwl") => (2, "conv"),
-                (true, "bn3") => (2, "norm"),
-                _ => return None,
-            };
-            Some(format!("blocks.{block}.layers.{layer}.{kind}"))
-        }
-        _ => None,
-    }
-}
-
-/// The expansion factor of inverted residual block `block` (0-based).
-fn block_expand(block: usize) -> usize {
-    let mut end = 0;
-    for (t, _, n, _) in SETTINGS {
-        end += n;
-        if block < end {
-            return t;
-        }
-    }
-    unreachable!("block {block} of {NUM_BLOCKS}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_map_to_model_paths() {
-        let tv = |k| burn_key(Layout::Torchvision, k, Head::Load);
-        assert_eq!(tv("features.0.0.weight").unwrap(), "stem.conv.weight");
-        assert_eq!(
-            tv("features.0.1.running_var").unwrap(),
-            "stem.norm.running_var"
-        );
-        assert_eq!(
-            tv("features.1.conv.0.0.weight").unwrap(),
-            "blocks.0.layers.0.conv.weight"
-        );
-        assert_eq!(
-            tv("features.1.conv.1.weight").unwrap(),
-            "blocks.0.layers.1.conv.weight"
-        );
-        assert_eq!(
-            tv("features.1.conv.2.bias").unwrap(),
-            "blocks.0.layers.1.norm.bias"
-        );
-        assert_eq!(
-            tv("features.5.conv.1.1.weight").unwrap(),
-            "blocks.4.layers.1.norm.weight"
-        );
-        assert_eq!(
-            tv("features.17.conv.3.weight").unwrap(),
-            "blocks.16.layers.2.norm.weight"
-        );
-        assert_eq!(tv("features.18.0.weight").unwrap(), "last.conv.weight");
-        assert_eq!(tv("classifier.1.weight").unwrap(), "head.weight");
-        assert_eq!(tv("features.3.conv.1.1.num_batches_tracked"), None);
-        assert_eq!(
-            burn_key(Layout::Torchvision, "classifier.1.bias", Head::Replace),
-            None
-        );
-        let tm = |k| burn_key(Layout::Timm, k, Head::Load);
-        assert_eq!(tm("conv_stem.weight").unwrap(), "stem.conv.weight");
-        assert_eq!(tm("bn2.running_mean").unwrap(), "last.norm.running_mean");
-        assert_eq!(
-            tm("blocks.0.0.conv_pw.weight").unwrap(),
-            "blocks.0.layers.1.conv.weight"
-        );
-        assert_eq!(
-            tm("blocks.1.1.conv_dw.weight").unwrap(),
-            "blocks.2.layers.1.conv.weight"
-        );
-        assert_eq!(
-            tm("blocks.6.0.bn3.bias").unwrap(),
-            "blocks.16.layers.2.norm.bias"
-        );
-        assert_eq!(tm("classifier.weight").unwrap(), "head.weight");
-        assert_eq!(tm("blocks.7.0.bn3.bias"), None);
-    }
 }
