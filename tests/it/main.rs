@@ -23,6 +23,7 @@ mod mlflow;
 mod mlflow_push;
 mod mobilenet;
 mod monitoring;
+mod orientation;
 mod pixel_cache;
 mod promote;
 mod replicas;
