@@ -4,7 +4,7 @@
 #   bench/phone/serve.sh     flora serve vs FastAPI + torch and FastAPI + ORT + Pillow draft
 #   bench/phone/train.sh     flora train's first epoch (cold / warm pixel cache) vs torch DataLoader
 # --quick: small counts to check that everything works (~5 min on 2 idle cores, plus ~1 min to make
-#   the photos the first time): predict on 16 photos, 1 run; serve 5 s per concurrency;
+#   the photos the first time): predict on the 64 photos, 1 run; serve 5 s per concurrency;
 #   train on 60 photos. Without it: 64 photos x 3 runs, 15 s, 500 photos (~25 min, plus ~10 min
 #   to make the photos the first time).
 # Builds flora first (`cargo build --release`) unless FLORA_BIN is set or --no-build is given.
@@ -27,7 +27,7 @@ if [ $build = 1 ] && [ -z "${FLORA_BIN:-}" ]; then
   (cd "$here/../.." && cargo build --release --quiet)
 fi
 if [ $quick = 1 ]; then
-  export COUNT_PREDICT=${COUNT_PREDICT:-16} RUNS=${RUNS:-1} SECONDS_PER=${SECONDS_PER:-5} COUNT_TRAIN=${COUNT_TRAIN:-60}
+  export COUNT_PREDICT=${COUNT_PREDICT:-64} RUNS=${RUNS:-1} SECONDS_PER=${SECONDS_PER:-5} COUNT_TRAIN=${COUNT_TRAIN:-60}
 fi
 status=0
 for b in ${ONLY:-predict serve train}; do
