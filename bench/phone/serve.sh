@@ -10,6 +10,9 @@
 #              (full decode, no EXIF orientation: what the seed project does)
 #   ort_draft  bench/phone/ort_serve.py: FastAPI + ONNX Runtime + Pillow with draft() and
 #              exif_transpose, the best Python server a user could write (--threads THREADS)
+# Every server answers each request in full; flora saves an upload whose bytes it has already
+# collected only once ("collection":"duplicate"), while both Python servers write all of them
+# (~3.4 MB a request): part of the contract as each one implements it.
 # torch and ort_draft run the same checkpoint (torch_train.py, one epoch on the same 8 photos;
 # export_onnx.py turns it into ONNX and checks it against torch).
 # Prints req/s, p50/p99 latency per server and concurrency, each server's RSS (idle after the
@@ -50,8 +53,9 @@ print(sys.argv[1] + '/' + f['path'])" "$data/predict64")
 echo "upload: $img ($(stat -c %s "$img") bytes, EXIF Orientation 6)"
 
 work=${WORK:-$(mktemp -d)}
-server=""
+server="" loader=""
 cleanup() {
+  if [ -n "$loader" ]; then kill -TERM "$loader" 2>/dev/null || true; fi
   if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
   rm -rf "$work"/*/collected_data
   [ -n "${WORK:-}" ] || rm -rf "$work"
@@ -68,8 +72,12 @@ load_all() { # name pid
   echo "$name $(grep '^first response' "$work/$name.warmup" | cut -c1-200)"
   RSS[$name,idle]=$(( $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status") / 1024 ))
   for c in $concs; do
-    line=$("$shared/reference/load.sh" "http://127.0.0.1:$port" "$img" "$c" "$secs" | grep '^LOAD') \
-      || die "$name: load.sh failed at C=$c"
+    # in the background + wait, so that a TERM/INT ends the run at once (and the trap stops wrk)
+    "$shared/reference/load.sh" "http://127.0.0.1:$port" "$img" "$c" "$secs" >"$work/$name.load" 2>&1 &
+    loader=$!
+    wait "$loader" || { cat "$work/$name.load" >&2; die "$name: load.sh failed at C=$c"; }
+    loader=""
+    line=$(grep '^LOAD' "$work/$name.load") || die "$name: no LOAD line from load.sh at C=$c"
     echo "BENCH serve $name C=$c $line"
     RPS[$name,$c]=$(sed -E 's/.*req_per_s=([0-9.]+).*/\1/' <<<"$line")
     P50[$name,$c]=$(sed -E 's/.*p50_ms=([0-9.]+).*/\1/' <<<"$line")
