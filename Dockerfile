@@ -7,6 +7,9 @@
 # Base images are pinned by version; pin them by digest too in production
 # (`docker buildx imagetools inspect rust:1.95.0-slim-bookworm`).
 FROM rust:1.95.0-slim-bookworm AS build
+# nasm gives libjpeg-turbo (the mozjpeg crate, built from C sources) its x86 SIMD.
+RUN apt-get update && apt-get install -y --no-install-recommends nasm \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
