@@ -333,6 +333,16 @@ fn bad_inputs_get_4xx_and_the_server_stays_healthy() {
     assert!(j["error"].as_str().unwrap().contains("file"), "{j}");
     let (status, _) = server.post("/predict", "text/plain", &text, None);
     assert_eq!(status, 415);
+    // An iPhone's HEIC photo: refused by name, with how to convert it.
+    let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic\0\0\0\0".to_vec();
+    let (ct, body) = multipart("file", "IMG_0001.HEIC", &heic);
+    let (status, j) = server.post("/predict", &ct, &body, None);
+    assert_eq!(status, 415, "{j}");
+    let msg = j["error"].as_str().unwrap();
+    assert!(
+        msg.contains("HEIC") && msg.contains("convert it to JPEG"),
+        "{j}"
+    );
     let (status, _) = server.predict_multipart(&png, "x.png", "?top_k=lots");
     assert_eq!(status, 400);
     let (status, body) = server.get("/no/such/thing");

@@ -34,14 +34,7 @@ pub const PIPELINE_VERSION: u32 = 2;
 /// applied), within `limits`. An image whose data ends early (a truncated download or copy)
 /// is an error, not a picture with made-up rows.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
-    let format = require_supported(bytes)?;
-    if format == ImageFormat::Jpeg
-        && ends_with_eoi(bytes)
-        && let Some(j) = jpeg::decode(bytes, u32::MAX, &limits)?
-    {
-        return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation));
-    }
-    decode_general(bytes, format, &limits)
+    decode_upright(bytes, u32::MAX, &limits)
 }
 
 /// Decodes an in-memory image to upright RGB8 whose shorter side keeps at least `min_side`
@@ -49,14 +42,23 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
 /// size (libjpeg's DCT scaling, as Pillow's `draft`), other formats whole. Alpha is
 /// composited over white.
 pub fn decode_rgb(bytes: &[u8], min_side: u32, limits: DecodeLimits) -> Result<RgbImage> {
+    Ok(match decode_upright(bytes, min_side, &limits)? {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => to_rgb(&other),
+    })
+}
+
+/// The one decoding path: libjpeg-turbo for complete JPEGs (at a reduced scale when
+/// `min_side` allows), the `image` crate for the rest; upright either way.
+fn decode_upright(bytes: &[u8], min_side: u32, limits: &DecodeLimits) -> Result<DynamicImage> {
     let format = require_supported(bytes)?;
     if format == ImageFormat::Jpeg
         && ends_with_eoi(bytes)
-        && let Some(j) = jpeg::decode(bytes, min_side, &limits)?
+        && let Some(j) = jpeg::decode(bytes, min_side, limits)?
     {
-        return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation).into_rgb8());
+        return Ok(upright(DynamicImage::ImageRgb8(j.rgb), j.orientation));
     }
-    Ok(to_rgb(&decode_general(bytes, format, &limits)?))
+    decode_general(bytes, format, limits)
 }
 
 /// Decodes `bytes` and applies the eval preprocessing, giving `size`×`size` upright RGB8.

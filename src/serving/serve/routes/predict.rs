@@ -36,13 +36,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
             "the uploaded file is empty",
         ));
     }
-    let Some(format) = imaging::sniff_format(&bytes) else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not_an_image",
-            "not a supported image: send JPEG, PNG, BMP, GIF, WebP or TIFF content",
-        ));
-    };
+    let format = imaging::require_supported(&bytes).map_err(not_an_image)?;
 
     // The model that answers is fixed here, for the whole request.
     let snap = app.models.snapshot();
@@ -120,13 +114,7 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
 /// at a time (503 `busy` while another runs), decoded under the upload limits.
 pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let (bytes, _) = read_upload(&app, req).await?;
-    if imaging::sniff_format(&bytes).is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not_an_image",
-            "not a supported image: send JPEG, PNG, BMP, GIF, WebP or TIFF content",
-        ));
-    }
+    imaging::require_supported(&bytes).map_err(not_an_image)?;
     let model = app
         .models
         .snapshot()
@@ -180,6 +168,16 @@ pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Respon
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// 415 for content that is not an image flora decodes; HEIC, AVIF and the like are named, with
+/// how to convert them.
+fn not_an_image(e: anyhow::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "not_an_image",
+        format!("{e}"),
+    )
 }
 
 /// Decodes an upload into the model's input pixels, under the server's decode limits and one
