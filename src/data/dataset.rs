@@ -58,10 +58,20 @@ pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('_') || name.starts_with('.')
 }
 
+/// The folder names a dataset uses for its split (`train/`, `val/`) and its held-out set
+/// (`test/`): never class names, in any case.
+pub const SPLIT_FOLDERS: [&str; 3] = ["train", "val", "test"];
+
+/// `name` is one of [`SPLIT_FOLDERS`] (ignoring case, as some file systems do).
+pub fn is_split_folder(name: &str) -> bool {
+    SPLIT_FOLDERS.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
 /// Checks that `name` can be a class: a plain folder name (no separators, no control
 /// characters, not `_`/`.`-prefixed, at most 255 bytes), so that joining it onto the dataset
-/// folder can never leave it. Class names come back from files flora did not write itself
-/// (bundles, manifests), so every use as a path goes through this.
+/// folder can never leave it, and not a split folder's name ([`SPLIT_FOLDERS`]). Class names
+/// come back from files flora did not write itself (bundles, manifests), so every use as a
+/// path goes through this.
 pub fn check_class_name(name: &str) -> Result<()> {
     let bad = name.is_empty()
         || name.len() > 255
@@ -73,6 +83,12 @@ pub fn check_class_name(name: &str) -> Result<()> {
         bail!(
             "class name {name:?} is not a plain folder name (no '/', '\\', control characters, \
              leading '_' or '.')"
+        );
+    }
+    if is_split_folder(name) {
+        bail!(
+            "{name:?} cannot be a class: train/, val/ and test/ are the dataset's split and \
+             held-out folders (pick another class name)"
         );
     }
     Ok(())
@@ -144,6 +160,14 @@ impl DatasetIndex {
             let mut classes = class_names(&dir)?;
             if test_dir.is_some() {
                 classes.retain(|c| c != "test");
+            }
+            if let Some(split) = classes.iter().find(|c| is_split_folder(c)) {
+                bail!(
+                    "{} has a {split}/ folder among its class folders: train/, val/ and test/ \
+                     are split folders, not classes (use train/ + val/ of class folders \
+                     together, or rename {split}/)",
+                    root.display()
+                );
             }
             let samples = class_files(root, &dir, &classes)?;
             Self {

@@ -87,6 +87,28 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The error of [`lock_file`] when another process holds the lock (callers may downcast to
+/// it, e.g. to answer "busy, try again" rather than "refused").
+#[derive(Debug)]
+pub struct Busy {
+    /// What holds the lock, e.g. "flora merge".
+    pub what: String,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "another {} is running ({} is locked); try again when it has finished",
+            self.what,
+            self.path.display()
+        )
+    }
+}
+
+impl std::error::Error for Busy {}
+
 /// Opens (creating) `path` and takes an exclusive lock on it, retrying for up to `wait`. When
 /// another process holds it, the error says that `what` (e.g. "promote") is running.
 pub fn lock_file(path: &Path, wait: std::time::Duration, what: &str) -> Result<std::fs::File> {
@@ -107,10 +129,13 @@ pub fn lock_file(path: &Path, wait: std::time::Duration, what: &str) -> Result<s
             Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
             }
-            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "another {what} is running ({} is locked); try again when it has finished",
-                path.display()
-            ),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Busy {
+                    what: what.to_string(),
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }

@@ -2,10 +2,12 @@
 //!
 //! - [`queue`]: what is shown (the inbox with merge's record of each image, or a queue file)
 //!   and the model's suggestions;
+//! - [`files`]: reading a queued image safely, and the grid's thumbnails;
 //! - [`session`]: the decisions, one merge batch per session, each move journalled by
 //!   [`crate::feedback::merge::relabel`], undoable one step at a time;
 //! - [`server`]: the page and its API, behind the token / Host / Origin checks.
 
+pub mod files;
 pub mod queue;
 pub mod server;
 pub mod session;
@@ -106,7 +108,9 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
         model_name: chosen.as_ref().map(|c| c.describe()),
         model: model.map(|m| Arc::new(m.bundle)),
         class_info,
-        explain_permits: tokio::sync::Semaphore::new(1),
+        explain_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+        explaining: server::Running::default(),
+        thumbnails: files::Thumbnails::default(),
         token_sha256: token
             .filter(|_| !loopback)
             .map(|t| crate::util::fingerprint::sha256(t.as_bytes())),

@@ -218,7 +218,7 @@ function renderGrid() {
   $("grid-title").innerHTML = `suggested <b>${esc(S.grid.cls)}</b>: ${items.length} image(s), ${on} selected (click to deselect)`;
   $("grid-cells").innerHTML = items.map((it) =>
     `<div class="cell${S.grid.off.has(it.path) ? " off" : ""}" data-path="${esc(it.path)}">` +
-    `<img src="/api/image?path=${encodeURIComponent(it.path)}" alt=""><div>${pct(it.confidence)}</div></div>`).join("");
+    `<img src="/api/image?side=256&path=${encodeURIComponent(it.path)}" alt=""><div>${pct(it.confidence)}</div></div>`).join("");
 }
 function gridAccept() {
   const paths = gridItems().filter((it) => !S.grid.off.has(it.path)).map((it) => it.path);

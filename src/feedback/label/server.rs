@@ -4,6 +4,7 @@
 //! rule ([`crate::serving::serve::origin::OriginPolicy`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use super::files::{ReadError, Thumbnails};
 use super::session::{Decision, Session};
 use crate::model::bundle::ModelBundle;
 use crate::serving::serve::error::ApiError;
@@ -35,8 +37,13 @@ pub struct LabelApp {
     /// A short description of the model for the page.
     pub model_name: Option<String>,
     pub class_info: serde_json::Map<String, Value>,
-    /// One explanation at a time.
-    pub explain_permits: Semaphore,
+    /// One explanation at a time: the permit moves into the computation, so a client that
+    /// leaves does not free it while its occlusion map still runs.
+    pub explain_permits: Arc<Semaphore>,
+    /// Occlusion maps computing now, and the most ever at once (`/api/state` reports both).
+    pub explaining: Running,
+    /// The grid's downscaled images.
+    pub thumbnails: Thumbnails,
     /// SHA-256 of the admin token when it is required (non-loopback bind).
     pub token_sha256: Option<[u8; 32]>,
     /// Bound to a loopback address: the Host header must name one.
@@ -44,6 +51,40 @@ pub struct LabelApp {
     pub origins: OriginPolicy,
     /// Limits of decoding the queued images (`data.max_image_megapixels`).
     pub limits: crate::data::imaging::DecodeLimits,
+}
+
+/// A count of computations running now, with its high-water mark and how many started.
+#[derive(Default)]
+pub struct Running {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    started: AtomicUsize,
+}
+
+impl Running {
+    /// Counts one computation until the returned guard drops.
+    fn start(&self) -> RunningGuard<'_> {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.most.fetch_max(now, Ordering::AcqRel);
+        RunningGuard(self)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "running": self.now.load(Ordering::Acquire),
+            "most_at_once": self.most.load(Ordering::Acquire),
+            "started": self.started.load(Ordering::Acquire),
+        })
+    }
+}
+
+struct RunningGuard<'a>(&'a Running);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The router with the page, the API and the guard.
@@ -190,6 +231,7 @@ async fn state(State(app): State<Arc<LabelApp>>) -> Json<Value> {
         "user": s.user,
         "model": app.model_name,
         "explain": app.model.is_some(),
+        "explanations": app.explaining.json(),
         "mode": if s.items.iter().any(|i| i.given.is_some()) { "queue" } else { "inbox" },
         "classes": s.classes,
         "class_info": app.class_info,
@@ -204,34 +246,62 @@ struct PathQuery {
     path: String,
 }
 
-/// `GET /api/image?path=P`: the bytes of a queued image.
+#[derive(Deserialize)]
+struct ImageQuery {
+    path: String,
+    /// A thumbnail whose longer side is at most this many pixels, instead of the file.
+    #[serde(default)]
+    side: Option<u32>,
+}
+
+/// The largest thumbnail side `/api/image` makes.
+const MAX_THUMBNAIL_SIDE: u32 = 1024;
+
+/// `GET /api/image?path=P[&side=N]`: the bytes of a queued image, or a JPEG thumbnail of it
+/// (upright, longer side at most N pixels). Only a regular file inside the dataset is read
+/// (see [`super::files`]).
 async fn image(
     State(app): State<Arc<LabelApp>>,
-    Query(q): Query<PathQuery>,
+    Query(q): Query<ImageQuery>,
 ) -> Result<Response, ApiError> {
-    let file = {
+    if let Some(side) = q.side
+        && !(16..=MAX_THUMBNAIL_SIDE).contains(&side)
+    {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("side={side}: a thumbnail side is 16 to {MAX_THUMBNAIL_SIDE} pixels"),
+        ));
+    }
+    let (file, root) = {
         let s = app.session.lock().expect("session lock");
         let i = s
             .find(&q.path)
             .map_err(|e| err(StatusCode::NOT_FOUND, "not_queued", format!("{e:#}")))?;
-        match &s.states[i] {
+        let file = match &s.states[i] {
             super::session::State::Done { destination, .. } => s.layout.dataset.join(destination),
             super::session::State::Pending => s.items[i].abs.clone(),
-        }
+        };
+        (file, s.layout.dataset.clone())
     };
-    let read = file.clone();
-    let bytes = tokio::task::spawn_blocking(move || std::fs::read(&read))
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?
-        .map_err(|e| {
-            err(
-                StatusCode::NOT_FOUND,
-                "gone",
-                format!("{}: {e}", file.display()),
-            )
-        })?;
-    let ctype = crate::data::imaging::sniff_format(&bytes)
-        .map_or("application/octet-stream", |f| f.to_mime_type());
+    let app2 = app.clone();
+    let read = tokio::task::spawn_blocking(move || match q.side {
+        Some(side) => app2
+            .thumbnails
+            .get(&root, &file, side, app2.limits)
+            .map(|jpeg| (jpeg, "image/jpeg")),
+        None => super::files::read_queued(&root, &file).map(|(bytes, _)| {
+            let ctype = crate::data::imaging::sniff_format(&bytes)
+                .map_or("application/octet-stream", |f| f.to_mime_type());
+            (bytes, ctype)
+        }),
+    })
+    .await
+    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let (bytes, ctype) = read.map_err(|e| match e {
+        ReadError::TooLarge(_) => err(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e),
+        ReadError::Refused(_) => err(StatusCode::NOT_FOUND, "gone", e),
+    })?;
     Ok((
         [
             (header::CONTENT_TYPE, ctype),
@@ -255,7 +325,7 @@ async fn explain(
             "no model: start flora label with --model/--run/--slot or make a slot live",
         ));
     };
-    let file = {
+    let (file, root) = {
         let s = app.session.lock().expect("session lock");
         let i = s
             .find(&q.path)
@@ -267,18 +337,30 @@ async fn explain(
                 "the image is already sorted",
             ));
         }
-        s.items[i].abs.clone()
+        (s.items[i].abs.clone(), s.layout.dataset.clone())
     };
-    let _permit = app.explain_permits.try_acquire().map_err(|_| {
-        err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "another explanation is being computed: retry in a moment",
-        )
-    })?;
-    let limits = app.limits;
+    let permit = app
+        .explain_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "another explanation is being computed: retry in a moment",
+            )
+        })?;
+    let app2 = app.clone();
     let png = tokio::task::spawn_blocking(move || {
-        crate::evaluate::explain::overlay_png(&model, &file, limits)
+        // Held here, not in the handler: a client that leaves drops the handler, while
+        // this computation runs on.
+        let _permit = permit;
+        let _running = app2.explaining.start();
+        use crate::evaluate::explain;
+        let (bytes, _) = super::files::read_queued(&root, &file).map_err(anyhow::Error::msg)?;
+        let shown = explain::shown_side(model.meta.image_size);
+        let rgb = crate::data::imaging::decode_rgb(&bytes, shown, app2.limits)?;
+        explain::top_class_overlay_png(&model, &rgb)
     })
     .await
     .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?
@@ -290,6 +372,20 @@ async fn explain(
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// 409 `merge_running` (with Retry-After) when `flora merge` holds the inbox's lock, else
+/// `status` with `reason`.
+fn busy_or(e: anyhow::Error, status: StatusCode, reason: &'static str) -> ApiError {
+    match e.downcast_ref::<crate::util::fsutil::Busy>() {
+        Some(busy) => ApiError::new(
+            StatusCode::CONFLICT,
+            "merge_running",
+            format!("merge running, try again in a moment ({busy})"),
+        )
+        .retry_after(2),
+        None => err(status, reason, format!("{e:#}")),
+    }
 }
 
 /// `POST /api/decide` body.
@@ -327,7 +423,7 @@ async fn decide(
         let mut s = app2.session.lock().expect("session lock");
         let changed = s
             .decide(&body.paths, &decision)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, "refused", format!("{e:#}")))?;
+            .map_err(|e| busy_or(e, StatusCode::BAD_REQUEST, "refused"))?;
         for n in &changed.notes {
             eprintln!("note: {n}");
         }
@@ -348,7 +444,7 @@ async fn undo(State(app): State<Arc<LabelApp>>) -> Result<Json<Value>, ApiError>
         let mut s = app.session.lock().expect("session lock");
         let changed = s
             .undo()
-            .map_err(|e| err(StatusCode::CONFLICT, "undo", format!("{e:#}")))?;
+            .map_err(|e| busy_or(e, StatusCode::CONFLICT, "undo"))?;
         Ok(Json(json!({
             "changed": changed.items,
             "notes": changed.notes,

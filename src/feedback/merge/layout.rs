@@ -76,10 +76,13 @@ impl Layout {
         self.inbox.join(".merge")
     }
 
-    /// Where accepted images go: `dataset/`, or `dataset/train/` for a fixed train/val split.
+    /// Where accepted images go: `dataset/`, or `dataset/train/` when the class folders are
+    /// there (beside `val/` or `test/`, as [`crate::data::dataset::DatasetIndex`] reads it).
     pub fn accept_root(&self) -> PathBuf {
         let train = self.dataset.join("train");
-        if train.is_dir() && self.dataset.join("val").is_dir() {
+        if train.is_dir()
+            && (self.dataset.join("val").is_dir() || self.dataset.join("test").is_dir())
+        {
             train
         } else {
             self.dataset.clone()

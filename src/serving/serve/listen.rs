@@ -9,7 +9,8 @@
 //! - Past `max_connections`, no further connection is accepted (they wait in the kernel's
 //!   listen queue) until one closes.
 //! - A connection that ends while the client is still sending lingers ([`super::linger`]), so
-//!   the client reads the answer (a 413, a 408) rather than a reset.
+//!   the client reads the answer (a 413, a 408) rather than a reset. Lingering sockets have a
+//!   cap of their own (`max_connections` more), so they cannot exhaust the file descriptors.
 //! - On shutdown, idle connections close at once, busy ones finish their request; those
 //!   still open after the shutdown deadline are dropped.
 
@@ -37,7 +38,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::linger::Lingering;
+use super::linger::{LingerSlots, Lingering};
 use super::prometheus::Metrics;
 
 /// The connection limits of [`serve`].
@@ -179,6 +180,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let linger_slots = LingerSlots::new(
+        limits.max_connections,
+        metrics.connections_lingering().clone(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -206,7 +211,7 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let conn = http.serve_connection(
-            TokioIo::new(Lingering::new(stream)),
+            TokioIo::new(Lingering::new(stream, linger_slots.clone())),
             hyper::service::service_fn(handler(router.clone(), peer, limits.stall)),
         );
         let mut stop = stop_rx.clone();

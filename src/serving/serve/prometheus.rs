@@ -74,6 +74,7 @@ pub struct Metrics {
     collection_skipped: Family<ReasonLabels, Counter>,
     decodes_running: Gauge,
     connections_open: Gauge,
+    connections_lingering: Gauge,
     _start_time: FloatGauge,
     resident_memory: Gauge,
     virtual_memory: Gauge,
@@ -194,6 +195,13 @@ impl Metrics {
             "HTTP connections being served now (at most serve.max_connections)",
             connections_open.clone(),
         );
+        let connections_lingering = Gauge::default();
+        registry.register(
+            "flora_connections_lingering",
+            "Closed connections still draining what their client sends (a lingering close, at \
+             most serve.max_connections)",
+            connections_lingering.clone(),
+        );
         let start_time = FloatGauge::default();
         start_time.set(process_start_seconds());
         registry.register(
@@ -233,6 +241,7 @@ impl Metrics {
             collection_skipped,
             decodes_running,
             connections_open,
+            connections_lingering,
             _start_time: start_time,
             resident_memory,
             virtual_memory,
@@ -297,6 +306,11 @@ impl Metrics {
     /// The gauge of connections open now.
     pub fn connections_open(&self) -> &Gauge {
         &self.connections_open
+    }
+
+    /// Connections closed by the server that still linger ([`super::linger`]).
+    pub fn connections_lingering(&self) -> &Gauge {
+        &self.connections_lingering
     }
 
     /// Records one forward pass of `batch` images.

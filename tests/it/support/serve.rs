@@ -96,6 +96,13 @@ impl Server {
         if let Some(t) = token {
             cmd.env("FLORA_ADMIN_TOKEN", t);
         }
+        Self::spawn(cmd, port)
+    }
+
+    /// Runs `cmd` (a `flora serve` listening on `port`, perhaps through a shell) and waits
+    /// until it is healthy.
+    pub fn spawn(mut cmd: std::process::Command, port: u16) -> Server {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting flora serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
