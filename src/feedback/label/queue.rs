@@ -9,15 +9,11 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::check_class_name;
-use crate::data::imaging;
 use crate::feedback::merge::manifest::read_manifest;
 use crate::feedback::merge::{Action, Layout, Row};
 use crate::model::Scored;
 use crate::model::bundle::ModelBundle;
 use crate::util::fsutil;
-
-/// Images per forward pass when suggesting.
-const BATCH: usize = 64;
 
 /// What serve predicted when the image was uploaded.
 #[derive(Debug, Clone, Serialize)]
@@ -211,40 +207,30 @@ pub fn from_file(layout: &Layout, file: &Path) -> Result<Vec<Item>> {
 }
 
 /// Runs the model over every item: its top-k, margin and (for inbox items) its suggestion.
+/// Decodes in parallel and infers in batches, as `flora predict` does
+/// ([`crate::model::infer::predict_files`]).
 pub fn suggest(items: &mut [Item], model: &Suggester) {
-    let side = model.bundle.meta.image_size;
-    for chunk in items.chunks_mut(BATCH) {
-        let pixels: Vec<Option<Vec<u8>>> = chunk
-            .iter_mut()
-            .map(
-                |it| match imaging::prepare_file(&it.abs, side, model.limits) {
-                    Ok(img) => Some(img.into_raw()),
-                    Err(e) => {
-                        it.problem = Some(format!("{e:#}"));
-                        None
-                    }
-                },
-            )
-            .collect();
-        let ok: Vec<&[u8]> = pixels.iter().flatten().map(Vec::as_slice).collect();
-        let probs = model.bundle.predict_pixels(&ok);
-        let mut probs = probs.into_iter();
-        for (it, px) in chunk.iter_mut().zip(&pixels) {
-            if px.is_none() {
+    let paths: Vec<PathBuf> = items.iter().map(|it| it.abs.clone()).collect();
+    let results =
+        crate::model::infer::predict_files(model.bundle, &paths, model.limits, "suggesting");
+    for (it, r) in items.iter_mut().zip(results) {
+        let p = match r {
+            Ok(p) => p,
+            Err(e) => {
+                it.problem = Some(e);
                 continue;
             }
-            let Some(p) = probs.next() else { break };
-            let top = model.bundle.top_k(&p, p.len());
-            let margin = top[0].confidence - top.get(1).map_or(0.0, |s| s.confidence);
-            it.margin = Some(margin);
-            if it.given.is_none() {
-                it.suggested = top[0].class.clone();
-                it.confidence = Some(top[0].confidence);
-                it.suggested_by = "model".into();
-                it.rank = margin;
-            }
-            it.top_k = top;
+        };
+        let top = model.bundle.top_k(&p, p.len());
+        let margin = top[0].confidence - top.get(1).map_or(0.0, |s| s.confidence);
+        it.margin = Some(margin);
+        if it.given.is_none() {
+            it.suggested = top[0].class.clone();
+            it.confidence = Some(top[0].confidence);
+            it.suggested_by = "model".into();
+            it.rank = margin;
         }
+        it.top_k = top;
     }
 }
 

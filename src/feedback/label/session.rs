@@ -2,7 +2,7 @@
 //! them one step at a time. Every move goes through merge's journalled moves
 //! ([`crate::feedback::merge::relabel`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -60,6 +60,8 @@ pub struct Session {
     pub items: Vec<Item>,
     pub states: Vec<State>,
     by_path: HashMap<String, usize>,
+    /// Item index by its absolute path (a move's row names its source so).
+    by_abs: HashMap<PathBuf, usize>,
     history: Vec<Step>,
     /// Every class offered: the model's, the dataset's folders, the suggestions, new ones.
     pub classes: BTreeSet<String>,
@@ -100,6 +102,11 @@ impl Session {
                 .enumerate()
                 .map(|(i, it)| (it.path.clone(), i))
                 .collect(),
+            by_abs: items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| (it.abs.clone(), i))
+                .collect(),
             states: vec![State::Pending; items.len()],
             items,
             history: Vec::new(),
@@ -135,12 +142,13 @@ impl Session {
             check_class_name(c)?;
         }
         let mut idx = Vec::with_capacity(paths.len());
+        let mut named = HashSet::with_capacity(paths.len());
         for p in paths {
             let i = self.find(p)?;
             if self.states[i] != State::Pending {
                 bail!("{p:?} is already decided (undo it first)");
             }
-            if idx.contains(&i) {
+            if !named.insert(i) {
                 bail!("{p:?} is named twice");
             }
             idx.push(i);
@@ -222,10 +230,14 @@ impl Session {
             items: BTreeMap::new(),
             notes,
         };
+        let back: HashSet<(&str, &str)> = back
+            .iter()
+            .map(|r| (r.source.as_str(), r.destination.as_str()))
+            .collect();
         for (i, row) in &step.items {
             let restored = match row {
                 None => true,
-                Some(r) => back.contains(r),
+                Some(r) => back.contains(&(r.source.as_str(), r.destination.as_str())),
             };
             if restored {
                 self.states[*i] = State::Pending;
@@ -315,8 +327,7 @@ impl Session {
     }
 
     fn index_of_source(&self, source: &str) -> Option<usize> {
-        let abs = self.layout.abs(source);
-        self.items.iter().position(|it| it.abs == abs)
+        self.by_abs.get(&self.layout.abs(source)).copied()
     }
 
     /// A manifest path as a path relative to the dataset folder.

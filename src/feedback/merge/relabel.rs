@@ -4,7 +4,7 @@
 //! (a taken name gets a `-2` suffix), and recorded as a manifest row of that batch, so that
 //! `flora merge --undo BATCH` puts the whole session back, and [`revert`] single decisions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -75,9 +75,14 @@ pub fn apply(layout: &Layout, batch: &str, moves: Vec<Move>) -> Result<(Vec<Row>
 pub fn revert(layout: &Layout, batch: &str, rows: &[Row]) -> Result<(Vec<Row>, Vec<String>)> {
     let (lock, notes) = lock_and_recover(layout)?;
     let recorded = read_manifest(&layout.manifest())?;
+    let recorded: HashMap<(&str, &str), &Row> = recorded
+        .iter()
+        .map(|r| ((r.batch.as_str(), r.destination.as_str()), r))
+        .collect();
     let mut entries = Vec::new();
     for r in rows {
-        if r.batch != batch || !recorded.contains(r) {
+        let exact = recorded.get(&(r.batch.as_str(), r.destination.as_str())) == Some(&r);
+        if r.batch != batch || !exact {
             bail!(
                 "{} -> {} is not a recorded move of batch {batch} in {}",
                 r.source,
