@@ -93,7 +93,7 @@ pub struct CacheShowArgs {
 /// `flora label`
 #[derive(Debug, Args)]
 pub struct LabelArgs {
-    /// Address to bind (default loopback only; any other needs the admin token).
+    /// Address to bind (default loopback only; any other needs the label token, FLORA_LABEL_TOKEN or label.token).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub host: String,
     /// Port to bind (0: any free port).

@@ -14,6 +14,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub paths: PathsConfig,
     pub serve: ServeConfig,
+    pub label: LabelConfig,
     pub cache: CacheConfig,
     /// Free key/values per class (a Latin name, a description...), copied into the model bundle.
     pub class_info: BTreeMap<String, BTreeMap<String, toml::Value>>,
@@ -202,6 +203,15 @@ impl Default for PathsConfig {
             collected_data: "collected_data".into(),
         }
     }
+}
+
+/// `[label]`: `flora label`, the sorting page.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelConfig {
+    /// The page's own token, required beyond loopback (`FLORA_LABEL_TOKEN` wins over it). Never
+    /// the admin token: the page keeps it in a cookie, and it opens only the page.
+    pub token: Option<String>,
 }
 
 /// `[cache]`: the pixel cache (decoded, resized images kept on disk between runs).

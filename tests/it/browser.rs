@@ -515,9 +515,9 @@ fn label_refuses_hostile_requests() {
 
     // Beyond loopback: refused without a token; with one, every request needs it.
     let err = fails(p, &["label", "--host", "0.0.0.0", "--port", "0"]);
-    assert!(err.contains("FLORA_ADMIN_TOKEN"), "{err}");
+    assert!(err.contains("FLORA_LABEL_TOKEN"), "{err}");
     let label = Label::start(p, &["--host", "0.0.0.0"], Some("s3cret"));
-    assert!(label.url.ends_with("?token=ADMIN_TOKEN"), "{}", label.url);
+    assert!(label.url.ends_with("?token=LABEL_TOKEN"), "{}", label.url);
     let port = label.base().rsplit(':').next().unwrap().to_string();
     let base = format!("http://127.0.0.1:{port}");
     let call = |path: &str, headers: &[(&str, &str)]| {

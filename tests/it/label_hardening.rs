@@ -364,3 +364,60 @@ fn the_grid_gets_downscaled_thumbnails() {
     let (status, _, _) = get(&base, &format!("/api/image?side=99999&path={small}"));
     assert_eq!(status, 400);
 }
+
+/// Beyond loopback the page has its own token (`label.token` or `FLORA_LABEL_TOKEN`): the
+/// admin token alone does not start it nor open it, and the two may not be the same.
+#[test]
+fn the_page_has_its_own_token_not_the_admin_one() {
+    let dir = inbox_project(1, None);
+    let p = dir.path();
+    let config = p.join("flora.toml");
+    let base_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{base_config}\n[serve]\nadmin_token = \"admin-secret\"\n"),
+    )
+    .unwrap();
+    let err = fails(p, &["label", "--host", "0.0.0.0", "--port", "0"]);
+    assert!(
+        err.contains("FLORA_LABEL_TOKEN") && err.contains("[label]"),
+        "{err}"
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{base_config}\n[serve]\nadmin_token = \"admin-secret\"\n[label]\ntoken = \"admin-secret\"\n"
+        ),
+    )
+    .unwrap();
+    let err = fails(p, &["label", "--host", "0.0.0.0", "--port", "0"]);
+    assert!(err.contains("pick another one"), "{err}");
+    std::fs::write(
+        &config,
+        format!(
+            "{base_config}\n[serve]\nadmin_token = \"admin-secret\"\n[label]\ntoken = \"page-secret\"\n"
+        ),
+    )
+    .unwrap();
+    let label = Label::start(p, &["--host", "0.0.0.0"], None);
+    assert!(label.url.ends_with("?token=LABEL_TOKEN"), "{}", label.url);
+    let port = label.base().rsplit(':').next().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{port}/api/state");
+    let status = |auth: &str| {
+        agent()
+            .get(&url)
+            .header("Authorization", auth)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        status("Bearer admin-secret"),
+        401,
+        "the admin token opens the page"
+    );
+    assert_eq!(status("Bearer page-secret"), 200);
+    let (code, _, _) = get(&format!("http://127.0.0.1:{port}"), "/?token=admin-secret");
+    assert_eq!(code, 401, "no cookie for the admin token");
+}

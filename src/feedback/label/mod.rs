@@ -24,6 +24,18 @@ use crate::track::select::{self, ModelChoice};
 use queue::Suggester;
 use session::{ModelInfo, Session};
 
+/// The environment variable that sets the page's token (wins over `label.token`).
+pub const TOKEN_ENV: &str = "FLORA_LABEL_TOKEN";
+
+/// The page's token: [`TOKEN_ENV`], else `label.token`; blank counts as none.
+pub fn label_token(cfg: &crate::config::LabelConfig) -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| cfg.token.clone().filter(|t| !t.trim().is_empty()))
+        .map(|t| t.trim().to_string())
+}
+
 /// What `flora label` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -46,13 +58,19 @@ pub struct Summary {
 pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
     let layout = Layout::new(settings, None)?;
     let loopback = is_loopback(&opts.host);
-    let token = crate::serving::serve::admin_token(&settings.config.serve);
+    let token = label_token(&settings.config.label);
     if !loopback && token.is_none() {
         bail!(
-            "--host {} listens beyond this machine: set {} (or `admin_token` in the [serve] \
+            "--host {} listens beyond this machine: set {TOKEN_ENV} (or `token` in the [label] \
              section of flora.toml) first: every request must then carry it",
-            opts.host,
-            crate::serving::serve::TOKEN_ENV
+            opts.host
+        );
+    }
+    if token.is_some() && token == crate::serving::serve::admin_token(&settings.config.serve) {
+        bail!(
+            "the label token is serve's admin token: pick another one for {TOKEN_ENV} (or \
+             label.token), since the page keeps it in a browser cookie and it must not open \
+             serve's admin endpoints"
         );
     }
     let chosen = select::choose_named_or_live(settings, &opts.model)?;
@@ -142,10 +160,10 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
             println!("flora label: open http://{host}:{}/", local.port());
         } else {
             println!(
-                "flora label: open http://{host}:{}/?token=ADMIN_TOKEN",
+                "flora label: open http://{host}:{}/?token=LABEL_TOKEN",
                 local.port()
             );
-            println!("(with the admin token, once: a cookie keeps it)");
+            println!("(with the label token, once: a cookie keeps it)");
             eprintln!("note: listening beyond this machine over plain HTTP: the token travels");
             eprintln!("in clear text unless a TLS proxy is in front");
         }

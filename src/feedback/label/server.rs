@@ -1,5 +1,5 @@
 //! The HTTP side of `flora label`: the page (HTML, JS and CSS compiled in, nothing fetched
-//! from elsewhere) and its small JSON API. Requests pass [`guard`] first: the admin token on a
+//! from elsewhere) and its small JSON API. Requests pass [`guard`] first: the label token on a
 //! non-loopback bind, the Host on a loopback one (no DNS rebinding), and serve's cross-origin
 //! rule ([`crate::serving::serve::origin::OriginPolicy`]).
 
@@ -27,7 +27,7 @@ use crate::serving::serve::{bearer_token, token_matches};
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
 const STYLE: &str = include_str!("page.css");
-/// The cookie that carries the admin token on a non-loopback bind.
+/// The cookie that carries the label token on a non-loopback bind.
 const COOKIE: &str = "flora_label_token";
 
 /// The state every handler shares.
@@ -44,7 +44,7 @@ pub struct LabelApp {
     pub explaining: Running,
     /// The grid's downscaled images.
     pub thumbnails: Thumbnails,
-    /// SHA-256 of the admin token when it is required (non-loopback bind).
+    /// SHA-256 of the label token when it is required (non-loopback bind).
     pub token_sha256: Option<[u8; 32]>,
     /// Bound to a loopback address: the Host header must name one.
     pub loopback: bool,
@@ -127,7 +127,7 @@ async fn guard(State(app): State<Arc<LabelApp>>, req: Request, next: Next) -> Re
                 return err(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
-                    "wrong admin token",
+                    "wrong label token",
                 )
                 .into_response();
             }
@@ -142,8 +142,8 @@ async fn guard(State(app): State<Arc<LabelApp>>, req: Request, next: Next) -> Re
             return err(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "this flora label listens beyond this machine: open /?token=<admin token> once \
-                 (FLORA_ADMIN_TOKEN or serve.admin_token), or send `Authorization: Bearer <token>`",
+                "this flora label listens beyond this machine: open /?token=<label token> once \
+                 (FLORA_LABEL_TOKEN or label.token), or send `Authorization: Bearer <token>`",
             )
             .into_response();
         }
@@ -162,7 +162,7 @@ async fn guard(State(app): State<Arc<LabelApp>>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
-/// The admin token from `Authorization: Bearer` or the cookie matches.
+/// The label token from `Authorization: Bearer` or the cookie matches.
 fn has_token(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
     let bearer = headers
         .get(header::AUTHORIZATION)

@@ -24,6 +24,7 @@ pub fn flora(dir: &Path) -> Command {
     let mut c = Command::new(flora_bin());
     c.current_dir(dir);
     c.env_remove("FLORA_ADMIN_TOKEN");
+    c.env_remove("FLORA_LABEL_TOKEN");
     c
 }
 

@@ -42,7 +42,7 @@ impl Label {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(t) = token {
-            cmd.env("FLORA_ADMIN_TOKEN", t);
+            cmd.env("FLORA_LABEL_TOKEN", t);
         }
         let mut child = cmd.spawn().expect("starting flora label");
         let (out, err) = (Arc::default(), Arc::default());
