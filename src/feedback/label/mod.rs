@@ -73,6 +73,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
              serve's admin endpoints"
         );
     }
+    let _session_lock = lock_session(&layout, &opts.user)?;
     let chosen = select::choose_named_or_live(settings, &opts.model)?;
     let model = match &chosen {
         Some(c) => {
@@ -184,6 +185,40 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
         total: s.items.len(),
         manifest: layout.manifest(),
     })
+}
+
+/// Holds `.merge/label.lock` for the session's life: a second `flora label` on the same
+/// dataset would not see this one's moves (its page would offer images already sorted), so it
+/// is refused, naming who holds the lock.
+fn lock_session(layout: &Layout, user: &str) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = layout.state_dir().join("label.lock");
+    match crate::util::fsutil::lock_file(&path, std::time::Duration::ZERO, "flora label") {
+        Ok(mut file) => {
+            let who = format!(
+                "user {user}, pid {}, since {}\n",
+                std::process::id(),
+                jiff::Timestamp::now()
+            );
+            file.set_len(0)?;
+            file.rewind()?;
+            file.write_all(who.as_bytes())?;
+            Ok(file)
+        }
+        Err(e) if e.downcast_ref::<crate::util::fsutil::Busy>().is_some() => {
+            let mut who = String::new();
+            if let Ok(mut f) = std::fs::File::open(&path) {
+                let _ = f.read_to_string(&mut who);
+            }
+            bail!(
+                "another flora label is sorting this dataset ({}): two sessions would not see \
+                 each other's moves; finish that one first (its lock: {})",
+                who.trim(),
+                path.display()
+            )
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `host` is a loopback address or `localhost`.
