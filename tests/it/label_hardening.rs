@@ -421,3 +421,20 @@ fn the_page_has_its_own_token_not_the_admin_one() {
     let (code, _, _) = get(&format!("http://127.0.0.1:{port}"), "/?token=admin-secret");
     assert_eq!(code, 401, "no cookie for the admin token");
 }
+
+/// A second `flora label` on the same dataset is refused while the first runs, naming it;
+/// once the first has ended, a new session starts.
+#[test]
+fn a_second_session_on_the_same_dataset_is_refused() {
+    let dir = inbox_project(1, None);
+    let p = dir.path();
+    let first = Label::start(p, &["--user", "ana"], None);
+    let err = fails(p, &["label", "--port", "0", "--user", "ben"]);
+    assert!(
+        err.contains("another flora label is sorting this dataset") && err.contains("user ana"),
+        "{err}"
+    );
+    first.stop();
+    let second = Label::start(p, &["--user", "ben"], None);
+    assert_eq!(state(&second.base())["user"], "ben");
+}

@@ -3,7 +3,8 @@
 //! A merge or an undo first writes its whole plan to `_UNLABELED_SORT_ME/.merge/<batch>.<op>.json`
 //! (fsynced), then moves the files, fsyncs the folders, records the batch in the manifest, and
 //! only then removes the journal. A journal left by a killed run is replayed by the next run:
-//! each move is idempotent ([`super::moves::settle`]), and the manifest is written once per batch.
+//! each move is idempotent ([`super::moves::settle`]), and a replay records only the rows the
+//! manifest lacks (cutting a row whose append the kill tore).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::layout::Layout;
-use super::manifest::{Row, read_manifest, write_manifest};
+use super::manifest::{Row, append_manifest, cut_torn_tail, read_manifest, write_manifest};
 use super::moves::{Settled, settle};
 use crate::util::fsutil::{sync_dir, write_atomic};
 
@@ -203,7 +204,7 @@ impl Journal {
     pub fn run(mut self, layout: &Layout) -> Result<(Vec<Row>, Vec<String>)> {
         self.save(layout)?;
         let outcome = self.execute(layout)?;
-        self.commit(layout, &outcome)?;
+        self.commit(layout, &outcome, false)?;
         let done = self
             .entries
             .into_iter()
@@ -214,33 +215,36 @@ impl Journal {
         Ok((done, outcome.warnings))
     }
 
-    /// Records the finished batch and removes the journal. Safe to repeat.
-    pub fn commit(&self, layout: &Layout, outcome: &Outcome) -> Result<()> {
+    /// Records the finished batch and removes the journal. Safe to repeat: a `replay` (of a
+    /// journal a killed run left) records only the rows the manifest lacks; a fresh run's
+    /// rows are new and are appended without reading the manifest (one `flora label`
+    /// decision costs one short write, however long the manifest).
+    pub fn commit(&self, layout: &Layout, outcome: &Outcome, replay: bool) -> Result<()> {
         let manifest = layout.manifest();
-        let mut rows = read_manifest(&manifest)?;
+        let done: Vec<Row> = self
+            .entries
+            .iter()
+            .zip(&outcome.done)
+            .filter(|(_, d)| **d)
+            .map(|(e, _)| e.row.clone())
+            .collect();
         match self.op {
+            Op::Merge if !replay => append_manifest(&manifest, &done)?,
             Op::Merge => {
-                // Row by row, so that a batch can grow (one `flora label` session journals
-                // each decision on its own) and a replay never records a row twice.
-                let recorded: BTreeSet<(String, String)> = rows
-                    .iter()
-                    .map(|r| (r.batch.clone(), r.destination.clone()))
+                let all: Vec<Row> = self.entries.iter().map(|e| e.row.clone()).collect();
+                cut_torn_tail(&manifest, &all)?;
+                let recorded: BTreeSet<(String, String)> = read_manifest(&manifest)?
+                    .into_iter()
+                    .map(|r| (r.batch, r.destination))
                     .collect();
-                let new: Vec<Row> = self
-                    .entries
-                    .iter()
-                    .zip(&outcome.done)
-                    .filter(|(e, d)| {
-                        **d && !recorded.contains(&(e.row.batch.clone(), e.row.destination.clone()))
-                    })
-                    .map(|(e, _)| e.row.clone())
+                let new: Vec<Row> = done
+                    .into_iter()
+                    .filter(|r| !recorded.contains(&(r.batch.clone(), r.destination.clone())))
                     .collect();
-                if !new.is_empty() {
-                    rows.extend(new);
-                    write_manifest(&manifest, &rows)?;
-                }
+                append_manifest(&manifest, &new)?;
             }
             Op::Undo => {
+                let mut rows = read_manifest(&manifest)?;
                 let restored: Vec<&Row> = self
                     .entries
                     .iter()
@@ -349,7 +353,7 @@ pub fn lock_and_recover(layout: &Layout) -> Result<(File, Vec<String>)> {
                 path.display()
             ));
         }
-        j.commit(layout, &outcome)?;
+        j.commit(layout, &outcome, true)?;
         let op = match j.op {
             Op::Merge => "merge",
             Op::Undo => "undo",

@@ -1,6 +1,10 @@
 //! `merge.csv`, the manifest: one row per image that merge or `flora label` moved, with where
-//! it came from, where it went and why. Written whole and atomically, once per batch.
+//! it came from, where it went and why. New rows are appended (fsynced; a tail torn by a crash
+//! is cut when its journal is replayed, see [`cut_torn_tail`]); an undo, which removes rows,
+//! writes it whole and atomically.
 
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -124,6 +128,85 @@ pub fn write_manifest(path: &Path, rows: &[Row]) -> Result<()> {
         w.serialize(r)?;
     }
     write_atomic(path, &w.into_inner()?)
+}
+
+/// The CSV text of `rows`, without a header.
+fn csv_lines(rows: &[Row]) -> Result<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// Appends `rows` to a manifest and fsyncs it: one write at the end of the file, the rows
+/// before it untouched. A manifest that does not exist yet, or has another header (an older
+/// flora's columns), is written whole instead.
+pub fn append_manifest(path: &Path, rows: &[Row]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let header = format!("{}\n", Row::HEADER.join(","));
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return write_manifest(path, rows),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut head = vec![0u8; header.len()];
+    let same_header = file.read_exact(&mut head).is_ok() && head == header.as_bytes();
+    if !same_header {
+        drop(file);
+        let mut all = read_manifest(path)?;
+        all.extend_from_slice(rows);
+        return write_manifest(path, &all);
+    }
+    let len = file.metadata()?.len();
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    let mut bytes = Vec::new();
+    if last[0] != b'\n' {
+        // A last line without its newline (an edit by hand): end it first.
+        bytes.push(b'\n');
+    }
+    bytes.extend(csv_lines(rows)?);
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_data())
+        .with_context(|| format!("appending to {}", path.display()))
+}
+
+/// Cuts a manifest's last line when it lacks its newline and is the start of one of `rows`:
+/// what an append of those rows that a crash cut short leaves. Anything else is kept.
+/// Returns whether it cut.
+pub fn cut_torn_tail(path: &Path, rows: &[Row]) -> Result<bool> {
+    let Ok(text) = std::fs::read(path) else {
+        return Ok(false);
+    };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(false);
+    }
+    let start = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let tail = &text[start..];
+    let mut ours = false;
+    for r in rows {
+        ours |= csv_lines(std::slice::from_ref(r))?.starts_with(tail);
+    }
+    if start == 0 || !ours {
+        return Ok(false);
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.set_len(start as u64)
+        .and_then(|()| file.sync_data())
+        .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
+    Ok(true)
 }
 
 /// Counts of a batch's rows by action.

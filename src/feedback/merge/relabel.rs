@@ -255,4 +255,77 @@ mod tests {
         assert!(l.dataset.join("bag/a.png").is_file() && l.dataset.join("bag/b.png").is_file());
         assert_eq!(read_manifest(&l.manifest()).unwrap().len(), 2);
     }
+    #[test]
+    fn a_decision_appends_its_row_and_a_torn_append_is_cut_on_replay() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        std::fs::create_dir_all(&l.inbox).unwrap();
+        for n in ["a", "b", "c"] {
+            std::fs::write(l.inbox.join(format!("{n}.png")), n).unwrap();
+        }
+        let batch = super::super::manifest::new_batch();
+        let mv = |n: &str| Move {
+            from: l.inbox.join(format!("{n}.png")),
+            to_dir: l.dataset.join("bag"),
+            row: template("bag"),
+        };
+        let (first, _) = apply(&l, &batch, vec![mv("a")]).unwrap();
+        let before = std::fs::read(l.manifest()).unwrap();
+        let inode = std::fs::metadata(l.manifest()).unwrap().ino();
+        let (second, _) = apply(&l, &batch, vec![mv("b")]).unwrap();
+        let after = std::fs::read(l.manifest()).unwrap();
+        assert!(
+            after.starts_with(&before),
+            "the earlier rows were rewritten"
+        );
+        assert_eq!(
+            std::fs::metadata(l.manifest()).unwrap().ino(),
+            inode,
+            "the manifest was replaced, not appended to"
+        );
+        assert_eq!(
+            read_manifest(&l.manifest()).unwrap(),
+            vec![first[0].clone(), second[0].clone()]
+        );
+        // Undo stays exact: it removes just that row.
+        revert(&l, &batch, &second).unwrap();
+        assert_eq!(read_manifest(&l.manifest()).unwrap(), first);
+
+        // A kill in the middle of an append: the journal is left, the manifest ends in half
+        // a row. The next decision replays the journal, cuts the half row and records it once.
+        let mut row = template("bag");
+        row.batch = batch.clone();
+        row.source = "dataset/_UNLABELED_SORT_ME/c.png".into();
+        row.destination = "dataset/bag/c.png".into();
+        row.sha256 = moves::file_sha(&l.inbox.join("c.png")).unwrap();
+        row.merged_at = "2026-01-01T00:00:00Z".into();
+        Journal {
+            op: Op::Merge,
+            batch: batch.clone(),
+            entries: vec![Entry {
+                row: row.clone(),
+                sidecar_sha256: None,
+            }],
+        }
+        .save(&l)
+        .unwrap();
+        let mut line = Vec::new();
+        {
+            let mut w = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(&mut line);
+            w.serialize(&row).unwrap();
+        }
+        let mut torn = std::fs::read(l.manifest()).unwrap();
+        torn.extend_from_slice(&line[..line.len() / 2]);
+        std::fs::write(l.manifest(), &torn).unwrap();
+        let (third, notes) = apply(&l, &batch, vec![mv("b")]).unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("finished the interrupted")),
+            "{notes:?}"
+        );
+        let rows = read_manifest(&l.manifest()).unwrap();
+        assert_eq!(rows, vec![first[0].clone(), row, third[0].clone()]);
+    }
 }
