@@ -45,7 +45,7 @@ impl std::fmt::Display for ReadError {
 /// Opens `path` without following a symlink in its last part, checks that what was opened is
 /// a regular file whose real path is under `root`, and reads it whole (at most
 /// [`MAX_FILE_BYTES`]). Returns the bytes with the file's (size, modification time).
-pub fn read_queued(root: &Path, path: &Path) -> Result<(Vec<u8>, (u64, SystemTime)), ReadError> {
+pub fn read_queued(root: &Path, path: &Path) -> Result<(Vec<u8>, Stamp), ReadError> {
     let refused = |e: anyhow::Error| ReadError::Refused(e);
     let file = open_no_follow(path).map_err(refused)?;
     let meta = file
@@ -118,10 +118,19 @@ fn check_inside(file: &File, root: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Thumbnails already made, by file and its (size, modification time).
+/// A file's size and modification time: a thumbnail made from it is still good while they hold.
+type Stamp = (u64, SystemTime);
+
+/// A thumbnail (JPEG) with the stamp of the file it was made from.
+struct Made {
+    stamp: Stamp,
+    jpeg: Vec<u8>,
+}
+
+/// Thumbnails already made, by file and side.
 #[derive(Default)]
 pub struct Thumbnails {
-    made: Mutex<HashMap<(PathBuf, u32), ((u64, SystemTime), Vec<u8>)>>,
+    made: Mutex<HashMap<(PathBuf, u32), Made>>,
 }
 
 /// At most this many thumbnails are kept (a few MB of JPEG).
@@ -139,17 +148,23 @@ impl Thumbnails {
     ) -> Result<Vec<u8>, ReadError> {
         let (bytes, stamp) = read_queued(root, path)?;
         let key = (path.to_path_buf(), side);
-        if let Some((s, jpeg)) = self.made.lock().expect("thumbnail lock").get(&key)
-            && *s == stamp
+        if let Some(m) = self.made.lock().expect("thumbnail lock").get(&key)
+            && m.stamp == stamp
         {
-            return Ok(jpeg.clone());
+            return Ok(m.jpeg.clone());
         }
         let jpeg = thumbnail(&bytes, side, limits).map_err(ReadError::Refused)?;
         let mut made = self.made.lock().expect("thumbnail lock");
         if made.len() >= KEPT {
             made.clear();
         }
-        made.insert(key, (stamp, jpeg.clone()));
+        made.insert(
+            key,
+            Made {
+                stamp,
+                jpeg: jpeg.clone(),
+            },
+        );
         Ok(jpeg)
     }
 }
