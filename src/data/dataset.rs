@@ -241,3 +241,30 @@ pub fn rel_path(root: &Path, path: &Path) -> String {
         .collect::<Vec<_>>()
         .join("/")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_folder_names_are_never_classes() {
+        for name in ["train", "val", "test", "Train", "VAL", "Test"] {
+            let err = check_class_name(name).unwrap_err().to_string();
+            assert!(err.contains("cannot be a class"), "{name}: {err}");
+        }
+        for name in ["trainers", "testudo", "bag", "val-1"] {
+            assert!(check_class_name(name).is_ok(), "{name}");
+        }
+        // A dataset with `train/` among its class folders (no val/, no test/) is refused.
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["bag", "shoe", "train"] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            std::fs::write(dir.path().join(class).join("a.png"), b"x").unwrap();
+        }
+        let err = DatasetIndex::scan(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("train/") && err.contains("not classes"),
+            "{err}"
+        );
+    }
+}
