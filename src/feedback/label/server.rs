@@ -381,7 +381,11 @@ fn busy_or(e: anyhow::Error, status: StatusCode, reason: &'static str) -> ApiErr
         Some(busy) => ApiError::new(
             StatusCode::CONFLICT,
             "merge_running",
-            format!("merge running, try again in a moment ({busy})"),
+            format!(
+                "merge running, try again in a moment ({} holds {})",
+                busy.what,
+                busy.path.display()
+            ),
         )
         .retry_after(2),
         None => err(status, reason, format!("{e:#}")),
