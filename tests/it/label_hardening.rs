@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::common::*;
@@ -363,6 +364,41 @@ fn the_grid_gets_downscaled_thumbnails() {
     assert_eq!(image::load_from_memory(&bytes).unwrap().width(), 28);
     let (status, _, _) = get(&base, &format!("/api/image?side=99999&path={small}"));
     assert_eq!(status, 400);
+    // A phone photo stored turned (EXIF orientation 6) comes back upright, as the original.
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/photos");
+    drop(label);
+    std::fs::copy(
+        photos.join("oriented/flower-6.jpg"),
+        p.join(INBOX).join("turned.jpg"),
+    )
+    .unwrap();
+    let label = Label::start(p, &[], None);
+    let base = label.base();
+    let turned = format!("{}/turned.jpg", INBOX.trim_start_matches("dataset/"));
+    let (status, bytes, _) = get(&base, &format!("/api/image?side=160&path={turned}"));
+    assert_eq!(status, 200);
+    let thumb = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let upright = image::open(photos.join("upright/flower.jpg"))
+        .unwrap()
+        .to_rgb8();
+    let expect = image::imageops::thumbnail(&upright, thumb.width(), thumb.height());
+    assert_eq!(thumb.width().max(thumb.height()), 160);
+    assert_eq!(
+        upright.width() > upright.height(),
+        thumb.width() > thumb.height(),
+        "the thumbnail is not upright"
+    );
+    let diff: f64 = thumb
+        .as_raw()
+        .iter()
+        .zip(expect.as_raw())
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / thumb.as_raw().len() as f64;
+    assert!(
+        diff < 12.0,
+        "mean pixel difference {diff} from the upright photo"
+    );
 }
 
 /// Beyond loopback the page has its own token (`label.token` or `FLORA_LABEL_TOKEN`): the
