@@ -42,10 +42,39 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// Where a queued file may really be, fixed at the start: the dataset folder and the folders
+/// its symlinked subfolders (down to `train/<class>/`) pointed to then. A symlink made later
+/// leads nowhere in this list.
+pub struct Roots(Vec<PathBuf>);
+
+impl Roots {
+    /// The real dataset folder and the real targets of its symlinked subfolders, now.
+    pub fn of(dataset: &Path) -> Self {
+        let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let mut roots = vec![real(dataset)];
+        let mut dirs = vec![(dataset.to_path_buf(), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let Ok(kind) = e.file_type() else { continue };
+                if kind.is_symlink() && e.path().is_dir() {
+                    roots.push(real(&e.path()));
+                } else if kind.is_dir() && depth < 1 {
+                    dirs.push((e.path(), depth + 1));
+                }
+            }
+        }
+        Self(roots)
+    }
+
+    fn holds(&self, real: &Path) -> bool {
+        self.0.iter().any(|r| real.starts_with(r))
+    }
+}
+
 /// Opens `path` without following a symlink in its last part, checks that what was opened is
-/// a regular file whose real path is under `root`, and reads it whole (at most
+/// a regular file whose real path lies in `roots`, and reads it whole (at most
 /// [`MAX_FILE_BYTES`]). Returns the bytes with the file's (size, modification time).
-pub fn read_queued(root: &Path, path: &Path) -> Result<(Vec<u8>, Stamp), ReadError> {
+pub fn read_queued(roots: &Roots, path: &Path) -> Result<(Vec<u8>, Stamp), ReadError> {
     let refused = |e: anyhow::Error| ReadError::Refused(e);
     let file = open_no_follow(path).map_err(refused)?;
     let meta = file
@@ -58,7 +87,7 @@ pub fn read_queued(root: &Path, path: &Path) -> Result<(Vec<u8>, Stamp), ReadErr
             path.display()
         )));
     }
-    check_inside(&file, root, path).map_err(refused)?;
+    check_inside(&file, roots, path).map_err(refused)?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(ReadError::TooLarge(meta.len()));
     }
@@ -100,15 +129,14 @@ fn open_no_follow(path: &Path) -> Result<File> {
 }
 
 /// The opened file's real path (through `/proc/self/fd`, so a folder above it swapped for a
-/// symlink is seen too) lies under `root`. Where `/proc` is not mounted, the check is the
+/// symlink is seen too) lies in `roots`. Where `/proc` is not mounted, the check is the
 /// lexical one the queue already made.
-fn check_inside(file: &File, root: &Path, path: &Path) -> Result<()> {
+fn check_inside(file: &File, roots: &Roots, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
         return Ok(());
     };
-    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    if !real.starts_with(&root) {
+    if !roots.holds(&real) {
         bail!(
             "{} now leads outside the dataset folder (to {}): refused",
             path.display(),
@@ -141,12 +169,12 @@ impl Thumbnails {
     /// (never enlarged). Read as [`read_queued`] reads.
     pub fn get(
         &self,
-        root: &Path,
+        roots: &Roots,
         path: &Path,
         side: u32,
         limits: DecodeLimits,
     ) -> Result<Vec<u8>, ReadError> {
-        let (bytes, stamp) = read_queued(root, path)?;
+        let (bytes, stamp) = read_queued(roots, path)?;
         let key = (path.to_path_buf(), side);
         if let Some(m) = self.made.lock().expect("thumbnail lock").get(&key)
             && m.stamp == stamp

@@ -130,6 +130,7 @@ pub fn run(settings: &Settings, opts: Options) -> Result<Summary> {
         explain_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         explaining: server::Running::default(),
         thumbnails: files::Thumbnails::default(),
+        roots: files::Roots::of(&layout.dataset),
         token_sha256: token
             .filter(|_| !loopback)
             .map(|t| crate::util::fingerprint::sha256(t.as_bytes())),

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use super::files::{ReadError, Thumbnails};
+use super::files::{ReadError, Roots, Thumbnails};
 use super::session::{Decision, Session};
 use crate::model::bundle::ModelBundle;
 use crate::serving::serve::error::ApiError;
@@ -44,6 +44,8 @@ pub struct LabelApp {
     pub explaining: Running,
     /// The grid's downscaled images.
     pub thumbnails: Thumbnails,
+    /// Where the queued files may really be (see [`super::files`]).
+    pub roots: Roots,
     /// SHA-256 of the label token when it is required (non-loopback bind).
     pub token_sha256: Option<[u8; 32]>,
     /// Bound to a loopback address: the Host header must name one.
@@ -273,24 +275,23 @@ async fn image(
             format!("side={side}: a thumbnail side is 16 to {MAX_THUMBNAIL_SIDE} pixels"),
         ));
     }
-    let (file, root) = {
+    let file = {
         let s = app.session.lock().expect("session lock");
         let i = s
             .find(&q.path)
             .map_err(|e| err(StatusCode::NOT_FOUND, "not_queued", format!("{e:#}")))?;
-        let file = match &s.states[i] {
+        match &s.states[i] {
             super::session::State::Done { destination, .. } => s.layout.dataset.join(destination),
             super::session::State::Pending => s.items[i].abs.clone(),
-        };
-        (file, s.layout.dataset.clone())
+        }
     };
     let app2 = app.clone();
     let read = tokio::task::spawn_blocking(move || match q.side {
         Some(side) => app2
             .thumbnails
-            .get(&root, &file, side, app2.limits)
+            .get(&app2.roots, &file, side, app2.limits)
             .map(|jpeg| (jpeg, "image/jpeg")),
-        None => super::files::read_queued(&root, &file).map(|(bytes, _)| {
+        None => super::files::read_queued(&app2.roots, &file).map(|(bytes, _)| {
             let ctype = crate::data::imaging::sniff_format(&bytes)
                 .map_or("application/octet-stream", |f| f.to_mime_type());
             (bytes, ctype)
@@ -325,7 +326,7 @@ async fn explain(
             "no model: start flora label with --model/--run/--slot or make a slot live",
         ));
     };
-    let (file, root) = {
+    let file = {
         let s = app.session.lock().expect("session lock");
         let i = s
             .find(&q.path)
@@ -337,7 +338,7 @@ async fn explain(
                 "the image is already sorted",
             ));
         }
-        (s.items[i].abs.clone(), s.layout.dataset.clone())
+        s.items[i].abs.clone()
     };
     let permit = app
         .explain_permits
@@ -357,7 +358,8 @@ async fn explain(
         let _permit = permit;
         let _running = app2.explaining.start();
         use crate::evaluate::explain;
-        let (bytes, _) = super::files::read_queued(&root, &file).map_err(anyhow::Error::msg)?;
+        let (bytes, _) =
+            super::files::read_queued(&app2.roots, &file).map_err(anyhow::Error::msg)?;
         let shown = explain::shown_side(model.meta.image_size);
         let rgb = crate::data::imaging::decode_rgb(&bytes, shown, app2.limits)?;
         explain::top_class_overlay_png(&model, &rgb)
