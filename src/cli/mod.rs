@@ -187,6 +187,11 @@ pub struct TrainArgs {
     /// Random search: N trials drawn from the --sweep lists and ranges (seeded by data.seed).
     #[arg(long, value_name = "N", requires = "sweep")]
     pub trials: Option<usize>,
+    /// Run only trial I + 1 of the --sweep, as one pod of a Kubernetes Indexed Job (I is
+    /// 0-based; without a value, JOB_COMPLETION_INDEX). Every worker names the same --name:
+    /// the parent run they share, ranked when the last trial ends.
+    #[arg(long, value_name = "I", num_args = 0..=1, requires_all = ["sweep", "name"])]
+    pub trial_index: Option<Option<usize>>,
     /// Continue a KILLED, FAILED or crashed run from its last completed epoch, with its own
     /// config (id, id prefix or name).
     #[arg(long, value_name = "RUN", conflicts_with_all = [
@@ -210,6 +215,11 @@ pub struct CvArgs {
     /// Number of folds (2 to 20).
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub folds: usize,
+    /// Run only fold I + 1, as one pod of a Kubernetes Indexed Job (I is 0-based; without a
+    /// value, JOB_COMPLETION_INDEX). Every worker names the same --name: the parent run they
+    /// share, summarised when the last fold ends.
+    #[arg(long, value_name = "I", num_args = 0..=1, requires = "name")]
+    pub fold: Option<Option<usize>>,
     #[command(flatten)]
     pub train: TrainArgs,
 }

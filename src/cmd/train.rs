@@ -33,6 +33,17 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
         None => None,
     };
     let stop = stop_on_signals()?;
+    if let (Some(plan), Some(index)) = (&plan, args.trial_index) {
+        let index = job_index(index, "--trial-index")?;
+        let name = args.name.as_deref().unwrap_or_default();
+        let out = flora::train::sweep::run_trial(&settings, plan, name, index, &stop)?;
+        return indexed_exit(
+            out.trial.map(|t| t.status),
+            &out.parent,
+            (out.ended, out.total, "trials"),
+            out.summary.map(|s| s.table),
+        );
+    }
     if let Some(plan) = &plan {
         let outcome = flora::train::sweep::run(&settings, plan, args.name.as_deref(), &stop)?;
         println!(
@@ -63,6 +74,52 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
     Ok(match outcome.status {
         RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
         _ => ExitCode::SUCCESS,
+    })
+}
+
+/// The index a worker runs: the flag's value, else `JOB_COMPLETION_INDEX` (set in each pod of a
+/// Kubernetes Indexed Job).
+pub fn job_index(flag: Option<usize>, what: &str) -> Result<usize> {
+    if let Some(i) = flag {
+        return Ok(i);
+    }
+    match std::env::var("JOB_COMPLETION_INDEX") {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            anyhow::anyhow!("JOB_COMPLETION_INDEX is {v:?}, not an index: give {what} I")
+        }),
+        Err(_) => bail!(
+            "{what} without a value reads JOB_COMPLETION_INDEX, which is not set (Kubernetes \
+             sets it in an Indexed Job's pods): give {what} I"
+        ),
+    }
+}
+
+/// One worker's ending: its run's outcome, how far the job is, the parent's summary when this
+/// worker wrote it. Exit 0 when its run finished, 130 when interrupted, 1 when it failed (so
+/// that Kubernetes runs the index again).
+pub fn indexed_exit(
+    status: Result<RunStatus>,
+    parent: &flora::track::store::RunInfo,
+    (ended, total, what): (usize, usize, &str),
+    summary: Option<String>,
+) -> Result<ExitCode> {
+    match summary {
+        Some(s) => println!(
+            "\n{} ({}) {}: every one of its {total} {what} has ended\n{s}",
+            parent.run_name,
+            parent.run_id,
+            parent.status.as_str()
+        ),
+        None => eprintln!(
+            "{} ({}): {ended} of {total} {what} have ended; the last to end writes the parent's \
+             summary",
+            parent.run_name, parent.run_id
+        ),
+    }
+    Ok(match status? {
+        RunStatus::Killed => ExitCode::from(super::EXIT_INTERRUPTED),
+        RunStatus::Finished => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
     })
 }
 

@@ -85,6 +85,8 @@ fn kubernetes_schemas_accept_the_manifests() {
         "deployment/flora",
         "service/flora",
         "persistentvolumeclaim/",
+        "job/flora-sweep",
+        "job/flora-cv",
     ] {
         assert!(out.contains(kind), "{kind} not validated:\n{out}");
     }

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::fsutil::{now_ms, write_atomic};
 
+pub mod group;
 mod meta;
 mod owner;
 mod run;

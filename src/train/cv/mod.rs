@@ -7,11 +7,20 @@
 //! (`mlflow.parentRunId`), which holds the summary, `oof_predictions.csv`,
 //! `label_issues.csv` ([`crate::evaluate::label_audit`]) and `report.html`.
 
+mod fold;
+mod indexed;
 mod page;
+
+pub use indexed::{FoldOutcome, refresh, run_fold};
+
+/// The tag marking a cross-validation's parent run (`parent`).
+pub const PARENT_TAG: &str = "flora.cv";
+/// The tag holding a fold run's `<fold>/<folds>`.
+pub const FOLD_TAG: &str = "flora.cv_fold";
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -23,10 +32,7 @@ use crate::data::split;
 use crate::evaluate::html_report;
 use crate::evaluate::label_audit::{self, Issue};
 use crate::evaluate::scores::{self, Report};
-use crate::model::bundle::ModelBundle;
-use crate::model::infer;
 use crate::track::store::{self, RunStatus, RunStore};
-use crate::train;
 use crate::util::fsutil;
 
 /// Folds `flora cv` accepts.
@@ -48,7 +54,7 @@ impl std::fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 /// One fold's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FoldResult {
     pub fold: usize,
     pub run_id: String,
@@ -104,6 +110,84 @@ pub struct CvOutcome {
     pub dir: PathBuf,
 }
 
+/// The dataset of a cross-validation: decoded once, each image's fold assigned.
+pub(crate) struct CvData {
+    pub classes: Vec<String>,
+    pub cache: ImageCache,
+    /// Each image's fold (0-based).
+    pub folds: Vec<usize>,
+    pub k: usize,
+}
+
+impl CvData {
+    /// Decodes the dataset and assigns the `k` folds; a fold with no image is an error.
+    pub fn prepare(settings: &Settings, k: usize) -> Result<Self> {
+        if !FOLDS.contains(&k) {
+            bail!(
+                "--folds {k} is out of range: use {} to {}",
+                FOLDS.start(),
+                FOLDS.end()
+            );
+        }
+        let cfg = &settings.config;
+        crate::util::device::set_threads(cfg.train.threads);
+        let index = DatasetIndex::scan(&settings.data_dir())?;
+        let store = settings.pixel_store()?;
+        let cache = ImageCache::build(
+            &index.samples,
+            cfg.data.image_size,
+            settings.decode_limits(),
+            "decoding",
+            store.as_ref(),
+        );
+        if let Some(r) = cache.skipped_report() {
+            eprintln!("warning: {r}");
+        }
+        let folds: Vec<usize> = cache
+            .content_hashes
+            .iter()
+            .map(|h| split::fold_of(h, cfg.data.seed, k))
+            .collect();
+        for f in 0..k {
+            if !folds.contains(&f) {
+                bail!(
+                    "fold {} of {k} has no image ({} images in all): use fewer folds",
+                    f + 1,
+                    cache.len()
+                );
+            }
+        }
+        Ok(Self {
+            classes: index.classes,
+            cache,
+            folds,
+            k,
+        })
+    }
+
+    /// The parent run's params (the same for every worker of an indexed cross-validation).
+    pub fn parent_params(&self, settings: &Settings) -> Vec<(&'static str, String)> {
+        let cfg = &settings.config;
+        vec![
+            ("cv.folds", self.k.to_string()),
+            ("data.dir", settings.data_dir().display().to_string()),
+            ("data.image_size", cfg.data.image_size.to_string()),
+            ("data.seed", cfg.data.seed.to_string()),
+            ("train.arch", cfg.train.arch.as_str().into()),
+            ("train.epochs", cfg.train.epochs.to_string()),
+            ("train.class_weights", cfg.train.class_weights.to_string()),
+            ("train.sampler", cfg.train.sampler.as_str().into()),
+            ("num_images", self.cache.len().to_string()),
+            ("classes", self.classes.join(",")),
+        ]
+    }
+}
+
+/// The parent's default name.
+pub(crate) fn default_name() -> String {
+    format!("cv-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"))
+}
+
 /// Runs a K-fold cross-validation as `settings` says (the train settings of `flora train`).
 pub fn cross_validate(
     settings: &Settings,
@@ -111,74 +195,29 @@ pub fn cross_validate(
     name: Option<&str>,
     stop: &AtomicBool,
 ) -> Result<CvOutcome> {
-    if !FOLDS.contains(&k) {
-        bail!(
-            "--folds {k} is out of range: use {} to {}",
-            FOLDS.start(),
-            FOLDS.end()
-        );
-    }
-    let cfg = &settings.config;
-    crate::util::device::set_threads(cfg.train.threads);
-    let index = DatasetIndex::scan(&settings.data_dir())?;
-    let store = settings.pixel_store()?;
-    let cache = ImageCache::build(
-        &index.samples,
-        cfg.data.image_size,
-        settings.decode_limits(),
-        "decoding",
-        store.as_ref(),
-    );
-    if let Some(r) = cache.skipped_report() {
-        eprintln!("warning: {r}");
-    }
-    let folds: Vec<usize> = cache
-        .content_hashes
-        .iter()
-        .map(|h| split::fold_of(h, cfg.data.seed, k))
-        .collect();
-    for f in 0..k {
-        if !folds.contains(&f) {
-            bail!(
-                "fold {} of {k} has no image ({} images in all): use fewer folds",
-                f + 1,
-                cache.len()
-            );
-        }
-    }
-    let classes = index.classes.clone();
+    let data = CvData::prepare(settings, k)?;
     let store = RunStore::new(settings.runs_dir());
-    let exp = store.experiment(&cfg.project.name)?;
-    let name = name.map_or_else(
-        || format!("cv-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S")),
-        str::to_string,
-    );
+    let exp = store.experiment(&settings.config.project.name)?;
+    let name = name.map_or_else(default_name, str::to_string);
     let mut parent = store.create_run(&exp, &name)?;
     eprintln!(
         "cross-validation {} ({}): {k} folds of {} images",
         name,
         parent.info.run_id,
-        cache.len()
+        data.cache.len()
     );
-    let params = [
-        ("cv.folds", k.to_string()),
-        ("data.dir", settings.data_dir().display().to_string()),
-        ("data.image_size", cfg.data.image_size.to_string()),
-        ("data.seed", cfg.data.seed.to_string()),
-        ("train.arch", cfg.train.arch.as_str().into()),
-        ("train.epochs", cfg.train.epochs.to_string()),
-        ("train.class_weights", cfg.train.class_weights.to_string()),
-        ("train.sampler", cfg.train.sampler.as_str().into()),
-        ("num_images", cache.len().to_string()),
-        ("classes", classes.join(",")),
-    ];
     let result = (|| -> Result<CvOutcome> {
-        for (key, v) in &params {
+        for (key, v) in &data.parent_params(settings) {
             parent.log_param(key, v)?;
         }
-        parent.set_tag("flora.data_fingerprint", &cache.fingerprint)?;
-        parent.set_tag("flora.cv", "parent")?;
-        run_folds(settings, &parent, &name, &cache, &classes, &folds, k, stop)
+        parent.set_tag("flora.data_fingerprint", &data.cache.fingerprint)?;
+        parent.set_tag(PARENT_TAG, "parent")?;
+        let mut done = Vec::with_capacity(k);
+        for f in 0..k {
+            let fold = fold::train_fold(settings, &parent, &data, f, stop)?;
+            done.push(fold);
+        }
+        summarise(&parent, &data, done)
     })();
     match result {
         Ok(outcome) => {
@@ -199,97 +238,28 @@ pub fn cross_validate(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_folds(
-    settings: &Settings,
+/// Pools the folds (in fold order): mean ± std, OOF metrics, the audit, the files and the page.
+pub(crate) fn summarise(
     parent: &store::Run,
-    name: &str,
-    cache: &ImageCache,
-    classes: &[String],
-    folds: &[usize],
-    k: usize,
-    stop: &AtomicBool,
+    data: &CvData,
+    done: Vec<fold::FoldDone>,
 ) -> Result<CvOutcome> {
+    let (cache, classes, folds) = (&data.cache, &data.classes[..], &data.folds[..]);
     let mut oof: Vec<Option<Vec<f32>>> = vec![None; cache.len()];
-    let mut results = Vec::new();
-    for f in 0..k {
-        let members: Vec<usize> = (0..cache.len()).filter(|&i| folds[i] == f).collect();
-        let plan = train::Plan {
-            held_out: members.iter().map(|&i| cache.content_hashes[i]).collect(),
-            tags: vec![
-                (
-                    store::PARENT_RUN_TAG.to_string(),
-                    parent.info.run_id.clone(),
-                ),
-                ("flora.cv_fold".into(), format!("{}/{k}", f + 1)),
-            ],
-        };
-        eprintln!("fold {}/{k}: {} held-out images", f + 1, members.len());
-        let child_name = format!("{name}-fold{}", f + 1);
-        let out = train::train_planned(
-            settings,
-            train::Start::New {
-                name: Some(&child_name),
-                tags: Vec::new(),
-            },
-            stop,
-            &plan,
-        )?;
-        if out.status == RunStatus::Killed || stop.load(Ordering::SeqCst) {
-            return Err(Interrupted { fold: f + 1 }.into());
-        }
-        let dir = out.bundle_dir.context("the fold's run saved no model")?;
-        let bundle = ModelBundle::load(&dir)?;
-        let mut probs = Vec::with_capacity(members.len());
-        for chunk in members.chunks(infer::BATCH) {
-            let px: Vec<&[u8]> = chunk.iter().map(|&i| cache.pixels(i)).collect();
-            probs.extend(bundle.predict_pixels(&px));
-        }
-        let truth: Vec<usize> = members.iter().map(|&i| cache.samples[i].class).collect();
-        let r = scores::report(classes, &truth, &probs);
-        let f1 = r
-            .per_class
-            .iter()
-            .filter(|(_, m)| m.support > 0)
-            .map(|(c, m)| (c.clone(), m.f1))
-            .collect();
-        parent.log_metric("fold_accuracy", r.accuracy, f as u64 + 1)?;
-        parent.log_metric("fold_macro_f1", r.macro_f1, f as u64 + 1)?;
-        eprintln!(
-            "fold {}/{k}: accuracy {:.2}% on {} held-out images",
-            f + 1,
-            100.0 * r.accuracy,
-            members.len()
-        );
-        results.push(FoldResult {
-            fold: f + 1,
-            run_id: out.run_id,
-            run_name: out.run_name,
-            images: members.len(),
-            accuracy: r.accuracy,
-            macro_f1: r.macro_f1,
-            f1,
-        });
-        for (&i, p) in members.iter().zip(probs) {
+    let mut results = Vec::with_capacity(done.len());
+    for d in done {
+        for (i, p) in d.members.into_iter().zip(d.probs) {
             oof[i] = Some(p);
         }
+        results.push(d.result);
     }
     let probs: Vec<Vec<f32>> = oof
         .into_iter()
-        .map(|p| p.expect("every image is in one fold"))
-        .collect();
-    summarise(parent, cache, classes, folds, results, probs)
-}
-
-/// Pools the folds: mean ± std, OOF metrics, the audit, the files and the page.
-fn summarise(
-    parent: &store::Run,
-    cache: &ImageCache,
-    classes: &[String],
-    folds: &[usize],
-    results: Vec<FoldResult>,
-    probs: Vec<Vec<f32>>,
-) -> Result<CvOutcome> {
+        .enumerate()
+        .map(|(i, p)| {
+            p.with_context(|| format!("{} has no out-of-fold prediction", cache.samples[i].rel))
+        })
+        .collect::<Result<_>>()?;
     let accs: Vec<f64> = results.iter().map(|r| r.accuracy).collect();
     let f1s: Vec<f64> = results.iter().map(|r| r.macro_f1).collect();
     let (accuracy, macro_f1) = (MeanStd::of(&accs), MeanStd::of(&f1s));

@@ -6,8 +6,11 @@
 //! `lo..hi:log`, log-uniform; integers for integer keys). Without `--trials` the sweep is the
 //! grid of every combination of the lists. Every trial's config is built and validated (as
 //! `flora.toml` is) before anything trains. The trials run one after another as child runs of
-//! a parent run (MLflow's `mlflow.parentRunId` tag), which gets the ranked results.
+//! a parent run (MLflow's `mlflow.parentRunId` tag), which gets the ranked results. With
+//! `--trial-index I` a process runs trial `I + 1` only, as one pod of a Kubernetes Indexed Job
+//! ([`run_trial`]).
 
+mod indexed;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -21,7 +24,13 @@ use crate::track::store::{self, Run, RunInfo, RunStatus, RunStore};
 use crate::train::{self, Start};
 use crate::util::fsutil;
 
+pub use indexed::{TrialOutcome, refresh, run_trial};
 pub use plan::Plan;
+
+/// The tag marking a sweep's parent run (`parent`).
+pub const PARENT_TAG: &str = "flora.sweep";
+/// The tag holding a child's trial number (1-based).
+pub const TRIAL_TAG: &str = "flora.sweep.trial";
 use plan::overrides_text;
 
 /// What a sweep did.
@@ -116,11 +125,10 @@ fn run_trials(
     parent: &Run,
     stop: &AtomicBool,
 ) -> Result<Vec<usize>> {
-    parent.log_param("sweep.spec", &plan.spec)?;
-    parent.log_param("sweep.mode", plan.mode)?;
-    parent.log_param("sweep.keys", &plan.keys.join(","))?;
-    parent.log_param("sweep.trials", &plan.trials.len().to_string())?;
-    parent.set_tag("flora.sweep", "parent")?;
+    for (k, v) in parent_params(plan) {
+        parent.log_param(k, &v)?;
+    }
+    parent.set_tag(PARENT_TAG, "parent")?;
     eprintln!(
         "sweep {} ({}): {} trials ({}) of {}",
         parent.info.run_name,
@@ -131,30 +139,57 @@ fn run_trials(
     );
     let mut children = Vec::new();
     let n = plan.trials.len();
-    for (i, (overrides, config)) in plan.trials.iter().enumerate() {
+    for i in 0..n {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        eprintln!("\ntrial {}/{n}: {}", i + 1, overrides_text(overrides));
-        let trial = Settings {
-            config: config.clone(),
-            ..settings.clone()
-        };
-        let child_name = format!("{}-{}", parent.info.run_name, i + 1);
-        let start = Start::New {
-            name: Some(&child_name),
-            tags: vec![
-                ("mlflow.parentRunId".into(), parent.info.run_id.clone()),
-                ("flora.sweep.trial".into(), (i + 1).to_string()),
-                ("flora.sweep.overrides".into(), overrides_text(overrides)),
-            ],
-        };
-        if let Err(e) = train::train(&trial, start, stop) {
+        if let Err(e) = train_trial(settings, plan, parent, i, stop) {
             eprintln!("trial {} failed: {e:#}", i + 1);
         }
         children.push(i);
     }
     Ok(children)
+}
+
+/// Trains trial `i` (0-based) of `plan` as a child of `parent`, named `<parent>-<i + 1>`.
+fn train_trial(
+    settings: &Settings,
+    plan: &Plan,
+    parent: &Run,
+    i: usize,
+    stop: &AtomicBool,
+) -> Result<train::TrainOutcome> {
+    let (overrides, config) = &plan.trials[i];
+    eprintln!(
+        "\ntrial {}/{}: {}",
+        i + 1,
+        plan.trials.len(),
+        overrides_text(overrides)
+    );
+    let trial = Settings {
+        config: config.clone(),
+        ..settings.clone()
+    };
+    let child_name = format!("{}-{}", parent.info.run_name, i + 1);
+    let start = Start::New {
+        name: Some(&child_name),
+        tags: vec![
+            ("mlflow.parentRunId".into(), parent.info.run_id.clone()),
+            (TRIAL_TAG.into(), (i + 1).to_string()),
+            ("flora.sweep.overrides".into(), overrides_text(overrides)),
+        ],
+    };
+    train::train(&trial, start, stop)
+}
+
+/// The parent's params: the same for every worker of an indexed sweep.
+fn parent_params(plan: &Plan) -> [(&'static str, String); 4] {
+    [
+        ("sweep.spec", plan.spec.clone()),
+        ("sweep.mode", plan.mode.to_string()),
+        ("sweep.keys", plan.keys.join(",")),
+        ("sweep.trials", plan.trials.len().to_string()),
+    ]
 }
 
 /// The ranked table (best val accuracy first), written to the parent's artifacts.
@@ -166,7 +201,7 @@ fn finish(store: &RunStore, plan: &Plan, parent: &Run, children: &[usize]) -> Re
         if tags.get("mlflow.parentRunId") != Some(&parent.info.run_id) {
             continue;
         }
-        if let Some(t) = tags.get("flora.sweep.trial").and_then(|t| t.parse().ok()) {
+        if let Some(t) = tags.get(TRIAL_TAG).and_then(|t| t.parse().ok()) {
             by_trial.insert(t, r);
         }
     }
