@@ -18,6 +18,7 @@ mod eval_predict;
 mod explain;
 mod fused_mobilenet_train;
 mod fused_train;
+mod indexed;
 mod label_hardening;
 mod merge;
 mod mlflow;
