@@ -170,7 +170,7 @@ mod tests {
         assert!(format!("{err:#}").contains("another --name"), "{err:#}");
 
         let child = |n: &str| {
-            let mut c = store.create_run(&exp, n).unwrap();
+            let c = store.create_run(&exp, n).unwrap();
             c.set_tag(PARENT_RUN_TAG, &parent.run_id).unwrap();
             c.set_tag("flora.sweep.trial", "1").unwrap();
             c
