@@ -221,8 +221,12 @@ fn run_folds(
                     store::PARENT_RUN_TAG.to_string(),
                     parent.info.run_id.clone(),
                 ),
-                ("flora.cv_fold".into(), format!("{}/{k}", f + 1)),
+                (
+                    train::checkpoint::CV_FOLD_TAG.into(),
+                    format!("{}/{k}", f + 1),
+                ),
             ],
+            ..Default::default()
         };
         eprintln!("fold {}/{k}: {} held-out images", f + 1, members.len());
         let child_name = format!("{name}-fold{}", f + 1);
