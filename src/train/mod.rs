@@ -162,6 +162,11 @@ pub fn train_planned(
         }
         Err(e) => {
             let _ = run.end(RunStatus::Failed);
+            // A write that failed because the run folder was removed says so.
+            let e = match run.check_present() {
+                Err(gone) => e.context(gone.to_string()),
+                Ok(()) => e,
+            };
             Err(e.context(format!("run {} failed", run.info.run_id)))
         }
     }

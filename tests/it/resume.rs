@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
 use crate::support::common::*;
 
 /// A fast config (deterministic: fixed seed, 2 threads).
@@ -140,13 +143,43 @@ fn assert_same_run(a: &Path, b: &Path, epochs: usize) {
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["metrics"].clone()
     };
     assert_eq!(meta(a), meta(b));
-    // The weights themselves, byte for byte.
-    let weights = |r: &Path| std::fs::read(r.join("artifacts/model/model.bpk")).unwrap();
+    // The weights themselves, bit for bit (decoded: `model.bpk` also holds each parameter's
+    // random id, which differs between any two runs).
+    let (wa, wb) = (weights(a), weights(b));
     assert!(
-        weights(a) == weights(b),
-        "the resumed run's model.bpk differs from the uninterrupted run's"
+        !wa.is_empty() && wa.len() == wb.len(),
+        "{} tensors",
+        wa.len()
     );
+    for (i, (ta, tb)) in wa.iter().zip(&wb).enumerate() {
+        assert!(
+            ta == tb,
+            "tensor {i} ({:?}) of the resumed run's model differs from the uninterrupted run's",
+            ta.0
+        );
+    }
     assert_eq!(status(b), "3", "FINISHED");
+}
+
+/// Every float tensor of a module (parameters and running statistics), as (shape, bits).
+struct Tensors(Vec<(Vec<usize>, Vec<u32>)>);
+
+impl ModuleVisitor for Tensors {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let values: Vec<f32> = param.val().into_data().try_to_vec().unwrap();
+        self.0.push((
+            param.val().dims().to_vec(),
+            values.iter().map(|v| v.to_bits()).collect(),
+        ));
+    }
+}
+
+/// The tensors of run `run`'s model bundle, decoded.
+fn weights(run: &Path) -> Vec<(Vec<usize>, Vec<u32>)> {
+    let bundle = flora::model::bundle::ModelBundle::load(&run.join("artifacts/model")).unwrap();
+    let mut t = Tensors(Vec::new());
+    bundle.model.visit(&mut t);
+    t.0
 }
 
 /// Spawns `flora ARGS` with its stderr going to `dir/<log>` (read with [`log`]).
@@ -188,8 +221,14 @@ fn kill(child: &mut std::process::Child) {
 fn a_killed_cnn_run_resumes_to_the_same_end_and_bad_resumes_are_refused() {
     let dir = project(20, 8);
     let p = dir.path();
-    config(p, 16, 8, "lr_schedule = \"plateau\"\npatience = 3\n");
+    config(p, 16, 12, "lr_schedule = \"plateau\"\npatience = 2\n");
     ok2(p, &["train", "--name", "whole"]);
+    // Early stopping ends it before its 12 epochs (the resumed run must stop at the same one).
+    let whole_epochs = results(&run_dir(p, "whole").unwrap()).len() - 1;
+    assert!(
+        (3..12).contains(&whole_epochs),
+        "early stopping did not fire: {whole_epochs} epochs"
+    );
 
     let killed = stop_after_epoch(p, &["train", "--name", "cut"], "cut", 2, libc::SIGKILL);
     assert!(!killed.success());
@@ -219,7 +258,7 @@ fn a_killed_cnn_run_resumes_to_the_same_end_and_bad_resumes_are_refused() {
 
     let out = ok2(p, &["train", "--resume", "cut"]);
     assert!(out.contains("FINISHED"), "{out}");
-    assert_same_run(&run_dir(p, "whole").unwrap(), &cut, results(&cut).len() - 1);
+    assert_same_run(&run_dir(p, "whole").unwrap(), &cut, whole_epochs);
     assert_eq!(
         std::fs::read_to_string(cut.join("tags/flora.resumes")).unwrap(),
         "1"
