@@ -198,7 +198,7 @@ fn log(dir: &Path, name: &str) -> String {
 /// Waits until run `name`'s last checkpoint is epoch `epoch` or later, while `child` runs.
 fn wait_for_epoch(dir: &Path, name: &str, epoch: usize, child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !run_dir(dir, name).is_some_and(|r| last_checkpoint(&r) >= epoch) {
+    while run_dir(dir, name).is_none_or(|r| last_checkpoint(&r) < epoch) {
         assert!(
             Instant::now() < deadline,
             "epoch {epoch} of {name} not reached in time"
