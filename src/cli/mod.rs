@@ -184,7 +184,8 @@ pub struct TrainArgs {
     /// ("learning_rate=1e-4..1e-2:log batch_size=16..64").
     #[arg(long, value_name = "SPEC")]
     pub sweep: Option<String>,
-    /// Random search: N trials drawn from the --sweep lists and ranges (seeded by data.seed).
+    /// Random search: N trials (1 to 1000) drawn from the --sweep lists and ranges (seeded by
+    /// data.seed).
     #[arg(long, value_name = "N", requires = "sweep")]
     pub trials: Option<usize>,
     /// Run only trial I + 1 of the --sweep, as one pod of a Kubernetes Indexed Job (I is

@@ -13,6 +13,9 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+/// The weights `train.class_weights` accepts (as the loss uses them, in f32).
+pub const WEIGHT_RANGE: std::ops::RangeInclusive<f32> = 1e-6..=1e6;
+
 /// `train.class_weights`: how much each class's images count in the loss.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawWeights", into = "RawWeights")]
@@ -85,8 +88,15 @@ impl ClassWeights {
     pub fn validate(&self) -> Result<()> {
         if let ClassWeights::Table(t) = self {
             for (class, w) in t {
-                if !(w.is_finite() && *w > 0.0) {
-                    bail!("train.class_weights.{class} = {w} must be a positive number");
+                // The loss weighs in f32 (Σ w·nll / Σ w over a batch): the range keeps every
+                // weight a normal f32 and those sums finite.
+                if !(w.is_finite() && WEIGHT_RANGE.contains(&(*w as f32))) {
+                    bail!(
+                        "train.class_weights.{class} = {w} is out of range: use a number from \
+                         {:e} to {:e} (only the ratios between weights matter)",
+                        WEIGHT_RANGE.start(),
+                        WEIGHT_RANGE.end()
+                    );
                 }
             }
         }
@@ -285,6 +295,15 @@ mod tests {
         assert!(ClassWeights::parse("rose").is_err());
         assert!(ClassWeights::parse("rose=x").is_err());
         assert!(ClassWeights::parse("rose=-1").unwrap().validate().is_err());
+        for bad in ["rose=1e-50", "rose=1e39", "rose=0", "rose=inf", "rose=NaN"] {
+            assert!(
+                ClassWeights::parse(bad).unwrap().validate().is_err(),
+                "{bad}"
+            );
+        }
+        for good in ["rose=1e-6", "rose=1e6", "rose=0.5,tulip=300"] {
+            ClassWeights::parse(good).unwrap().validate().unwrap();
+        }
     }
 
     #[test]

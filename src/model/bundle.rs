@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::imaging::Normalization;
 use crate::model::unknown::Thresholds;
 use crate::model::{Arch, Classifier, Fused, Scored};
-use crate::util::device;
+use crate::util::{device, fsutil};
 
 /// Version of the bundle layout; a bundle of another version is refused.
 pub const BUNDLE_FORMAT: u32 = 1;
@@ -207,7 +207,7 @@ impl ModelBundle {
         let parent = dir.parent().context("bundle folder has no parent")?;
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        let tmp = crate::util::fsutil::temp_sibling(dir);
+        let tmp = fsutil::temp_sibling(dir);
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let result = self.write_files(&tmp).and_then(|()| {
             std::fs::rename(&tmp, dir)
@@ -216,25 +216,27 @@ impl ModelBundle {
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        crate::util::fsutil::sync_dir(parent);
+        fsutil::sync_dir(parent);
         result
     }
 
-    /// Writes a run's model bundle to `dir`, replacing the one a stopped run left there (the new
-    /// one is written beside it, then swapped in).
+    /// Writes a run's model bundle to `dir`, replacing the one a stopped run left there: the
+    /// new one is written beside it, then the two folders change places in one atomic step
+    /// ([`fsutil::exchange`]), so a crash at any point leaves one whole bundle at `dir`.
     pub fn replace(&self, dir: &Path) -> Result<()> {
         if !dir.exists() {
             return self.save(dir);
         }
-        let new = crate::util::fsutil::temp_sibling(dir);
+        let new = fsutil::temp_sibling(dir);
         self.save(&new)?;
-        let old = crate::util::fsutil::temp_sibling(dir);
-        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
-        std::fs::rename(&new, dir)
-            .with_context(|| format!("moving the new bundle to {}", dir.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
+        if let Err(e) = fsutil::exchange(&new, dir) {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
+        // `new` now holds the old bundle.
+        let _ = std::fs::remove_dir_all(&new);
         if let Some(parent) = dir.parent() {
-            crate::util::fsutil::sync_dir(parent);
+            fsutil::sync_dir(parent);
         }
         Ok(())
     }
@@ -250,7 +252,7 @@ impl ModelBundle {
             let _ = f.sync_all();
         }
         let json = serde_json::to_vec_pretty(&self.meta)?;
-        crate::util::fsutil::write_atomic(&dir.join(META_FILE), &json)
+        fsutil::write_atomic(&dir.join(META_FILE), &json)
     }
 
     /// Reads only a bundle's metadata, checking that flora can use it.

@@ -80,7 +80,8 @@ pub struct GcReport {
 
 /// Purges the soft-deleted runs of `store` deleted at least `older_than_ms` ago, as
 /// `mlflow gc --older-than` does (a run with no `deleted_time` counts as old enough). A run
-/// whose model a slot holds is kept. Each run folder is first renamed to a hidden name in its
+/// whose model a slot holds is kept, and so is a run still being trained by a live process
+/// (MLflow's UI deletes RUNNING runs too): gc purges it once it has ended. Each run folder is first renamed to a hidden name in its
 /// experiment (one atomic step: from then on no reader sees the run), then removed; symbolic
 /// links are removed as links, never followed, and a run folder that is a link or that
 /// resolves outside the store is refused.
@@ -109,6 +110,10 @@ pub fn gc(
             report.kept.push((run, reason));
             continue;
         }
+        if let Some(reason) = still_training(&run) {
+            report.kept.push((run, reason));
+            continue;
+        }
         let held = slots_holding(registry, &run.run_id)?;
         if !held.is_empty() {
             let names: Vec<&str> = held.iter().map(|s| s.as_str()).collect();
@@ -132,6 +137,16 @@ pub fn gc(
         report.leftovers = remove_leftovers(store, &canonical_root)?;
     }
     Ok(report)
+}
+
+/// Why `run` must not be purged because its process is still writing it, if it is.
+fn still_training(run: &RunInfo) -> Option<String> {
+    (run.status == RunStatus::Running && run.owner() == Owner::Alive).then(|| {
+        format!(
+            "still being trained by a live process (pid {}): gc purges it after it has ended",
+            run.owner_pid()
+        )
+    })
 }
 
 /// Refuses a run folder that is not a plain folder `<root>/<experiment>/<name>` inside the
@@ -178,13 +193,21 @@ fn purge(run: &RunInfo) -> Result<()> {
         .into_owned();
     let doomed = exp_dir.join(format!(".gc-{name}"));
     {
-        // The run's own lock: a `flora runs restore` in flight finishes first, and the run is
-        // purged only if it is still deleted after it.
+        // The run's own lock: a `flora runs restore` or a `flora train --resume` claim in
+        // flight finishes first, and the run is purged only if it is still deleted, and not
+        // being trained, after it.
         let _lock = lock_dir(&run.dir)?;
         let now = crate::track::store::read_run_meta(&run.dir)?;
         if !now.is_deleted() {
             bail!(
                 "run {} ({}) was restored while gc ran: left in place",
+                run.run_name,
+                run.run_id
+            );
+        }
+        if let Some(reason) = still_training(&now) {
+            bail!(
+                "run {} ({}) is {reason}: left in place",
                 run.run_name,
                 run.run_id
             );

@@ -64,11 +64,20 @@ pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
             "warning: classes are imbalanced: the largest has {max} images, the smallest {min} (more than 5x)"
         );
     }
+    let mut held_out = plan.held_out.clone();
+    held_out.extend(
+        cache
+            .samples
+            .iter()
+            .zip(&cache.content_hashes)
+            .filter(|(s, _)| plan.held_out_paths.contains(&s.rel))
+            .map(|(_, h)| *h),
+    );
     let subsets: Vec<Option<Subset>> = match &index.fixed_split {
-        _ if !plan.held_out.is_empty() => split::split_rest(
+        _ if !held_out.is_empty() => split::split_rest(
             &cache,
             index.classes.len(),
-            &plan.held_out,
+            &held_out,
             cfg.data.val_fraction,
             cfg.data.seed,
         ),

@@ -58,6 +58,9 @@ pub struct Plan {
     /// Images (by content hash) that neither train nor validate: a held-out fold. When set,
     /// the rest is split by content (a dataset's own `train/`+`val/` folders are pooled).
     pub held_out: HashSet<[u8; 32]>,
+    /// Images held out by path under the data folder too: a resumed fold's, from its
+    /// `split.csv` ([`Resume::held_out`]).
+    pub held_out_paths: HashSet<String>,
     /// Tags set on the run right after it is created (such as `mlflow.parentRunId`).
     pub tags: Vec<(String, String)>,
 }
@@ -88,6 +91,20 @@ pub fn train_planned(
     stop: &AtomicBool,
     plan: &Plan,
 ) -> Result<TrainOutcome> {
+    let resumed;
+    let plan = match &start {
+        Start::Resume(Resume {
+            held_out: Some(paths),
+            ..
+        }) => {
+            resumed = Plan {
+                held_out_paths: paths.clone(),
+                ..plan.clone()
+            };
+            &resumed
+        }
+        _ => plan,
+    };
     let cfg = &settings.config;
     crate::ops::heap::keep_freed_memory();
     device::set_threads(cfg.train.threads);
@@ -145,6 +162,11 @@ pub fn train_planned(
         }
         Err(e) => {
             let _ = run.end(RunStatus::Failed);
+            // A write that failed because the run folder was removed says so.
+            let e = match run.check_present() {
+                Err(gone) => e.context(gone.to_string()),
+                Ok(()) => e,
+            };
             Err(e.context(format!("run {} failed", run.info.run_id)))
         }
     }
@@ -373,6 +395,7 @@ fn fit(
         best_model,
     );
     let bundle_dir = run_bundle_dir(&run.artifacts());
+    run.check_present()?;
     bundle.replace(&bundle_dir)?;
     Ok(TrainOutcome {
         run_id: run.info.run_id.clone(),

@@ -72,6 +72,38 @@ pub fn append_line_atomic(path: &Path, line: &str) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// Swaps `a` and `b` (two existing files or folders on one file system) in one atomic step
+/// (`renameat2(RENAME_EXCHANGE)`): every reader, and a crash at any moment, sees each path
+/// whole, old or new. Where the file system cannot exchange, `b` is moved aside to `a`'s
+/// place through a third name: two renames, with a short window in which `b` is missing.
+pub fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        return Err(err).with_context(|| format!("exchanging {} and {}", a.display(), b.display()));
+    }
+    let aside = temp_sibling(b);
+    std::fs::rename(b, &aside).with_context(|| format!("moving {} aside", b.display()))?;
+    std::fs::rename(a, b).with_context(|| format!("moving {} to {}", a.display(), b.display()))?;
+    std::fs::rename(&aside, a)
+        .with_context(|| format!("moving {} to {}", aside.display(), a.display()))
+}
+
 /// fsyncs a folder so that a rename inside it is durable.
 pub fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
@@ -164,6 +196,41 @@ pub fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_swaps_two_folders_and_no_reader_sees_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for (d, text) in [(&a, "new"), (&b, "old")] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("f"), text).unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (b, stop) = (b.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut gaps = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    gaps += usize::from(!b.join("f").exists());
+                }
+                gaps
+            })
+        };
+        for _ in 0..2000 {
+            exchange(&a, &b).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            watcher.join().unwrap(),
+            0,
+            "b was missing while it was swapped"
+        );
+        // An even number of swaps: back where they started; once more swaps them.
+        exchange(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(b.join("f")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(a.join("f")).unwrap(), "old");
+        assert!(exchange(&a, &dir.path().join("none")).is_err());
+    }
 
     #[test]
     fn normalize_resolves_dots() {

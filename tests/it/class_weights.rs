@@ -156,6 +156,18 @@ fn bad_weight_settings_are_clear_errors() {
     write_config(p, 1, "class_weights = { bag = -1.0 }\n");
     let err = fails(p, &["train"]);
     assert!(err.contains("train.class_weights.bag = -1"), "{err}");
+    // Valid f64 but not usable as the loss's f32 weights: 1e-50 rounds to 0 (a panic inside
+    // Burn), 1e39 to infinity (a diverged run).
+    for w in ["1e-50", "1e39"] {
+        let err = fails(p, &["train", "--class-weights", &format!("bag={w}")]);
+        assert!(
+            err.contains(&format!(
+                "train.class_weights.bag = {}",
+                w.parse::<f64>().unwrap()
+            )) && err.contains("out of range"),
+            "{err}"
+        );
+    }
     write_config(
         p,
         1,

@@ -124,6 +124,20 @@ for source in sources:
 print(json.dumps(out))
 "#;
 
+/// Leaves remote run argv[2] as a push cut off before its end leaves it: no completion tag.
+const CUT_OFF: &str = r#"
+import sys
+from mlflow.tracking import MlflowClient
+MlflowClient(tracking_uri=sys.argv[1]).delete_tag(sys.argv[2], "flora.push_complete")
+"#;
+
+/// Prints the lifecycle stage of remote run argv[2].
+const STAGE: &str = r#"
+import sys
+from mlflow.tracking import MlflowClient
+print(MlflowClient(tracking_uri=sys.argv[1]).get_run(sys.argv[2]).info.lifecycle_stage)
+"#;
+
 /// The remote runs pushed from each local run id in `sources` (MLflow's client started once:
 /// importing mlflow is slow).
 fn read_remote(
@@ -273,6 +287,41 @@ fn a_pushed_run_reads_back_in_mlflow_once_and_sweeps_keep_their_links() {
     assert!(out.contains("already on"), "{out}");
     assert!(local.join("tags").join(&pushed_tag).exists());
 
+    // A push cut off halfway (the remote run created, never marked complete) and no local
+    // record: found by its source id and replaced by a whole one.
+    let first = r["run_id"].as_str().unwrap().to_string();
+    let cut = Command::new(&python)
+        .args(["-c", CUT_OFF, &server.url, &first])
+        .output()
+        .unwrap();
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    std::fs::remove_file(local.join("tags").join(&pushed_tag)).unwrap();
+    let out = ok(p, &["runs", "push", "pushme", "--to", &server.url]);
+    assert!(out.contains("pushed run pushme"), "{out}");
+    let remote = read_remote(&python, &server.url, &[&local_id], &[]);
+    let now = &remote[&local_id];
+    assert_eq!(now.len(), 1, "one live remote run: {now:?}");
+    let replaced = now[0]["run_id"].as_str().unwrap();
+    assert_ne!(replaced, first);
+    assert_eq!(now[0]["tags"]["flora.push_complete"], "true");
+    assert_eq!(
+        now[0]["history"]["val_accuracy"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("tags").join(&pushed_tag)).unwrap(),
+        replaced
+    );
+    let stage = Command::new(&python)
+        .args(["-c", STAGE, &server.url, &first])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&stage.stdout).trim(), "deleted");
+
     // A sweep: the children point at the parent's remote id.
     ok(
         p,
@@ -330,6 +379,62 @@ fn pushing_to_a_server_that_is_not_there_is_a_clear_error_and_changes_nothing() 
     assert!(err.contains("not an http(s) URL"), "{err}");
     let err = fails(p, &["runs", "push", "nosuch", "--to", &url]);
     assert!(err.contains("no run"), "{err}");
+
+    // An HTTP server that is not MLflow: its 404 without MLflow's error body, a 200 that is
+    // not JSON, an answer cut off in its body.
+    let web = crate::support::http::Server::start();
+    let err = fails(p, &["runs", "push", "lonely", "--to", &web.url("")]);
+    assert!(
+        err.contains("HTTP 404") && err.contains("is not an MLflow tracking server"),
+        "{err}"
+    );
+    let endpoint = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=test";
+    web.serve(endpoint, b"<html><body>It works!</body></html>".to_vec());
+    let err = fails(p, &["runs", "push", "lonely", "--to", &web.url("")]);
+    assert!(
+        err.contains("not JSON") && err.contains("an MLflow tracking server?"),
+        "{err}"
+    );
+    web.serve(
+        endpoint,
+        br#"{"experiment": {"experiment_id": "1", "name": "test"}}"#.to_vec(),
+    );
+    web.cut_next(1, 10);
+    let err = fails(p, &["runs", "push", "lonely", "--to", &web.url("")]);
+    assert!(err.contains("reading the answer of"), "{err}");
+
+    // Credentials in the URL: never printed; over plain http to another machine, warned about
+    // before anything is sent.
+    let secret = "tok3n-that-must-not-leak";
+    let err = fails(
+        p,
+        &[
+            "runs",
+            "push",
+            "lonely",
+            "--to",
+            &format!("http://me:{secret}@192.0.2.1:9"),
+        ],
+    );
+    assert!(
+        err.contains("warning: sending credentials over plain http to http://192.0.2.1:9"),
+        "{err}"
+    );
+    assert!(!err.contains(secret), "{err}");
+    let err = fails(
+        p,
+        &[
+            "runs",
+            "push",
+            "lonely",
+            "--to",
+            &format!("ftp://me:{secret}@example.org"),
+        ],
+    );
+    assert!(
+        err.contains("not an http(s) URL") && !err.contains(secret),
+        "{err}"
+    );
     assert_eq!(local_kv(&run, "tags"), before);
 }
 
@@ -419,20 +524,74 @@ fn credentials_go_as_mlflow_clients_send_them_and_a_refusal_changes_nothing() {
         "a refused push changes nothing locally"
     );
 
+    // Credentials that were sent and refused are named as such; in the URL, never shown.
+    let with_url = |password: &str| {
+        let url = server
+            .url
+            .replacen("http://", &format!("http://admin:{password}@"), 1);
+        let mut c = flora(p);
+        c.args(["runs", "push", "secret", "--to", &url]);
+        for k in [
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_TOKEN",
+        ] {
+            c.env_remove(k);
+        }
+        c.output().unwrap()
+    };
+    let out = with_url("wr0ng-pw-456");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("HTTP 401") && err.contains("credentials were sent but refused"),
+        "{err}"
+    );
+    assert!(!err.contains("wr0ng-pw-456"), "{err}");
+    assert_eq!(local_kv(&run, "tags"), before);
+
+    let out = with_url("s3cret-pw-123");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("pushed run secret"), "{stdout}");
+    // Loopback: no warning about plain http.
+    assert!(!stderr.contains("plain http"), "{stderr}");
+    let port = server.url.rsplit(':').next().unwrap();
+    let tags = local_kv(&run, "tags");
+    let pushed: Vec<&String> = tags
+        .keys()
+        .filter(|k| k.starts_with("flora.pushed."))
+        .collect();
+    assert_eq!(
+        pushed,
+        [&format!("flora.pushed.127.0.0.1_{port}")],
+        "{tags:?}"
+    );
+    let shown = ok(p, &["runs", "show", "secret"]);
+    for text in [&*stdout, &*stderr, &shown] {
+        assert!(
+            !text.contains("s3cret-pw-123") && !text.contains("admin@"),
+            "{text}"
+        );
+    }
+    let id = name_of(&run);
     let creds = [
         ("MLFLOW_TRACKING_USERNAME", "admin"),
         ("MLFLOW_TRACKING_PASSWORD", "s3cret-pw-123"),
     ];
-    let out = push(&creds);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = name_of(&run);
     let remote = read_remote(&python, &server.url, &[&id], &creds);
     assert_eq!(remote[&id].len(), 1);
     assert_eq!(remote[&id][0]["status"], "FINISHED");
     let arts: Vec<String> = serde_json::from_value(remote[&id][0]["artifacts"].clone()).unwrap();
     assert!(arts.contains(&"results.csv".to_string()), "{arts:?}");
+    // The variables reach the same server (the same record): already there.
+    let out = push(&creds);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already on"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -36,28 +36,49 @@ impl std::error::Error for ApiError {}
 impl Client {
     /// A client for `url` (`http://` or `https://`), with credentials from
     /// `MLFLOW_TRACKING_TOKEN` (bearer) or `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`
-    /// (basic), as MLflow's clients read them.
+    /// (basic), as MLflow's clients read them, or from the URL's `user:password@` (basic). The
+    /// URL's credentials never go further than the `Authorization` header: [`Client::base`] is
+    /// the URL without them, and that is what is printed and recorded. Credentials bound for a
+    /// plain `http://` server other than this machine are warned about.
     pub fn new(url: &str) -> Result<Self> {
-        let base = url.trim().trim_end_matches('/').to_string();
+        let parsed = split_userinfo(url.trim().trim_end_matches('/'));
+        let base = parsed.base;
         let rest = base
             .strip_prefix("http://")
             .or_else(|| base.strip_prefix("https://"));
         if rest.is_none_or(|r| r.is_empty()) {
             bail!(
-                "--to {url:?} is not an http(s) URL of an MLflow tracking server \
+                "--to {base:?} is not an http(s) URL of an MLflow tracking server \
                  (e.g. http://127.0.0.1:5000 or https://dagshub.com/USER/REPO.mlflow)"
             );
         }
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let auth = auth_header(
+        let from_env = auth_header(
             env("MLFLOW_TRACKING_TOKEN"),
             env("MLFLOW_TRACKING_USERNAME"),
             env("MLFLOW_TRACKING_PASSWORD"),
         )?;
+        let auth = match (from_env, parsed.userinfo) {
+            (Some(_), Some(_)) => bail!(
+                "the tracking URL holds credentials and MLFLOW_TRACKING_TOKEN or \
+                 MLFLOW_TRACKING_USERNAME is set too: give them one way only (the variables \
+                 keep them out of shell history and process listings)"
+            ),
+            (Some(a), None) => Some(a),
+            (None, Some((user, password))) => auth_header(None, Some(user), Some(password))?,
+            (None, None) => None,
+        };
+        if auth.is_some() && base.starts_with("http://") && !is_loopback(&base) {
+            eprintln!(
+                "warning: sending credentials over plain http to {base}: anyone on the way can \
+                 read them; use https:// for a server on another machine"
+            );
+        }
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_recv_body(Some(Duration::from_secs(120)))
             .user_agent(concat!("flora/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -121,7 +142,13 @@ impl Client {
             .with_config()
             .limit(64 * 1024 * 1024)
             .read_to_string()
-            .unwrap_or_default();
+            .map_err(|e| {
+                anyhow!(
+                    "reading the answer of {url} (HTTP {status}) failed ({e}): the MLflow server \
+                     at {} stopped answering or sent too much; try again",
+                    self.base
+                )
+            })?;
         if (200..300).contains(&status) {
             if text.trim().is_empty() {
                 return Ok(Value::Object(Default::default()));
@@ -135,10 +162,19 @@ impl Client {
             });
         }
         if status == 401 || status == 403 {
-            let how = if self.auth.is_some() {
-                "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
-            } else {
-                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+            let how = match (&self.auth, status) {
+                (Some(_), 401) => {
+                    "credentials were sent but refused: check MLFLOW_TRACKING_USERNAME / \
+                     MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN (or the URL's user:password)"
+                }
+                (Some(_), _) => {
+                    "the credentials sent were accepted but may not do this: ask the server's \
+                     admin for the permission, or check MLFLOW_TRACKING_USERNAME"
+                }
+                (None, _) => {
+                    "no credentials were sent: set MLFLOW_TRACKING_USERNAME and \
+                     MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+                }
             };
             bail!(
                 "the MLflow server at {} refused the request (HTTP {status}, {}): {how}",
@@ -202,6 +238,76 @@ fn auth_header(
     })
 }
 
+/// A URL split into its credentials (`user:password@`, percent-decoded) and the URL without
+/// them.
+pub struct Userinfo {
+    pub base: String,
+    pub userinfo: Option<(String, String)>,
+}
+
+/// Takes the `user:password@` part out of `url`'s authority (the part before the first `/`
+/// after `scheme://`).
+pub fn split_userinfo(url: &str) -> Userinfo {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Userinfo {
+            base: url.to_string(),
+            userinfo: None,
+        };
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let Some((info, host)) = authority.rsplit_once('@') else {
+        return Userinfo {
+            base: url.to_string(),
+            userinfo: None,
+        };
+    };
+    let (user, password) = info.split_once(':').unwrap_or((info, ""));
+    Userinfo {
+        base: format!("{scheme}://{host}{path}"),
+        userinfo: Some((percent_decode(user), percent_decode(password))),
+    }
+}
+
+/// `url` with any `user:password@` removed, for messages and records.
+pub fn without_userinfo(url: &str) -> String {
+    split_userinfo(url).base
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the host of `url` (`scheme://host[:port]/...`) is this machine.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether `err` is the server's "no such resource" answer.
 pub fn is_not_found(err: &anyhow::Error) -> bool {
     err.downcast_ref::<ApiError>().is_some_and(|e| {
@@ -240,5 +346,34 @@ mod tests {
         assert_eq!(auth_header(None, None, None).unwrap(), None);
         assert!(auth_header(None, None, s("p")).is_err());
         assert_eq!(encode_path("model/a b#.bpk"), "model/a%20b%23.bpk");
+    }
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        let u = split_userinfo("https://me:t%40k%3Aen@dagshub.com/me/x.mlflow");
+        assert_eq!(u.base, "https://dagshub.com/me/x.mlflow");
+        assert_eq!(u.userinfo, Some(("me".into(), "t@k:en".into())));
+        let u = split_userinfo("http://tok@127.0.0.1:5000");
+        assert_eq!(u.base, "http://127.0.0.1:5000");
+        assert_eq!(u.userinfo, Some(("tok".into(), "".into())));
+        // An @ in the path is not userinfo.
+        let u = split_userinfo("http://host:5000/a@b");
+        assert_eq!(
+            (u.base.as_str(), u.userinfo),
+            ("http://host:5000/a@b", None)
+        );
+        assert_eq!(without_userinfo("ftp://u:p@x"), "ftp://x");
+        assert_eq!(without_userinfo("nonsense"), "nonsense");
+        for (url, local) in [
+            ("http://127.0.0.1:5000", true),
+            ("http://localhost", true),
+            ("http://[::1]:80/x", true),
+            ("http://127.0.0.2", true),
+            ("http://10.0.0.1:5000", false),
+            ("http://mlflow.example.org", false),
+            ("http://[2001:db8::1]:5000", false),
+        ] {
+            assert_eq!(is_loopback(url), local, "{url}");
+        }
     }
 }

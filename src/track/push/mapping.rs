@@ -152,10 +152,11 @@ fn relative(root: &Path, path: &Path) -> String {
 /// The local tag key recording where a run was pushed on the server at `url`
 /// (`flora.pushed.<host_port_path>`, in the characters a tag key may hold).
 pub fn pushed_tag(url: &str) -> String {
+    let url = super::client::without_userinfo(url);
     let rest = url
         .trim_end_matches('/')
         .split_once("://")
-        .map_or(url, |(_, r)| r);
+        .map_or(url.as_str(), |(_, r)| r);
     let clean: String = rest
         .chars()
         .map(|c| {
@@ -204,6 +205,10 @@ mod tests {
         assert_eq!(
             pushed_tag("https://dagshub.com/me/flowers.mlflow"),
             "flora.pushed.dagshub.com_me_flowers.mlflow"
+        );
+        assert_eq!(
+            pushed_tag("http://me:s3cret@127.0.0.1:5000/"),
+            "flora.pushed.127.0.0.1_5000"
         );
     }
 }

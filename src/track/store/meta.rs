@@ -12,17 +12,29 @@ use crate::util::fsutil::write_atomic;
 /// writers (a run ending, `flora runs delete`) never lose each other's fields. `edit` gets the
 /// top-level fields as raw YAML text (quoted strings stay quoted); fields it leaves alone are
 /// written back as they were.
-pub fn update_run_meta(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<()> {
+pub fn update_run_meta<T>(
+    dir: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, String>) -> T,
+) -> Result<T> {
     let _lock = lock_dir(dir)?;
+    rewrite_run_meta(dir, edit)
+}
+
+/// [`update_run_meta`] for a caller that already holds the run folder's lock.
+pub(super) fn rewrite_run_meta<T>(
+    dir: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, String>) -> T,
+) -> Result<T> {
     let path = dir.join("meta.yaml");
     let mut fields = match std::fs::read_to_string(&path) {
         Ok(text) => raw_yaml_fields(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    edit(&mut fields);
+    let out = edit(&mut fields);
     let yaml: String = fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
-    write_atomic(&path, yaml.as_bytes())
+    write_atomic(&path, yaml.as_bytes())?;
+    Ok(out)
 }
 
 /// The top-level `key: value` fields of a YAML mapping, values as raw text; indented or `- `

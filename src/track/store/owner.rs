@@ -23,12 +23,22 @@ pub const TAG_START: &str = "flora.owner.start_time";
 /// Tag holding the host name the run runs on.
 pub const TAG_HOST: &str = "flora.owner.host";
 
-/// A process's start time from `/proc/<pid>/stat` (None when there is no such process).
+/// A live process's start time from `/proc/<pid>/stat`: None when there is no such process,
+/// or when it has exited and waits to be reaped (a zombie, state `Z`, or dead, `X`).
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_time_of_live(&stat)
+}
+
+/// Field 22 (start time) of a `/proc/<pid>/stat` line, unless field 3 (state) says the
+/// process has exited.
+fn start_time_of_live(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// This machine's host name.
@@ -62,6 +72,16 @@ impl RunInfo {
             (Some(now), Some(then)) if now != then => Owner::Gone, // the pid was reused
             _ => Owner::Alive,
         }
+    }
+}
+
+impl RunInfo {
+    /// The pid recorded as the run's owner, as text for messages (`?` when none is).
+    pub fn owner_pid(&self) -> String {
+        read_tags(self)
+            .ok()
+            .and_then(|t| t.get(TAG_PID).map(|p| p.trim().to_string()))
+            .unwrap_or_else(|| "?".into())
     }
 }
 
@@ -126,5 +146,29 @@ mod tests {
         run.set_tag(TAG_HOST, "elsewhere.invalid").unwrap();
         assert_eq!(run.info.owner(), Owner::Unknown);
         assert_eq!(run.info.status_label(), "RUNNING");
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let line = |state: &str| {
+            format!("42 (a (b) c) {state} 1 1 1 0 -1 4194304 1 0 0 0 5 3 0 0 20 0 1 0 777 9 9")
+        };
+        assert_eq!(start_time_of_live(&line("S")), Some(777));
+        assert_eq!(start_time_of_live(&line("R")), Some(777));
+        assert_eq!(start_time_of_live(&line("Z")), None);
+        assert_eq!(start_time_of_live(&line("X")), None);
+        // A real zombie: a child that exited and is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(process_start_time(pid), None);
+        child.wait().unwrap();
+        assert!(process_start_time(std::process::id()).is_some());
     }
 }

@@ -28,7 +28,7 @@ use crate::track::epochs::EpochStats;
 use crate::track::store::{CHECKPOINTS_DIR, Run, RunInfo};
 use crate::train::finetune::ScheduleState;
 use crate::util::fsutil;
-pub use resume::Resume;
+pub use resume::{CV_FOLD_TAG, Resume};
 
 const MODEL_FILE: &str = "model.bpk";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
@@ -75,6 +75,7 @@ pub fn save(
     history: &[EpochStats],
     is_best: bool,
 ) -> Result<()> {
+    run.check_present()?;
     let root = checkpoints(&run.info);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let name = format!("epoch-{:04}", state.epoch);
@@ -365,6 +366,7 @@ mod tests {
                 file: None,
             },
             force: false,
+            held_out: None,
         };
         let reopened = resume.reopen("sha256:ab").unwrap();
         for s in &history {

@@ -1,6 +1,7 @@
 //! `flora train --resume`: check that a run may be continued, read its own settings back and
 //! reopen it in the run store.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +19,13 @@ pub struct Resume {
     pub settings: Settings,
     /// Continue even if the data changed.
     pub force: bool,
+    /// A cross-validation fold's held-out images (paths under the data folder, from the
+    /// run's `split.csv`): they stay out of training and validation when it continues.
+    pub held_out: Option<HashSet<String>>,
 }
+
+/// The tag a cross-validation fold's run carries (`2/5`).
+pub const CV_FOLD_TAG: &str = "flora.cv_fold";
 
 impl Resume {
     /// Finds `key` in the run store of `current` and checks that it can be resumed: KILLED,
@@ -31,11 +38,9 @@ impl Resume {
         let label = info.status_label();
         match (info.status, info.owner()) {
             (RunStatus::Running, Owner::Alive) => bail!(
-                "run {} is still being trained by a live process (pid {}): stop it first",
+                "run {} is being trained by another live process (pid {}): stop it first",
                 info.run_name,
-                store::read_tags(&info)?
-                    .get(store::TAG_PID)
-                    .map_or("?", |p| p.trim())
+                info.owner_pid()
             ),
             (RunStatus::Running, Owner::Unknown) if !force => bail!(
                 "run {} is RUNNING and flora cannot tell whether its process (on another \
@@ -56,15 +61,26 @@ impl Resume {
         }
         let checkpoint = Checkpoint::read_last(&info)?;
         let settings = run_settings(current, &info)?;
+        let held_out = held_out(&info)?;
         eprintln!(
             "resuming run {} ({}, {label}) after epoch {} of {}",
             info.run_name, info.run_id, checkpoint.state.epoch, settings.config.train.epochs
         );
+        if let Some(held) = &held_out {
+            eprintln!(
+                "run {} is a cross-validation fold: its {} held-out images (split.csv) stay out \
+                 of training; the cross-validation's own summary is not redone (run `flora cv` \
+                 for that)",
+                info.run_name,
+                held.len()
+            );
+        }
         Ok(Self {
             info,
             checkpoint,
             settings,
             force,
+            held_out,
         })
     }
 
@@ -94,8 +110,11 @@ impl Resume {
     /// Takes the run over: owned by this process, RUNNING again, its metrics cut back to the
     /// checkpoint's epochs (a run killed between its metrics and its checkpoint logged an epoch
     /// that will run again) and completed from the checkpoint's history.
+    /// The claim comes first, under the run's lock: a second `--resume` of the same run is
+    /// refused before it changes anything.
     pub fn reopen(&self, data_fingerprint: &str) -> Result<Run> {
         let mut run = Run::open(self.info.clone());
+        run.claim()?;
         let epoch = self.checkpoint.state.epoch as u64;
         let metrics = run.info.dir.join("metrics");
         // Each metric cut back to the checkpoint's epochs, then completed from its history
@@ -128,7 +147,6 @@ impl Resume {
         if best.exists() {
             std::fs::remove_file(&best).with_context(|| format!("removing {}", best.display()))?;
         }
-        run.claim()?;
         let resumes = store::read_tags(&run.info)?
             .get("flora.resumes")
             .and_then(|n| n.trim().parse::<u32>().ok())
@@ -141,9 +159,45 @@ impl Resume {
     }
 }
 
+/// The first 12 characters of a fingerprint's hex (characters, not bytes: a `state.json`
+/// edited by hand may hold anything).
 fn short(fingerprint: &str) -> &str {
     let hex = fingerprint.strip_prefix("sha256:").unwrap_or(fingerprint);
-    &hex[..hex.len().min(12)]
+    let end = hex.char_indices().nth(12).map_or(hex.len(), |(i, _)| i);
+    &hex[..end]
+}
+
+/// A cross-validation fold's held-out images, from its `split.csv` (None for other runs). A
+/// fold whose held-out set cannot be read back is refused: it would train on its held-out
+/// fold.
+fn held_out(info: &RunInfo) -> Result<Option<HashSet<String>>> {
+    let tags = store::read_tags(info)?;
+    let Some(fold) = tags.get(CV_FOLD_TAG) else {
+        return Ok(None);
+    };
+    let path = info.artifacts().join("split.csv");
+    let rows = crate::data::split::read_csv(&path).with_context(|| {
+        format!(
+            "run {} is fold {} of a cross-validation and its held-out images cannot be read \
+             back: it cannot be resumed; run `flora cv` again",
+            info.run_name,
+            fold.trim()
+        )
+    })?;
+    let held: HashSet<String> = rows
+        .into_iter()
+        .filter(|r| r.subset == "held_out")
+        .map(|r| r.path)
+        .collect();
+    if held.is_empty() {
+        bail!(
+            "run {} is fold {} of a cross-validation, but its split.csv holds no held-out \
+             image: it cannot be resumed; run `flora cv` again",
+            info.run_name,
+            fold.trim()
+        );
+    }
+    Ok(Some(held))
 }
 
 /// The settings a run was trained with: its logged `config.toml`, with the data folder and
@@ -174,4 +228,17 @@ fn run_settings(current: &Settings, info: &RunInfo) -> Result<Settings> {
         base: current.base.clone(),
         file: current.file.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn short_fingerprints_cut_on_characters() {
+        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("sha256:ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(short("日本語"), "日本語");
+    }
 }

@@ -61,6 +61,7 @@ pub(crate) fn train_fold(
             ),
             (FOLD_TAG.into(), format!("{}/{k}", f + 1)),
         ],
+        ..Default::default()
     };
     eprintln!("fold {}/{k}: {} held-out images", f + 1, members.len());
     let child_name = format!("{}-fold{}", parent.info.run_name, f + 1);

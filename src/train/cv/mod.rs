@@ -16,7 +16,7 @@ pub use indexed::{FoldOutcome, refresh, run_fold};
 /// The tag marking a cross-validation's parent run (`parent`).
 pub const PARENT_TAG: &str = "flora.cv";
 /// The tag holding a fold run's `<fold>/<folds>`.
-pub const FOLD_TAG: &str = "flora.cv_fold";
+pub const FOLD_TAG: &str = crate::train::checkpoint::CV_FOLD_TAG;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -32,6 +32,9 @@ struct Axis {
     domain: Domain,
 }
 
+/// The most trials one sweep runs (`--trials`, or a grid's combinations).
+pub const MAX_TRIALS: usize = 1000;
+
 /// A checked sweep: every trial's overrides and its validated config.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -53,7 +56,9 @@ impl Plan {
         let axes = parse_spec(&table, spec)?;
         let draws: Vec<Vec<(String, toml::Value)>> = match trials {
             None => grid(&axes)?,
-            Some(0) => bail!("--trials must be at least 1"),
+            Some(n) if !(1..=MAX_TRIALS).contains(&n) => {
+                bail!("--trials {n} is out of range: use 1 to {MAX_TRIALS}")
+            }
             Some(n) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(base.data.seed ^ 0x5EED_5EED);
                 (0..n).map(|_| sample(&axes, &mut rng)).collect()
@@ -291,6 +296,7 @@ fn parse_value(key: &str, current: Option<&toml::Value>, v: &str) -> Result<toml
 /// Every combination of the listed values (the first key varies slowest).
 fn grid(axes: &[Axis]) -> Result<Vec<Vec<(String, toml::Value)>>> {
     let mut out: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
+    let mut size = 1usize;
     for a in axes {
         let Domain::List(values) = &a.domain else {
             bail!(
@@ -298,6 +304,13 @@ fn grid(axes: &[Axis]) -> Result<Vec<Vec<(String, toml::Value)>>> {
                 a.key
             );
         };
+        size = size.saturating_mul(values.len());
+        if size > MAX_TRIALS {
+            bail!(
+                "the sweep's grid has more than {MAX_TRIALS} combinations: list fewer values, \
+                 or sample some with --trials N"
+            );
+        }
         out = out
             .into_iter()
             .flat_map(|prefix| {
@@ -393,6 +406,15 @@ mod tests {
         assert!(err("learning_rate=1e-4..1e-2:log", None).contains("--trials"));
         assert!(err("arch=cnn,resnet", None).contains("resnet"));
         assert!(err("learning_rate=-1..1:log", Some(3)).contains("positive bounds"));
+        assert!(err("learning_rate=1e-4..1e-2", Some(0)).contains("1 to 1000"));
+        let huge = err("learning_rate=1e-4..1e-2", Some(usize::MAX));
+        assert!(
+            huge.contains("out of range") && huge.contains("1 to 1000"),
+            "{huge}"
+        );
+        let values = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let spec = format!("epochs={} batch_size={}", values(40), values(30));
+        assert!(err(&spec, None).contains("more than 1000 combinations"));
     }
 
     #[test]
