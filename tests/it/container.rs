@@ -67,7 +67,7 @@ fn in_root(root: &Path, args: &[&str]) -> Command {
 #[test]
 fn static_flora_serves_from_an_empty_root_filesystem() {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        eprintln!("SKIPPED (not run): the container image is built for x86_64 Linux");
+        skip("the container image is built for x86_64 Linux");
         return;
     }
     let Some(bin) = outside_program(

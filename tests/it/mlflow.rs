@@ -1,7 +1,7 @@
 //! MLflow's own client reads a flora run (the run store's layout is MLflow's file store).
 //! Needs a Python with mlflow (or mlflow-skinny) 3.x: FLORA_MLFLOW_PYTHON, else
-//! /tmp/flora-mlflow/bin/python (`.ci/run` creates it). Without one the test says it was skipped,
-//! except under `CI=true`, where it fails.
+//! /tmp/flora-mlflow/bin/python (`.ci/run` creates it). Without one the test notes a visible skip,
+//! except under CI (`CI=1`, `CI=true`), where it fails.
 
 use crate::support::common::*;
 

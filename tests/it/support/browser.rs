@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::common::outside_program;
+use super::common::{self, outside_program};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -33,10 +33,12 @@ pub struct Browser {
 }
 
 static DRIVER_PID: AtomicI32 = AtomicI32::new(0);
+/// Whether a test has already noted that the browser is missing (the one that looked).
+static NOTED: AtomicBool = AtomicBool::new(false);
 static SESSION_URL: OnceLock<String> = OnceLock::new();
 
-/// The shared browser, for one test at a time; None (the test is skipped) when chromium or
-/// chromedriver is missing, except under `CI=true`, where that fails the test.
+/// The shared browser, for one test at a time; None (the test is skipped, each test noting it)
+/// when chromium or chromedriver is missing, except under CI, where that fails the test.
 pub fn browser() -> Option<MutexGuard<'static, Browser>> {
     static B: OnceLock<Option<Mutex<Browser>>> = OnceLock::new();
     let how = "install Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver)";
@@ -45,8 +47,15 @@ pub fn browser() -> Option<MutexGuard<'static, Browser>> {
         let driver = outside_program(Path::new(CHROMEDRIVER), "chromedriver", how)?;
         Some(Mutex::new(Browser::start(&chromium, &driver)))
     });
-    b.as_ref()
-        .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    let Some(b) = b.as_ref() else {
+        // The first test noted it while finding out; every later one notes its own skip.
+        if !NOTED.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        common::skip(&format!("chromium or chromedriver missing; {how}"));
+        return None;
+    };
+    Some(b.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 /// Quits the browser and stops chromedriver when the test process exits.

@@ -158,18 +158,32 @@ pub fn yaml(path: &Path) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether this is CI: `CI` set to anything but empty, `0` or `false` (`CI=1` and `CI=true`
+/// both count). Under CI a test never skips: a missing outside program fails it.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// Notes that the running test was skipped, why, and how to run it. Written to the process's
+/// stderr directly, past libtest's capture, so the line shows in `cargo test`'s output even
+/// though the test is counted as passed; under CI (see [`is_ci`]) it fails the test instead.
+pub fn skip(msg: &str) {
+    if is_ci() {
+        panic!("{msg} (CI is set: .ci/run must install it)");
+    }
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED (not run) {test}: {msg}");
+}
+
 /// An outside program a test needs (MLflow's Python, a browser, ...), found at `path`. Missing,
-/// the test is skipped with a note saying why and how to get it, except under `CI=true`, where
-/// a missing program fails the test (`.ci/run` installs everything).
+/// the test is skipped with a visible note saying why and how to get it ([`skip`]), except
+/// under CI, where a missing program fails the test (`.ci/run` installs everything).
 pub fn outside_program(path: &Path, what: &str, how: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path.to_path_buf());
     }
-    let msg = format!("{what} not found at {}; {how}", path.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} (CI=true: .ci/run must install it)");
-    }
-    eprintln!("SKIPPED (not run): {msg}");
+    skip(&format!("{what} not found at {}; {how}", path.display()));
     None
 }
 
