@@ -1,4 +1,6 @@
-# flora in a container: `docker build -t flora .` then
+# flora in a container: `docker build -t flora .` (with
+# `--build-arg FLORA_GIT_COMMIT=$(git rev-parse --short HEAD)` for `flora --version`'s commit:
+# .git is not in the build context) then
 #   docker run -p 8000:8000 -v flora-data:/data -e FLORA_ADMIN_TOKEN=... flora
 # /data is the project folder (flora.toml, models/, runs/, collected_data/, dataset/).
 #
@@ -11,7 +13,9 @@ FROM rust:1.95.0-slim-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends nasm \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+ARG FLORA_GIT_COMMIT=unknown
+ENV FLORA_GIT_COMMIT=$FLORA_GIT_COMMIT
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY assets ./assets

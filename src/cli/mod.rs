@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 mod runs;
 mod values;
+mod version;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -19,6 +20,7 @@ pub use values::*;
 #[command(
     name = "flora",
     version,
+    long_version = version::long_version(),
     about,
     propagate_version = true,
     after_help = weights_help()
@@ -60,6 +62,30 @@ pub enum Command {
     Health(HealthArgs),
     /// Show the pixel cache (decoded images kept between runs), or clear it.
     Cache(CacheArgs),
+    /// Print the shell completion script for bash, zsh, fish, powershell or elvish.
+    Completions(CompletionsArgs),
+    /// Write a man page per command (flora.1, flora-train.1, ...) into a folder.
+    Man(ManArgs),
+}
+
+/// `flora completions`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Install: see docs/operations.md (e.g. flora completions bash > \
+                        ~/.local/share/bash-completion/completions/flora)."
+)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `flora man`
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Folder for the pages (created if missing; existing pages of the same name are replaced).
+    #[arg(long, value_name = "DIR", default_value = "man")]
+    pub out: PathBuf,
 }
 
 /// `flora cache`: `show` (the default) or `clear`.

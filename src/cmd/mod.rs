@@ -2,11 +2,13 @@
 //! Each returns the process exit code.
 
 pub mod cache;
+pub mod completions;
 pub mod cv;
 pub mod eval;
 pub mod health;
 pub mod init;
 pub mod label;
+pub mod man;
 pub mod merge;
 pub mod predict;
 pub mod promote;
@@ -40,5 +42,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cv(args) => cv::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Health(args) => health::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Cache(args) => cache::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Completions(args) => completions::run(&args),
+        Command::Man(args) => man::run(&args),
     }
 }

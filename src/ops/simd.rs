@@ -21,6 +21,17 @@ pub enum Kernels {
     Avx512 = 2,
 }
 
+impl Kernels {
+    /// The build's name, as `flora --version` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Portable => "portable",
+            Kernels::Avx2 => "AVX2",
+            Kernels::Avx512 => "AVX-512",
+        }
+    }
+}
+
 /// The widest build the environment allows: `FLORA_KERNELS` (`portable`, `avx2`) or
 /// `FLORA_PORTABLE_KERNELS=1`.
 fn env_cap() -> Kernels {
@@ -37,8 +48,8 @@ fn env_cap() -> Kernels {
     })
 }
 
-/// The widest build this CPU runs.
-fn cpu_kernels() -> Kernels {
+/// The widest build this CPU runs (before the environment's cap).
+pub fn cpu_kernels() -> Kernels {
     #[cfg(target_arch = "x86_64")]
     {
         static CPU: OnceLock<Kernels> = OnceLock::new();

@@ -11,6 +11,7 @@ mod support;
 mod architecture;
 mod browser;
 mod class_weights;
+mod cli_extras;
 mod container;
 mod cv;
 mod deploy;
