@@ -32,14 +32,14 @@ pub(super) struct Prepared {
     pub(super) weighting: Weighting,
 }
 
-/// Scans, decodes and splits the dataset; every data error is reported here, before a run exists.
-pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
-    let cfg = &settings.config;
+/// Scans the dataset and decodes it at `data.image_size` (through the pixel store), warning
+/// about the images it skipped: what training and cross-validation start from.
+pub(crate) fn decode_dataset(settings: &Settings) -> Result<(DatasetIndex, ImageCache)> {
     let index = DatasetIndex::scan(&settings.data_dir())?;
     let store = settings.pixel_store()?;
     let cache = ImageCache::build(
         &index.samples,
-        cfg.data.image_size,
+        settings.config.data.image_size,
         settings.decode_limits(),
         "decoding",
         store.as_ref(),
@@ -47,6 +47,13 @@ pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
     if let Some(report) = cache.skipped_report() {
         eprintln!("warning: {report}");
     }
+    Ok((index, cache))
+}
+
+/// Scans, decodes and splits the dataset; every data error is reported here, before a run exists.
+pub(super) fn prepare(settings: &Settings, plan: &Plan) -> Result<Prepared> {
+    let cfg = &settings.config;
+    let (index, cache) = decode_dataset(settings)?;
     let mut counts = vec![0usize; index.classes.len()];
     for s in &cache.samples {
         counts[s.class] += 1;

@@ -72,21 +72,6 @@ fn paths(s: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A large, highly compressible PNG: small on disk, slow to decode.
-fn big_png(side: u32) -> Vec<u8> {
-    use image::ImageEncoder;
-    let pixels: Vec<u8> = (0..side * side * 3).map(|i| (i / 3 % 7) as u8).collect();
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new_with_quality(
-        &mut out,
-        image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::NoFilter,
-    )
-    .write_image(&pixels, side, side, image::ExtendedColorType::Rgb8)
-    .unwrap();
-    out
-}
-
 /// Six clients ask for the explanation of a large photo and leave before it comes: the
 /// permit stays with the computation, so at most one occlusion map ever runs (the page's own
 /// count says so), the others are answered 503, and once it ends the next one runs.

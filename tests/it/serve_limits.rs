@@ -366,21 +366,6 @@ fn sigterm_with_a_stalled_upload_exits_within_the_deadline() {
     assert!(server.log().contains("still busy"), "{}", server.log());
 }
 
-/// A large, highly compressible PNG: small to send, slow to decode.
-fn big_png(side: u32) -> Vec<u8> {
-    use image::ImageEncoder;
-    let pixels: Vec<u8> = (0..side * side * 3).map(|i| (i / 3 % 7) as u8).collect();
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new_with_quality(
-        &mut out,
-        image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::NoFilter,
-    )
-    .write_image(&pixels, side, side, image::ExtendedColorType::Rgb8)
-    .unwrap();
-    out
-}
-
 #[test]
 fn a_client_that_leaves_does_not_free_its_decode_slot() {
     let dir = slotted_project(

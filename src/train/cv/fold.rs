@@ -15,6 +15,7 @@ use crate::model::bundle::ModelBundle;
 use crate::model::infer;
 use crate::track::store::{self, RunStatus};
 use crate::train;
+use crate::util::fingerprint::hex;
 use crate::util::fsutil;
 
 /// A trained and predicted fold.
@@ -171,8 +172,4 @@ pub(crate) fn read_fold(
         members,
         probs,
     }))
-}
-
-fn hex(h: &[u8; 32]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -27,7 +27,6 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::data::cache::ImageCache;
-use crate::data::dataset::DatasetIndex;
 use crate::data::split;
 use crate::evaluate::html_report;
 use crate::evaluate::label_audit::{self, Issue};
@@ -131,18 +130,7 @@ impl CvData {
         }
         let cfg = &settings.config;
         crate::util::device::set_threads(cfg.train.threads);
-        let index = DatasetIndex::scan(&settings.data_dir())?;
-        let store = settings.pixel_store()?;
-        let cache = ImageCache::build(
-            &index.samples,
-            cfg.data.image_size,
-            settings.decode_limits(),
-            "decoding",
-            store.as_ref(),
-        );
-        if let Some(r) = cache.skipped_report() {
-            eprintln!("warning: {r}");
-        }
+        let (index, cache) = crate::train::data::decode_dataset(settings)?;
         let folds: Vec<usize> = cache
             .content_hashes
             .iter()

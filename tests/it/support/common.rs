@@ -238,3 +238,18 @@ pub type EvalHtmlReport = (
     tempfile::TempDir,
     serde_json::Value,
 );
+
+/// A large, highly compressible PNG: small on disk and to send, slow to decode.
+pub fn big_png(side: u32) -> Vec<u8> {
+    use image::ImageEncoder;
+    let pixels: Vec<u8> = (0..side * side * 3).map(|i| (i / 3 % 7) as u8).collect();
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(&pixels, side, side, image::ExtendedColorType::Rgb8)
+    .unwrap();
+    out
+}
