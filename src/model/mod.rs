@@ -8,6 +8,7 @@ pub mod fused;
 pub mod fused_mobilenet;
 pub mod infer;
 pub mod mobilenet;
+pub mod onnx;
 pub mod pretrained;
 pub mod unknown;
 
