@@ -62,10 +62,32 @@ pub enum Command {
     Health(HealthArgs),
     /// Show the pixel cache (decoded images kept between runs), or clear it.
     Cache(CacheArgs),
+    /// Export a model to ONNX (optionally with the normalisation inside the graph).
+    Export(ExportArgs),
     /// Print the shell completion script for bash, zsh, fish, powershell or elvish.
     Completions(CompletionsArgs),
     /// Write a man page per command (flora.1, flora-train.1, ...) into a folder.
     Man(ManArgs),
+}
+
+/// `flora export`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The format to write.
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub format: ExportFormatArg,
+    /// Output file (default: <run name or bundle folder>.onnx in the current folder).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Take uint8 RGB pixels [batch, size, size, 3] (resized and cropped) and normalise them
+    /// inside the graph, so an app needs no mean/std.
+    #[arg(long)]
+    pub with_preprocess: bool,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `flora completions`

@@ -70,3 +70,10 @@ pub enum SlotChoiceArg {
     Green,
     Live,
 }
+
+/// `flora export --format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormatArg {
+    /// ONNX, opset 17, dynamic batch axis.
+    Onnx,
+}

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod completions;
 pub mod cv;
 pub mod eval;
+pub mod export;
 pub mod health;
 pub mod init;
 pub mod label;
@@ -42,6 +43,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cv(args) => cv::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Health(args) => health::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Cache(args) => cache::run(&Settings::load(cli.config.as_deref())?, &args),
+        Command::Export(args) => export::run(&Settings::load(cli.config.as_deref())?, &args),
         Command::Completions(args) => completions::run(&args),
         Command::Man(args) => man::run(&args),
     }

@@ -8,7 +8,8 @@ use burn::nn::{
 use burn::prelude::*;
 
 use super::fused::{FusedBlock, FusedCnn};
-use super::{conv_bn_weights, values};
+use super::layers::{Act, Layer};
+use super::{conv_bn_weights, head_layer, values};
 use crate::ops::{self, BlockParams, TrainEngine};
 
 /// Channel widths of the four blocks.
@@ -38,6 +39,15 @@ impl ConvBlock {
     fn fused(&self, cin: usize, cout: usize) -> FusedBlock {
         let w = conv_bn_weights(&self.conv, &self.norm);
         FusedBlock::fold(cin, cout, &w)
+    }
+
+    /// The folded conv (ReLU after it) and the pool, for export.
+    fn layers(&self, cin: usize, cout: usize) -> [Layer; 2] {
+        let w = conv_bn_weights(&self.conv, &self.norm);
+        [
+            Layer::conv(&w, [cin, cout], (3, 1, 1), Act::Relu),
+            Layer::MaxPool2,
+        ]
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -160,6 +170,19 @@ impl Cnn {
             None => vec![0.0; self.head.weight.dims()[1]],
         };
         FusedCnn::new(blocks, values(self.head.weight.val()), head_bias)
+    }
+
+    /// The network as plain inference layers (BatchNorm folded, NCHW), for export.
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut cin = 3;
+        let mut layers = Vec::new();
+        for (b, cout) in self.blocks.iter().zip(WIDTHS) {
+            layers.extend(b.layers(cin, cout));
+            cin = cout;
+        }
+        layers.push(Layer::GlobalAvgPool);
+        layers.push(head_layer(&self.head));
+        layers
     }
 }
 

@@ -17,6 +17,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu6;
 
 use super::fused_mobilenet::{FusedConv, FusedMobileNet, FusedUnit};
+use super::layers::{Act, Layer};
 use super::{conv_bn_weights, values};
 use crate::ops::{self, TrainEngine};
 
@@ -174,6 +175,20 @@ impl ConvBn {
         r.output
     }
 
+    /// This conv + norm folded into one plain layer, for export.
+    fn layer(&self) -> Layer {
+        let [cout, per_group, k, _] = self.conv.weight.dims();
+        let w = conv_bn_weights(&self.conv, &self.norm);
+        let groups = self.conv.groups;
+        let act = if self.act { Act::Relu6 } else { Act::None };
+        Layer::conv(
+            &w,
+            [per_group * groups, cout],
+            (k, self.conv.stride[0], groups),
+            act,
+        )
+    }
+
     /// The folded inference form of this conv + norm.
     fn fused(&self) -> FusedConv {
         let [cout, per_group, k, _] = self.conv.weight.dims();
@@ -312,6 +327,19 @@ impl MobileNetV2 {
 
     /// Backbone units counted by [`Self::with_trainable_tail`]: 17 blocks and the last conv.
     pub const BACKBONE_UNITS: usize = NUM_BLOCKS + 1;
+
+    /// The network as plain inference layers (BatchNorm folded, NCHW), for export.
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut layers = vec![self.stem.layer()];
+        layers.extend(self.blocks.iter().map(|b| Layer::Block {
+            inner: b.layers.iter().map(ConvBn::layer).collect(),
+            residual: b.residual,
+        }));
+        layers.push(self.last.layer());
+        layers.push(Layer::GlobalAvgPool);
+        layers.push(super::head_layer(&self.head));
+        layers
+    }
 
     /// The fast inference form (BatchNorm folded, channels-last).
     pub fn fused(&self) -> FusedMobileNet {

@@ -7,6 +7,7 @@ pub mod cnn;
 pub mod fused;
 pub mod fused_mobilenet;
 pub mod infer;
+pub mod layers;
 pub mod mobilenet;
 pub mod onnx;
 pub mod pretrained;
@@ -125,6 +126,14 @@ impl Classifier {
         })
     }
 
+    /// The model as plain inference layers (BatchNorm folded, NCHW), for export.
+    pub fn layers(&self) -> Vec<layers::Layer> {
+        match self {
+            Classifier::Cnn(m) => m.layers(),
+            Classifier::MobileNetV2(m) => m.layers(),
+        }
+    }
+
     /// Logits `[batch, classes]` for images `[batch, 3, size, size]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, crate::ops::TrainEngine::from_env())
@@ -145,6 +154,18 @@ pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .convert::<f32>()
         .try_to_vec()
         .expect("float weights convert to f32")
+}
+
+/// The linear classifier as a plain layer (weight `[cin][classes]`, as Burn stores it).
+pub(crate) fn head_layer(head: &burn::nn::Linear) -> layers::Layer {
+    let classes = head.weight.dims()[1];
+    layers::Layer::Linear {
+        weight: values(head.weight.val()),
+        bias: match &head.bias {
+            Some(b) => values(b.val()),
+            None => vec![0.0; classes],
+        },
+    }
 }
 
 /// The trained weights of a conv + BatchNorm pair, read out for folding into a fused form.
