@@ -17,6 +17,7 @@ mod cv;
 mod deploy;
 mod eval_predict;
 mod explain;
+mod export;
 mod fused_mobilenet_train;
 mod fused_train;
 mod indexed;
