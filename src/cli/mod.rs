@@ -85,6 +85,13 @@ pub struct ExportArgs {
     /// inside the graph, so an app needs no mean/std.
     #[arg(long)]
     pub with_preprocess: bool,
+    /// Write a statically quantized INT8 model (QDQ: int8 per-channel weights, uint8
+    /// activations calibrated on up to 256 images of the run's training split).
+    #[arg(long)]
+    pub int8: bool,
+    /// Calibrate --int8 on this folder-per-class set instead of the run's training split.
+    #[arg(long, value_name = "DIR", requires = "int8")]
+    pub calibration: Option<PathBuf>,
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::{ExportArgs, ExportFormatArg};
 use flora::config::Settings;
-use flora::model::onnx::{self, ExportOptions};
+use flora::evaluate::eval;
+use flora::model::onnx::{self, ExportOptions, quantize};
 use flora::track::select::{self, Source};
 
 /// Writes the chosen model as ONNX and says what the file takes and gives.
@@ -46,8 +47,37 @@ pub fn run(settings: &Settings, args: &ExportArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    let int8 = match args.int8 {
+        false => None,
+        true => {
+            let classes = &bundle.meta.classes;
+            let (samples, from) = match (&args.calibration, chosen.run()) {
+                (Some(dir), _) => (
+                    eval::samples_from_dir(dir, classes)?,
+                    dir.display().to_string(),
+                ),
+                (None, Some(run)) => (
+                    eval::train_split_samples(run, classes)?,
+                    format!("the training split of run {}", run.run_name),
+                ),
+                (None, None) => bail!(
+                    "--int8 calibrates on the run's training split, and this model has no run in \
+                     the store: give --calibration DIR (a folder-per-class set)"
+                ),
+            };
+            let files: Vec<PathBuf> = samples.into_iter().map(|s| s.path).collect();
+            let used = files.len().min(quantize::MAX_CALIBRATION_IMAGES);
+            eprintln!("calibrating INT8 on {used} images of {from}");
+            Some(
+                quantize::calibrate_files(&bundle, &files, settings.decode_limits())
+                    .context("calibrating the INT8 model")?,
+            )
+        }
+    };
+    let quantized = int8.is_some();
     let opts = ExportOptions {
         with_preprocess: args.with_preprocess,
+        int8,
     };
     let bytes = onnx::write(&bundle, &opts, &out)
         .with_context(|| format!("exporting to {}", out.display()))?;
@@ -59,10 +89,11 @@ pub fn run(settings: &Settings, args: &ExportArgs) -> Result<ExitCode> {
         format!("float32 [batch, 3, {s}, {s}] normalised")
     };
     println!(
-        "wrote {} ({:.1} MB, ONNX opset {})",
+        "wrote {} ({:.1} MB, ONNX opset {}{})",
         out.display(),
         bytes as f64 / 1e6,
-        onnx::OPSET
+        onnx::OPSET,
+        if quantized { ", INT8 QDQ" } else { "" }
     );
     println!(
         "  model   {} (width {}), {} classes",

@@ -81,7 +81,7 @@ pub fn default_samples(run: &RunInfo, classes: &[String]) -> Result<(Vec<Sample>
         let samples = samples_from_dir(&test, classes)?;
         return Ok((samples, format!("the held-out set {}", test.display())));
     }
-    let samples = val_split_samples(run, &root, classes)?;
+    let samples = split_samples(run, &root, classes, "val")?;
     Ok((
         samples,
         format!("the validation split of run {}", run.run_name),
@@ -98,13 +98,24 @@ fn run_data_dir(run: &RunInfo) -> Result<PathBuf> {
     ))
 }
 
-/// The validation samples of a run's own split (`split.csv`), under its data folder `root`.
-/// Every row's path and class are checked, since the file is read back from disk.
-fn val_split_samples(run: &RunInfo, root: &Path, classes: &[String]) -> Result<Vec<Sample>> {
+/// The images a run trained on (the `train` rows of its `split.csv`), e.g. to calibrate an
+/// INT8 export.
+pub fn train_split_samples(run: &RunInfo, classes: &[String]) -> Result<Vec<Sample>> {
+    split_samples(run, &run_data_dir(run)?, classes, "train")
+}
+
+/// The `subset` samples (`train` or `val`) of a run's own split (`split.csv`), under its data
+/// folder `root`. Every row's path and class are checked, since the file is read back from disk.
+fn split_samples(
+    run: &RunInfo,
+    root: &Path,
+    classes: &[String],
+    subset: &str,
+) -> Result<Vec<Sample>> {
     let csv = run.artifacts().join("split.csv");
     let rows = split::read_csv(&csv)?;
     let mut out = Vec::new();
-    for r in rows.into_iter().filter(|r| r.subset == "val") {
+    for r in rows.into_iter().filter(|r| r.subset == subset) {
         let rel = fsutil::check_relative(&r.path)
             .with_context(|| format!("{} has a bad row", csv.display()))?;
         let path = root.join(rel);
@@ -124,7 +135,7 @@ fn val_split_samples(run: &RunInfo, root: &Path, classes: &[String]) -> Result<V
         });
     }
     if out.is_empty() {
-        bail!("run {} has no validation images in split.csv", run.run_id);
+        bail!("run {} has no {subset} images in split.csv", run.run_id);
     }
     Ok(out)
 }

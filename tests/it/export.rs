@@ -217,6 +217,58 @@ fn exported_models_give_floras_probabilities_under_onnx_runtime() {
 }
 
 #[test]
+fn int8_export_agrees_with_the_float_model_under_onnx_runtime() {
+    let Some(python) = onnx_python() else { return };
+    let dir = project(12, 2);
+    let p = dir.path();
+    ok(p, &["train", "--name", "q"]);
+    let images = p.join("images");
+    images_at(28, &images);
+    ok(p, &["export", "--out", "f.onnx"]);
+    let printed = ok(p, &["export", "--int8", "--out", "q.onnx"]);
+    assert!(printed.contains("INT8 QDQ"), "{printed}");
+    let float = onnx_runtime(&python, &p.join("f.onnx"), &images);
+    let int8 = onnx_runtime(&python, &p.join("q.onnx"), &images);
+    assert!(
+        int8["metadata"]["flora.precision"]
+            .as_str()
+            .unwrap()
+            .starts_with("int8")
+    );
+    let top = |v: &Value| -> Vec<usize> {
+        v["probs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|row| {
+                let row = row.as_array().unwrap();
+                (0..row.len())
+                    .max_by(|&a, &b| {
+                        row[a]
+                            .as_f64()
+                            .unwrap()
+                            .total_cmp(&row[b].as_f64().unwrap())
+                    })
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (f, q) = (top(&float), top(&int8));
+    let agree = f.iter().zip(&q).filter(|(a, b)| a == b).count();
+    // Measured: 18 of 18 (and 25 of 25 on bags) on this cnn.
+    assert!(
+        agree >= 17,
+        "INT8 top-1 agrees with float on {agree} of {}",
+        f.len()
+    );
+    let size = |f: &str| std::fs::metadata(p.join(f)).unwrap().len();
+    assert!(
+        size("q.onnx") * 3 < size("f.onnx"),
+        "int8 weights are a quarter of the size"
+    );
+}
+
+#[test]
 fn export_names_the_file_after_the_run_and_never_overwrites_by_accident() {
     let dir = project(6, 1);
     let p = dir.path();

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use super::graph::{Attr, Dim, Graph};
 use super::proto::tensor_proto::DataType;
 use super::proto::{ModelProto, OperatorSetIdProto};
+use super::quantize::{self, Ranges};
 use crate::model::bundle::ModelBundle;
 use crate::model::layers::{Act, Layer};
 
@@ -24,6 +25,22 @@ pub struct ExportOptions {
     /// Take uint8 RGB pixels `[batch, size, size, 3]` (already resized and cropped) and
     /// normalise them inside the graph, instead of normalised float NCHW.
     pub with_preprocess: bool,
+    /// Quantize to INT8 (QDQ) with these calibrated activation ranges
+    /// ([`super::quantize::calibrate`]); `None` writes float32.
+    pub int8: Option<Ranges>,
+}
+
+/// A value in the graph and, when it has just been through QuantizeLinear → DequantizeLinear,
+/// its scale (what a following conv's int32 bias is scaled by).
+struct Val {
+    name: String,
+    scale: Option<f32>,
+}
+
+/// Walks the layers, adding operators (and QDQ pairs when quantizing).
+struct Emitter<'a> {
+    g: Graph,
+    ranges: Option<std::slice::Iter<'a, (f32, f32)>>,
 }
 
 /// The ONNX model of `bundle`.
@@ -32,10 +49,13 @@ pub fn to_onnx(bundle: &ModelBundle, opts: &ExportOptions) -> Result<ModelProto>
     let side = meta.image_size as usize;
     let classes = meta.classes.len();
     let layers = bundle.model.layers();
-    let mut g = Graph::new(&format!("flora_{}", meta.arch.as_str()));
+    let mut e = Emitter {
+        g: Graph::new(&format!("flora_{}", meta.arch.as_str())),
+        ranges: opts.int8.as_ref().map(|r| r.0.iter()),
+    };
     let batch = Dim::Named("batch");
-    let mut x = if opts.with_preprocess {
-        g.input(
+    let x = if opts.with_preprocess {
+        e.g.input(
             INPUT,
             DataType::Uint8,
             &[
@@ -45,9 +65,9 @@ pub fn to_onnx(bundle: &ModelBundle, opts: &ExportOptions) -> Result<ModelProto>
                 Dim::Fixed(3),
             ],
         );
-        normalise_in_graph(&mut g, bundle)
+        normalise_in_graph(&mut e.g, bundle)
     } else {
-        g.input(
+        e.g.input(
             INPUT,
             DataType::Float,
             &[
@@ -59,8 +79,13 @@ pub fn to_onnx(bundle: &ModelBundle, opts: &ExportOptions) -> Result<ModelProto>
         );
         INPUT.to_string()
     };
-    x = emit(&mut g, &layers, x)?;
-    g.node_into("Softmax", &[&x], &[("axis", Attr::Int(1))], OUTPUT);
+    let x = e.quantized(x)?;
+    let x = e.layers(&layers, x)?;
+    if e.ranges.as_mut().is_some_and(|r| r.next().is_some()) {
+        bail!("the calibration ranges do not match this model's layers");
+    }
+    let mut g = e.g;
+    g.node_into("Softmax", &[&x.name], &[("axis", Attr::Int(1))], OUTPUT);
     g.output(OUTPUT, DataType::Float, &[batch, Dim::Fixed(classes)]);
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),
@@ -99,68 +124,121 @@ fn normalise_in_graph(g: &mut Graph, bundle: &ModelBundle) -> String {
     g.node("Sub", &[&x, &shift], &[])
 }
 
-/// Appends `layers` to the graph after the value `x`; returns the last value (logits).
-fn emit(g: &mut Graph, layers: &[Layer], mut x: String) -> Result<String> {
-    for layer in layers {
-        x = match layer {
-            Layer::Conv {
-                weight,
-                bias,
-                cin,
-                cout,
-                k,
-                stride,
-                groups,
-                act,
-            } => {
-                let dims = [*cout, cin / groups, *k, *k];
-                let (k, s, p) = (*k as i64, *stride as i64, (*k / 2) as i64);
-                let w = g.constant("w", &dims, weight);
-                let b = g.constant("b", &[*cout], bias);
-                let y = g.node(
-                    "Conv",
-                    &[&x, &w, &b],
-                    &[
-                        ("kernel_shape", Attr::Ints(vec![k, k])),
-                        ("strides", Attr::Ints(vec![s, s])),
-                        ("pads", Attr::Ints(vec![p, p, p, p])),
-                        ("group", Attr::Int(*groups as i64)),
-                    ],
-                );
-                activation(g, y, *act)
-            }
-            Layer::MaxPool2 => g.node(
-                "MaxPool",
-                &[&x],
-                &[
-                    ("kernel_shape", Attr::Ints(vec![2, 2])),
-                    ("strides", Attr::Ints(vec![2, 2])),
-                ],
-            ),
-            Layer::Block { inner, residual } => {
-                let y = emit(g, inner, x.clone())?;
-                if *residual {
-                    g.node("Add", &[&x, &y], &[])
-                } else {
-                    y
-                }
-            }
-            Layer::GlobalAvgPool => {
-                let y = g.node("GlobalAveragePool", &[&x], &[]);
-                g.node("Flatten", &[&y], &[("axis", Attr::Int(1))])
-            }
-            Layer::Linear { weight, bias } => {
-                let classes = bias.len();
-                if classes == 0 || weight.len() % classes != 0 {
-                    bail!("the classifier's weights do not match its {classes} classes");
-                }
-                let w = g.constant("head_w", &[weight.len() / classes, classes], weight);
-                let b = g.constant("head_b", &[classes], bias);
-                g.node("Gemm", &[&x, &w, &b], &[])
-            }
+impl Emitter<'_> {
+    /// `x` through a QDQ pair at the next calibrated range, when quantizing.
+    fn quantized(&mut self, x: String) -> Result<Val> {
+        let Some(ranges) = self.ranges.as_mut() else {
+            return Ok(Val {
+                name: x,
+                scale: None,
+            });
         };
+        let Some(&range) = ranges.next() else {
+            bail!("the calibration ranges do not match this model's layers");
+        };
+        let (name, scale) = quantize::qdq(&mut self.g, &x, range);
+        Ok(Val {
+            name,
+            scale: Some(scale),
+        })
     }
-    Ok(x)
+
+    /// A weight (float, or int8 behind a DequantizeLinear when the input is quantized) and its
+    /// bias (float, or int32).
+    fn weights(
+        &mut self,
+        x: &Val,
+        w: &[f32],
+        dims: &[usize],
+        axis: usize,
+        bias: &[f32],
+    ) -> (String, String) {
+        let g = &mut self.g;
+        match x.scale {
+            Some(s) => {
+                let (w, scales) = quantize::int8_weights(g, w, dims, axis);
+                (w, quantize::int32_bias(g, bias, s, &scales))
+            }
+            None => (
+                g.constant("w", dims, w),
+                g.constant("b", &[bias.len()], bias),
+            ),
+        }
+    }
+
+    /// Appends `layers` after the value `x`; returns the last value (the logits).
+    fn layers(&mut self, layers: &[Layer], mut x: Val) -> Result<Val> {
+        for layer in layers {
+            x = match layer {
+                Layer::Conv {
+                    weight,
+                    bias,
+                    cin,
+                    cout,
+                    k,
+                    stride,
+                    groups,
+                    act,
+                } => {
+                    let dims = [*cout, cin / groups, *k, *k];
+                    let (w, b) = self.weights(&x, weight, &dims, 0, bias);
+                    let (k, s, p) = (*k as i64, *stride as i64, (*k / 2) as i64);
+                    let y = self.g.node(
+                        "Conv",
+                        &[&x.name, &w, &b],
+                        &[
+                            ("kernel_shape", Attr::Ints(vec![k, k])),
+                            ("strides", Attr::Ints(vec![s, s])),
+                            ("pads", Attr::Ints(vec![p, p, p, p])),
+                            ("group", Attr::Int(*groups as i64)),
+                        ],
+                    );
+                    let y = activation(&mut self.g, y, *act);
+                    self.quantized(y)?
+                }
+                Layer::MaxPool2 => {
+                    let y = self.g.node(
+                        "MaxPool",
+                        &[&x.name],
+                        &[
+                            ("kernel_shape", Attr::Ints(vec![2, 2])),
+                            ("strides", Attr::Ints(vec![2, 2])),
+                        ],
+                    );
+                    self.quantized(y)?
+                }
+                Layer::Block { inner, residual } => {
+                    let input = x.name.clone();
+                    let y = self.layers(inner, x)?;
+                    if *residual {
+                        let sum = self.g.node("Add", &[&input, &y.name], &[]);
+                        self.quantized(sum)?
+                    } else {
+                        y
+                    }
+                }
+                Layer::GlobalAvgPool => {
+                    let y = self.g.node("GlobalAveragePool", &[&x.name], &[]);
+                    let y = self.g.node("Flatten", &[&y], &[("axis", Attr::Int(1))]);
+                    self.quantized(y)?
+                }
+                Layer::Linear { weight, bias } => {
+                    let classes = bias.len();
+                    if classes == 0 || weight.len() % classes != 0 {
+                        bail!("the classifier's weights do not match its {classes} classes");
+                    }
+                    let dims = [weight.len() / classes, classes];
+                    let (w, b) = self.weights(&x, weight, &dims, 1, bias);
+                    let y = self.g.node("Gemm", &[&x.name, &w, &b], &[]);
+                    Val {
+                        name: y,
+                        scale: None,
+                    }
+                }
+            };
+        }
+        Ok(x)
+    }
 }
 
 fn activation(g: &mut Graph, x: String, act: Act) -> String {
