@@ -155,17 +155,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
 #[into_params(parameter_in = Query)]
 pub struct SwitchQuery {
     /// The slot to make live.
-    #[param(required = true, value_type = SlotName)]
+    #[param(required = true, inline, value_type = Slot)]
     color: Option<String>,
-}
-
-/// A slot's name (the schema of `?color`).
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum SlotName {
-    Blue,
-    Green,
 }
 
 /// Makes a slot live (`POST /admin/switch-model?color=blue|green`).
