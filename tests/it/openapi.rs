@@ -111,7 +111,12 @@ fn call(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = r.body_mut().with_config().limit(10_000_000).read_to_vec().unwrap();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(10_000_000)
+        .read_to_vec()
+        .unwrap();
     Answer {
         status: r.status().as_u16(),
         content_type,
@@ -167,10 +172,46 @@ fn every_routes_answers_match_the_validated_openapi_document() {
 
     // The pages and the status routes.
     s.add(&server, Some("/"), "get", "/", "", b"", &[], 200);
-    s.add(&server, Some("/health"), "get", "/health", "", b"", &[], 200);
-    s.add(&server, Some("/models"), "get", "/models", "", b"", &[], 200);
-    s.add(&server, Some("/metrics"), "get", "/metrics", "", b"", &[], 200);
-    let doc = s.add(&server, Some("/openapi.json"), "get", "/openapi.json", "", b"", &[], 200);
+    s.add(
+        &server,
+        Some("/health"),
+        "get",
+        "/health",
+        "",
+        b"",
+        &[],
+        200,
+    );
+    s.add(
+        &server,
+        Some("/models"),
+        "get",
+        "/models",
+        "",
+        b"",
+        &[],
+        200,
+    );
+    s.add(
+        &server,
+        Some("/metrics"),
+        "get",
+        "/metrics",
+        "",
+        b"",
+        &[],
+        200,
+    );
+    let doc = s.add(
+        &server,
+        Some("/openapi.json"),
+        "get",
+        "/openapi.json",
+        "",
+        b"",
+        &[],
+        200,
+    );
     let page = s.add(&server, Some("/docs"), "get", "/docs", "", b"", &[], 200);
     // Every file the docs page loads is served, with its type; nothing comes from elsewhere.
     let page = String::from_utf8(page.body).unwrap();
@@ -179,27 +220,84 @@ fn every_routes_answers_match_the_validated_openapi_document() {
         .filter(|p| p.starts_with("docs/"))
         .collect();
     assert_eq!(files.len(), 3, "{page}");
-    assert!(!page.contains("http"), "the page names no other site: {page}");
+    assert!(
+        !page.contains("http"),
+        "the page names no other site: {page}"
+    );
     for f in files {
-        let a = s.add(&server, Some("/docs/{file}"), "get", &format!("/{f}"), "", b"", &[], 200);
+        let a = s.add(
+            &server,
+            Some("/docs/{file}"),
+            "get",
+            &format!("/{f}"),
+            "",
+            b"",
+            &[],
+            200,
+        );
         assert!(a.body.len() > 100, "{f}");
     }
-    s.add(&server, Some("/docs/{file}"), "get", "/docs/nope.js", "", b"", &[], 404);
+    s.add(
+        &server,
+        Some("/docs/{file}"),
+        "get",
+        "/docs/nope.js",
+        "",
+        b"",
+        &[],
+        404,
+    );
 
     // Predictions: multipart and a raw body, and each refusal.
     let p = Some("/predict");
     let a = s.add(&server, p, "post", "/predict", &form, &upload, &[], 200);
     let answer: Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(answer["top_k"].as_array().unwrap().len(), 3);
-    s.add(&server, p, "post", "/predict?top_k=2", "image/png", &png, &[], 200);
-    s.add(&server, p, "post", "/predict?top_k=x", "image/png", &png, &[], 400);
+    s.add(
+        &server,
+        p,
+        "post",
+        "/predict?top_k=2",
+        "image/png",
+        &png,
+        &[],
+        200,
+    );
+    s.add(
+        &server,
+        p,
+        "post",
+        "/predict?top_k=x",
+        "image/png",
+        &png,
+        &[],
+        400,
+    );
     s.add(&server, p, "post", "/predict", &form, &empty, &[], 400);
     let evil = [("Origin", "https://evil.example")];
-    s.add(&server, p, "post", "/predict", "image/png", &png, &evil, 403);
+    s.add(
+        &server,
+        p,
+        "post",
+        "/predict",
+        "image/png",
+        &png,
+        &evil,
+        403,
+    );
     let mut big = png.clone();
     big.resize(1_000_000, 0);
     s.add(&server, p, "post", "/predict", "image/png", &big, &[], 413);
-    s.add(&server, p, "post", "/predict", "image/png", b"not an image", &[], 415);
+    s.add(
+        &server,
+        p,
+        "post",
+        "/predict",
+        "image/png",
+        b"not an image",
+        &[],
+        415,
+    );
     s.add(&server, p, "post", "/predict", "text/plain", &png, &[], 415);
     let bad = png_header(64, 64);
     s.add(&server, p, "post", "/predict", "image/png", &bad, &[], 422);
@@ -208,15 +306,60 @@ fn every_routes_answers_match_the_validated_openapi_document() {
     let e = Some("/explain");
     let a = s.add(&server, e, "post", "/explain", &form, &upload, &[], 200);
     assert!(a.body.starts_with(b"\x89PNG"));
-    s.add(&server, e, "post", "/explain", "image/png", b"not an image", &[], 415);
+    s.add(
+        &server,
+        e,
+        "post",
+        "/explain",
+        "image/png",
+        b"not an image",
+        &[],
+        415,
+    );
 
     // The admin switch: without and with the token.
     let w = Some("/admin/switch-model");
     let ct = "application/x-www-form-urlencoded";
-    s.add(&server, w, "post", "/admin/switch-model?color=green", ct, b"", &[], 401);
-    s.add(&server, w, "post", "/admin/switch-model?color=red", ct, b"", &auth, 400);
-    s.add(&server, w, "post", "/admin/switch-model", ct, b"", &auth, 400);
-    let a = s.add(&server, w, "post", "/admin/switch-model?color=green", ct, b"", &auth, 200);
+    s.add(
+        &server,
+        w,
+        "post",
+        "/admin/switch-model?color=green",
+        ct,
+        b"",
+        &[],
+        401,
+    );
+    s.add(
+        &server,
+        w,
+        "post",
+        "/admin/switch-model?color=red",
+        ct,
+        b"",
+        &auth,
+        400,
+    );
+    s.add(
+        &server,
+        w,
+        "post",
+        "/admin/switch-model",
+        ct,
+        b"",
+        &auth,
+        400,
+    );
+    let a = s.add(
+        &server,
+        w,
+        "post",
+        "/admin/switch-model?color=green",
+        ct,
+        b"",
+        &auth,
+        200,
+    );
     let switched: Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(switched["live"], "green");
 
@@ -269,8 +412,7 @@ fn swagger_ui_runs_a_prediction_offline() {
     images.sort();
     let image = &images[0];
     // What the API answers for the same image, straight.
-    let (_, direct) =
-        server.predict_multipart(&std::fs::read(image).unwrap(), "sneaker.png", "");
+    let (_, direct) = server.predict_multipart(&std::fs::read(image).unwrap(), "sneaker.png", "");
 
     b.open(&server.url("/docs"));
     let op = "#operations-predict-predict";
@@ -304,11 +446,13 @@ fn swagger_ui_runs_a_prediction_offline() {
              return c && c.innerText.includes('model_used') && c.innerText"
         ),
     );
-    let shown: Value = serde_json::from_str(text.as_str().unwrap())
-        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    let shown: Value =
+        serde_json::from_str(text.as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(shown["prediction"]["class"], direct["prediction"]["class"]);
     assert_eq!(shown["model_used"], "blue");
-    let status = b.text(&format!("{op} .live-responses-table tbody .response-col_status"));
+    let status = b.text(&format!(
+        "{op} .live-responses-table tbody .response-col_status"
+    ));
     assert!(status.starts_with("200"), "{status}");
     b.eval_js(
         "document.querySelector(arguments[0]).scrollIntoView({block: 'center'})",
