@@ -24,7 +24,7 @@ pub use mobilenet::MobileNetV2;
 use crate::data::imaging::Normalization;
 
 /// One class with its probability: what a model answers, best first.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Scored {
     pub class: String,
     pub confidence: f32,

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::util::fsutil::{append_line_atomic, now_ms, sync_dir, write_atomic};
 
 /// One of the two slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     Blue,

@@ -27,6 +27,7 @@ mod mlflow;
 mod mlflow_push;
 mod mobilenet;
 mod monitoring;
+mod openapi;
 mod orientation;
 mod pixel_cache;
 mod promote;

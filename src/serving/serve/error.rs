@@ -5,7 +5,8 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use super::api::ErrorBody;
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -42,7 +43,10 @@ pub struct Reason(pub &'static str);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(json!({"error": self.message}))).into_response();
+        let body = ErrorBody {
+            error: self.message,
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -74,7 +78,7 @@ pub async fn json_errors(resp: Response) -> Response {
     let message = if text.is_empty() {
         match status {
             StatusCode::NOT_FOUND => {
-                "no such endpoint: see GET / for the page, POST /predict, GET /health, GET /models, GET /metrics".into()
+                "no such endpoint: see GET /docs (the API, with GET /openapi.json) or GET / (the upload page)".into()
             }
             StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".into(),
             s => s.canonical_reason().unwrap_or("error").to_string(),
@@ -82,7 +86,7 @@ pub async fn json_errors(resp: Response) -> Response {
     } else {
         text
     };
-    let body = serde_json::to_vec(&json!({"error": message})).unwrap_or_default();
+    let body = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

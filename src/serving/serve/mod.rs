@@ -2,16 +2,21 @@
 //!
 //! - [`models`]: the loaded slots and the live one, kept in step with `models/` (polled).
 //! - [`worker`]: the inference thread, which batches requests that queue up.
-//! - [`routes`]: the endpoints; [`error`]: JSON errors; [`prometheus`]: Prometheus metrics.
+//! - [`routes`]: the endpoints; [`api`]: their JSON bodies; [`error`]: JSON errors;
+//!   [`prometheus`]: Prometheus metrics.
+//! - [`openapi`]: the OpenAPI document (`/openapi.json`); [`docs`]: Swagger UI on it (`/docs`).
 //! - [`listen`]: the accept loop (timeouts, connection cap, shutdown deadline);
 //!   [`limits`]: the per-request deadline; [`origin`]: the cross-origin check.
 
 pub mod access;
+pub mod api;
+pub mod docs;
 pub mod error;
 pub mod limits;
 mod linger;
 pub mod listen;
 pub mod models;
+pub mod openapi;
 pub mod origin;
 pub mod prometheus;
 pub mod routes;
@@ -24,10 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
@@ -150,18 +154,13 @@ pub fn token_matches(given: &str, expected: &[u8; 32]) -> bool {
         == 0
 }
 
-/// The router with every endpoint, the body limit, JSON errors, the request deadline, the
-/// cross-origin check and request metrics.
+/// The router with every endpoint and its OpenAPI document, the body limit, JSON errors, the
+/// request deadline, the cross-origin check and request metrics.
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     use axum::middleware::from_fn_with_state;
-    Router::new()
-        .route("/", get(routes::index))
-        .route("/health", get(routes::health))
-        .route("/models", get(routes::models))
-        .route("/metrics", get(routes::metrics))
-        .route("/predict", post(routes::predict))
-        .route("/explain", post(routes::explain))
-        .route("/admin/switch-model", post(routes::switch_model))
+    let (router, doc) = routes::api().split_for_parts();
+    router
+        .layer(Extension(openapi::Json::new(&doc)))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(from_fn_with_state(app.clone(), limits::deadline))

@@ -8,23 +8,53 @@ use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
 
 use super::upload::{DecGuard, decode_permit, read_upload};
 use crate::data::imaging;
 use crate::model::Scored;
 use crate::serving::collect::{self, Outcome, Sidecar};
+use crate::serving::serve::api::{Collection, ErrorBody, PredictAnswer, Prediction, Upload};
 use crate::serving::serve::error::ApiError;
 use crate::serving::serve::snapshot::Loaded;
 use crate::serving::serve::{App, access};
 
 /// `?top_k=N`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PredictQuery {
+    /// How many of the best classes to list (3 by default; 1 to the number of classes).
+    #[param(minimum = 1)]
     top_k: Option<usize>,
 }
 
-/// `POST /predict`: a multipart field `file`, or a raw `image/*` body.
+/// Classifies an uploaded image (`POST /predict`).
+///
+/// The image comes as a multipart field `file`, or as a raw `image/*` body.
+#[utoipa::path(
+    post,
+    path = "/predict",
+    tag = "predict",
+    params(PredictQuery),
+    request_body(
+        description = "The image: a multipart form field `file`, or the raw bytes",
+        content(
+            (Upload = "multipart/form-data"),
+            ("image/*"),
+            ("application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The serving model's answer", body = PredictAnswer),
+        (status = 400, description = "A bad query, an empty file, or a form without `file`", body = ErrorBody),
+        (status = 403, description = "A cross-origin request", body = ErrorBody),
+        (status = 408, description = "The body was not received in time", body = ErrorBody),
+        (status = 413, description = "The body is over `serve.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Not an image flora decodes, or another Content-Type", body = ErrorBody),
+        (status = 422, description = "The image could not be decoded (corrupt, or over the decode limits)", body = ErrorBody),
+        (status = 503, description = "No model, the inference queue is full, or the server is stopping or overloaded", body = ErrorBody),
+    )
+)]
 pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let query = Query::<PredictQuery>::try_from_uri(req.uri())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
@@ -85,22 +115,22 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     let (collected, collection) = if app.collect {
         save_upload(&app, &model, &top, bytes, format, filename).await
     } else {
-        (None, "off")
+        (None, Collection::Off)
     };
 
-    let mut resp = Json(json!({
-        "model_used": label,
-        "run_id": model.bundle.meta.run_id,
-        "prediction": {
-            "class": answer,
-            "confidence": best.confidence,
-            "unknown": is_unknown,
-            "info": info,
+    let mut resp = Json(PredictAnswer {
+        model_used: label,
+        run_id: model.bundle.meta.run_id.clone(),
+        prediction: Prediction {
+            class: answer.clone(),
+            confidence: best.confidence,
+            unknown: is_unknown,
+            info: info.cloned(),
         },
-        "top_k": top,
-        "data_collected_at": collected,
-        "collection": collection,
-    }))
+        top_k: top,
+        data_collected_at: collected,
+        collection,
+    })
     .into_response();
     resp.extensions_mut().insert(access::Answered {
         slot: label,
@@ -109,9 +139,34 @@ pub async fn predict(State(app): State<Arc<App>>, req: Request) -> Result<Respon
     Ok(resp)
 }
 
-/// `POST /explain`: the uploaded image (as for `/predict`, never collected) with the serving
-/// model's occlusion heat map for its top class over it, as PNG. Computed only when asked, one
-/// at a time (503 `busy` while another runs), decoded under the upload limits.
+/// Shows why (`POST /explain`): the serving model's heat map for its top class, as PNG.
+///
+/// The uploaded image (as for `/predict`, never collected) with the occlusion heat map over
+/// it. Computed only when asked, one at a time (503 while another runs), decoded under the
+/// upload limits.
+#[utoipa::path(
+    post,
+    path = "/explain",
+    tag = "predict",
+    request_body(
+        description = "The image: a multipart form field `file`, or the raw bytes",
+        content(
+            (Upload = "multipart/form-data"),
+            ("image/*"),
+            ("application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The image with the top class's occlusion heat map over it", content_type = "image/png"),
+        (status = 400, description = "A form without `file`, or a malformed form", body = ErrorBody),
+        (status = 403, description = "A cross-origin request", body = ErrorBody),
+        (status = 408, description = "The body was not received in time", body = ErrorBody),
+        (status = 413, description = "The body is over `serve.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Not an image flora decodes, or another Content-Type", body = ErrorBody),
+        (status = 422, description = "The image could not be decoded or explained", body = ErrorBody),
+        (status = 503, description = "No model, another explanation is running, or the server is stopping or overloaded", body = ErrorBody),
+    )
+)]
 pub async fn explain(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let (bytes, _) = read_upload(&app, req).await?;
     imaging::require_supported(&bytes).map_err(not_an_image)?;
@@ -213,7 +268,7 @@ async fn decode_for(app: &App, model: &Loaded, bytes: Bytes) -> Result<Vec<u8>, 
 }
 
 /// Saves an upload with its sidecar under collected_data: where it went (for the answer) and
-/// what happened (`saved`, `duplicate`, `low_disk`, `failed`).
+/// what happened.
 async fn save_upload(
     app: &App,
     model: &Loaded,
@@ -221,7 +276,7 @@ async fn save_upload(
     bytes: Bytes,
     format: image::ImageFormat,
     filename: Option<String>,
-) -> (Option<String>, &'static str) {
+) -> (Option<String>, Collection) {
     let mut sidecar = Sidecar {
         id: collect::new_id(),
         time: jiff::Timestamp::now().to_string(),
@@ -246,11 +301,11 @@ async fn save_upload(
     match saved {
         Ok(Outcome::Saved(path)) => {
             app.metrics.collected(true);
-            (Some(app.display_path(&path)), "saved")
+            (Some(app.display_path(&path)), Collection::Saved)
         }
         Ok(Outcome::Duplicate) => {
             app.metrics.collection_skipped("duplicate");
-            (None, "duplicate")
+            (None, Collection::Duplicate)
         }
         Ok(Outcome::LowDisk { free }) => {
             app.metrics.collection_skipped("low_disk");
@@ -259,7 +314,7 @@ async fn save_upload(
                 app.collected_dir.display(),
                 app.collect_min_free_bytes
             );
-            (None, "low_disk")
+            (None, Collection::LowDisk)
         }
         Err(e) => {
             app.metrics.collected(false);
@@ -267,7 +322,7 @@ async fn save_upload(
                 "error: saving an upload under {}: {e:#}",
                 app.collected_dir.display()
             );
-            (None, "failed")
+            (None, Collection::Failed)
         }
     }
 }
