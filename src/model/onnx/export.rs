@@ -97,7 +97,7 @@ pub fn to_onnx(bundle: &ModelBundle, opts: &ExportOptions) -> Result<ModelProto>
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         doc_string: Some(super::metadata::description(meta)),
         graph: Some(g.finish()),
-        metadata_props: super::metadata::props(meta, opts),
+        metadata_props: super::metadata::props(meta, opts.with_preprocess, opts.int8.is_some()),
         ..Default::default()
     })
 }

@@ -4,7 +4,6 @@
 
 use serde_json::json;
 
-use super::export::ExportOptions;
 use super::proto::StringStringEntryProto;
 use crate::model::bundle::BundleMeta;
 
@@ -27,7 +26,8 @@ pub fn resize_rule(size: u32) -> String {
 }
 
 /// The metadata entries, in a stable order.
-pub fn props(meta: &BundleMeta, opts: &ExportOptions) -> Vec<StringStringEntryProto> {
+/// `with_preprocess`: the graph takes uint8 pixels; `int8`: it is quantized.
+pub fn props(meta: &BundleMeta, with_preprocess: bool, int8: bool) -> Vec<StringStringEntryProto> {
     let names: serde_json::Map<String, serde_json::Value> = meta
         .classes
         .iter()
@@ -35,7 +35,7 @@ pub fn props(meta: &BundleMeta, opts: &ExportOptions) -> Vec<StringStringEntryPr
         .map(|(i, c)| (i.to_string(), json!(c)))
         .collect();
     let size = meta.image_size;
-    let input = if opts.with_preprocess {
+    let input = if with_preprocess {
         "uint8 [batch, height, width, 3] RGB 0-255 (resized and cropped); normalised in the graph"
     } else {
         "float32 [batch, 3, height, width], (pixel / 255 - mean) / std"
@@ -59,6 +59,15 @@ pub fn props(meta: &BundleMeta, opts: &ExportOptions) -> Vec<StringStringEntryPr
         (
             "flora.output",
             "float32 [batch, classes] probabilities (softmax)".into(),
+        ),
+        (
+            "flora.precision",
+            if int8 {
+                "int8 (QDQ: int8 per-channel weights, uint8 activations, MinMax calibration)"
+            } else {
+                "float32"
+            }
+            .into(),
         ),
         ("flora.mean", floats(&meta.normalization.mean)),
         ("flora.std", floats(&meta.normalization.std)),
