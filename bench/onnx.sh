@@ -20,7 +20,7 @@ flora=$PWD/target/release/flora
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); threads $threads"
-echo "flora kernels: $($flora --version --verbose 2>/dev/null | grep -i kernel || $flora --version | tail -n +2 | grep -i kernel || true)"
+echo "flora $($flora --version | grep kernels)"
 printf '%-28s %10s %10s %6s %10s %10s %6s\n' model "flora/s" "ort/s" ratio "flora ms" "ort ms" ratio
 for spec in "cnn 1.0 64 64" "mobilenet_v2 0.35 96 32" "mobilenet_v2 1.0 224 8"; do
   read -r arch width size batch <<<"$spec"

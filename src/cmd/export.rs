@@ -66,7 +66,7 @@ pub fn run(settings: &Settings, args: &ExportArgs) -> Result<ExitCode> {
                 ),
             };
             let files: Vec<PathBuf> = samples.into_iter().map(|s| s.path).collect();
-            let used = files.len().min(quantize::MAX_CALIBRATION_IMAGES);
+            let used = quantize::calibration_subset(&files).len();
             eprintln!("calibrating INT8 on {used} images of {from}");
             Some(
                 quantize::calibrate_files(&bundle, &files, settings.decode_limits())

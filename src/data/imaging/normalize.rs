@@ -20,14 +20,22 @@ impl Default for Normalization {
 }
 
 impl Normalization {
+    /// The per-channel `(scale, shift)` with `pixel * scale - shift` = `(pixel / 255 - mean) /
+    /// std`: the one f32 arithmetic every normalisation uses (and an exported graph repeats).
+    pub fn affine(&self) -> ([f32; 3], [f32; 3]) {
+        (
+            std::array::from_fn(|c| 1.0 / (255.0 * self.std[c])),
+            std::array::from_fn(|c| self.mean[c] / self.std[c]),
+        )
+    }
+
     /// Writes `pixels` (RGB8, `side`×`side`, row-major) into `out` as normalised CHW floats,
     /// mirrored left-right when `flip` is set. `out` holds `3 * side * side` values.
     pub fn write_chw(&self, pixels: &[u8], side: usize, flip: bool, out: &mut [f32]) {
         let plane = side * side;
         debug_assert_eq!(pixels.len(), 3 * plane);
         debug_assert_eq!(out.len(), 3 * plane);
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
-        let shift: [f32; 3] = std::array::from_fn(|c| self.mean[c] / self.std[c]);
+        let (scale, shift) = self.affine();
         for y in 0..side {
             for x in 0..side {
                 let sx = if flip { side - 1 - x } else { x };
@@ -43,8 +51,7 @@ impl Normalization {
     /// Writes `pixels` (RGB8) into `out` as normalised floats in the same channels-last order.
     pub fn write_hwc(&self, pixels: &[u8], out: &mut [f32]) {
         debug_assert_eq!(pixels.len(), out.len());
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
-        let shift: [f32; 3] = std::array::from_fn(|c| self.mean[c] / self.std[c]);
+        let (scale, shift) = self.affine();
         for (p, o) in pixels.chunks_exact(3).zip(out.chunks_exact_mut(3)) {
             for c in 0..3 {
                 o[c] = p[c] as f32 * scale[c] - shift[c];

@@ -41,6 +41,8 @@ struct Val {
 struct Emitter<'a> {
     g: Graph,
     ranges: Option<std::slice::Iter<'a, (f32, f32)>>,
+    /// Clip's 0 and 6, one pair of constants for every ReLU6 of the graph.
+    relu6_bounds: Option<(String, String)>,
 }
 
 /// The ONNX model of `bundle`.
@@ -52,6 +54,7 @@ pub fn to_onnx(bundle: &ModelBundle, opts: &ExportOptions) -> Result<ModelProto>
     let mut e = Emitter {
         g: Graph::new(&format!("flora_{}", meta.arch.as_str())),
         ranges: opts.int8.as_ref().map(|r| r.0.iter()),
+        relu6_bounds: None,
     };
     let batch = Dim::Named("batch");
     let x = if opts.with_preprocess {
@@ -106,8 +109,7 @@ pub fn to_onnx(bundle: &ModelBundle, opts: &ExportOptions) -> Result<ModelProto>
 /// arithmetic as [`crate::data::imaging::Normalization::write_chw`].
 fn normalise_in_graph(g: &mut Graph, bundle: &ModelBundle) -> String {
     let n = &bundle.meta.normalization;
-    let scale: Vec<f32> = (0..3).map(|c| 1.0 / (255.0 * n.std[c])).collect();
-    let shift: Vec<f32> = (0..3).map(|c| n.mean[c] / n.std[c]).collect();
+    let (scale, shift) = n.affine();
     let scale = g.constant("scale", &[1, 3, 1, 1], &scale);
     let shift = g.constant("shift", &[1, 3, 1, 1], &shift);
     let x = g.node(
@@ -125,6 +127,25 @@ fn normalise_in_graph(g: &mut Graph, bundle: &ModelBundle) -> String {
 }
 
 impl Emitter<'_> {
+    /// `x` through `act`.
+    fn activation(&mut self, x: String, act: Act) -> String {
+        match act {
+            Act::None => x,
+            Act::Relu => self.g.node("Relu", &[&x], &[]),
+            Act::Relu6 => {
+                let g = &mut self.g;
+                let (lo, hi) = self.relu6_bounds.get_or_insert_with(|| {
+                    (
+                        g.constant("zero", &[], &[0.0]),
+                        g.constant("six", &[], &[6.0]),
+                    )
+                });
+                let (lo, hi) = (lo.clone(), hi.clone());
+                self.g.node("Clip", &[&x, &lo, &hi], &[])
+            }
+        }
+    }
+
     /// `x` through a QDQ pair at the next calibrated range, when quantizing.
     fn quantized(&mut self, x: String) -> Result<Val> {
         let Some(ranges) = self.ranges.as_mut() else {
@@ -193,7 +214,7 @@ impl Emitter<'_> {
                             ("group", Attr::Int(*groups as i64)),
                         ],
                     );
-                    let y = activation(&mut self.g, y, *act);
+                    let y = self.activation(y, *act);
                     self.quantized(y)?
                 }
                 Layer::MaxPool2 => {
@@ -238,17 +259,5 @@ impl Emitter<'_> {
             };
         }
         Ok(x)
-    }
-}
-
-fn activation(g: &mut Graph, x: String, act: Act) -> String {
-    match act {
-        Act::None => x,
-        Act::Relu => g.node("Relu", &[&x], &[]),
-        Act::Relu6 => {
-            let lo = g.constant("zero", &[], &[0.0]);
-            let hi = g.constant("six", &[], &[6.0]);
-            g.node("Clip", &[&x, &lo, &hi], &[])
-        }
     }
 }

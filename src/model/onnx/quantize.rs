@@ -37,8 +37,7 @@ pub fn calibrate_files(
     files: &[PathBuf],
     limits: DecodeLimits,
 ) -> Result<Ranges> {
-    let step = files.len().div_ceil(MAX_CALIBRATION_IMAGES).max(1);
-    let chosen: Vec<&PathBuf> = files.iter().step_by(step).collect();
+    let chosen = calibration_subset(files);
     let side = bundle.meta.image_size as usize;
     let norm = &bundle.meta.normalization;
     let device = crate::util::device::inference();
@@ -60,6 +59,12 @@ pub fn calibrate_files(
         ));
     }
     calibrate(&bundle.model.layers(), batches)
+}
+
+/// The files [`calibrate_files`] uses: at most [`MAX_CALIBRATION_IMAGES`], spread evenly.
+pub fn calibration_subset(files: &[PathBuf]) -> Vec<&PathBuf> {
+    let step = files.len().div_ceil(MAX_CALIBRATION_IMAGES).max(1);
+    files.iter().step_by(step).collect()
 }
 
 /// Runs `layers` over `batches` (normalised NCHW) with Burn's ops and records each
