@@ -146,6 +146,19 @@ impl Emitter<'_> {
         }
     }
 
+    /// Whether the QDQ pair that follows does `act` by itself: its range starts at 0 (zero
+    /// point 0, so QuantizeLinear saturates negatives to 0) and, for ReLU6, ends at most at 6.
+    /// Such an activation is left out, as ONNX Runtime's `quantize_static` does, which lets the
+    /// runtime fuse the conv and its QDQ pairs into one integer conv. The result is the same.
+    fn saturates(&self, act: Act) -> bool {
+        let next = self.ranges.as_ref().and_then(|r| r.clone().next());
+        match (act, next) {
+            (Act::None, _) | (_, None) => false,
+            (Act::Relu, Some(&(lo, _))) => lo >= 0.0,
+            (Act::Relu6, Some(&(lo, hi))) => lo >= 0.0 && hi <= 6.0,
+        }
+    }
+
     /// `x` through a QDQ pair at the next calibrated range, when quantizing.
     fn quantized(&mut self, x: String) -> Result<Val> {
         let Some(ranges) = self.ranges.as_mut() else {
@@ -214,7 +227,10 @@ impl Emitter<'_> {
                             ("group", Attr::Int(*groups as i64)),
                         ],
                     );
-                    let y = self.activation(y, *act);
+                    let y = match self.saturates(*act) {
+                        true => y,
+                        false => self.activation(y, *act),
+                    };
                     self.quantized(y)?
                 }
                 Layer::MaxPool2 => {
