@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::fused::{ConvBnWeights, matmul, per_image, pool_and_classify};
+use super::fused_kernels as kernels;
 use crate::data::imaging::Normalization;
 
 /// Which kernel a [`FusedConv`] runs.
@@ -119,6 +120,22 @@ impl FusedConv {
         debug_assert_eq!(x.len(), h * w * self.cin);
         let (oh, ow) = (self.out_side(h), self.out_side(w));
         let m = oh * ow;
+        if self.kind == Kind::Depthwise {
+            // Bias and ReLU6 inside the kernel; MobileNetV2 adds no residual here.
+            assert!(residual.is_none(), "a residual after a depthwise conv");
+            let mut out = vec![0f32; m * self.cout];
+            let row = |(oy, dst): (usize, &mut [f32])| {
+                let (c, s) = (self.cout, self.stride);
+                let (weight, bias) = (&self.weight, &self.bias);
+                kernels::depthwise_row(x, (h, w), c, s, weight, bias, self.relu6, oy, dst)
+            };
+            if threads > 1 && oh > 1 {
+                out.par_chunks_mut(ow * self.cout).enumerate().for_each(row);
+            } else {
+                out.chunks_mut(ow * self.cout).enumerate().for_each(row);
+            }
+            return (out, oh, ow);
+        }
         let mut out = match residual {
             Some(r) => r
                 .chunks_exact(self.cout)
@@ -151,44 +168,12 @@ impl FusedConv {
                     threads,
                 );
             }
-            Kind::Depthwise => {
-                let row = |(oy, dst): (usize, &mut [f32])| self.depthwise_row(x, (h, w), oy, dst);
-                if threads > 1 && oh > 1 {
-                    out.par_chunks_mut(ow * self.cout).enumerate().for_each(row);
-                } else {
-                    out.chunks_mut(ow * self.cout).enumerate().for_each(row);
-                }
-            }
+            Kind::Depthwise => unreachable!("handled above"),
         }
         if self.relu6 {
-            for v in &mut out {
-                *v = v.clamp(0.0, 6.0);
-            }
+            kernels::relu6(&mut out);
         }
         (out, oh, ow)
-    }
-
-    /// Adds output row `oy` of the depthwise conv onto `dst` (which holds the bias).
-    fn depthwise_row(&self, x: &[f32], (h, w): (usize, usize), oy: usize, dst: &mut [f32]) {
-        let c = self.cout;
-        let s = self.stride;
-        for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-            for ky in 0..3 {
-                let Some(iy) = (oy * s + ky).checked_sub(1).filter(|&y| y < h) else {
-                    continue; // zero padding
-                };
-                for kx in 0..3 {
-                    let Some(ix) = (ox * s + kx).checked_sub(1).filter(|&v| v < w) else {
-                        continue;
-                    };
-                    let src = &x[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                    let wt = &self.weight[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                    for ((o, a), b) in o.iter_mut().zip(src).zip(wt) {
-                        *o += a * b;
-                    }
-                }
-            }
-        }
     }
 }
 

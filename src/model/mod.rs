@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod cnn;
 pub mod fused;
+pub mod fused_kernels;
 pub mod fused_mobilenet;
 pub mod infer;
 pub mod layers;

@@ -1,0 +1,160 @@
+//! Channels-last kernels of the fused MobileNetV2's inference, each compiled for the widest
+//! vector instructions the CPU has ([`dispatch`], as the training ops are): the depthwise 3×3
+//! with its bias and ReLU6 in one pass, and ReLU6 alone.
+//!
+//! The depthwise kernel keeps one block of [`LANES`] channels of an output pixel in registers
+//! (a fixed-size array the compiler maps onto them) across all nine taps, so each tap is a load
+//! of the input and the weight, a multiply and an add; taps outside the image are skipped by
+//! precomputed ranges, not by a test in the inner loop.
+
+use crate::ops::simd::dispatch;
+
+/// Channels per register block: two AVX2 registers, or one AVX-512 register.
+const LANES: usize = 16;
+
+/// The valid taps (0..3) along one axis for output coordinate `o` (padding 1): those whose
+/// input coordinate `o * stride + t - 1` lies in `0..n`.
+#[inline(always)]
+fn taps(o: usize, stride: usize, n: usize) -> std::ops::Range<usize> {
+    let first = usize::from(o * stride == 0);
+    let last = (n + 1 - o * stride).min(3);
+    first..last
+}
+
+/// Output row `oy` of a depthwise 3×3 conv (padding 1) on an `h`×`w`×`c` channels-last input
+/// `x`: `bias` plus the taps of `weight` (`[ky * 3 + kx][c]`), clamped to 0..=6 when `relu6`,
+/// written over `dst` (`ow`×`c`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_row(
+    x: &[f32],
+    (h, w): (usize, usize),
+    c: usize,
+    stride: usize,
+    weight: &[f32],
+    bias: &[f32],
+    relu6: bool,
+    oy: usize,
+    dst: &mut [f32],
+) {
+    assert!(x.len() >= h * w * c && weight.len() >= 9 * c && bias.len() >= c);
+    dispatch(
+        #[inline(always)]
+        || {
+            let ky = taps(oy, stride, h);
+            for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
+                let kx = taps(ox, stride, w);
+                // Input pixel of tap (ky, kx) is (oy * stride + ky - 1, ox * stride + kx - 1).
+                let base =
+                    |ky: usize, kx: usize| ((oy * stride + ky - 1) * w + ox * stride + kx - 1) * c;
+                let mut c0 = 0;
+                while c0 + LANES <= c {
+                    let mut acc = [0f32; LANES];
+                    acc.copy_from_slice(&bias[c0..c0 + LANES]);
+                    for ty in ky.clone() {
+                        for tx in kx.clone() {
+                            let src = &x[base(ty, tx) + c0..][..LANES];
+                            let wt = &weight[(ty * 3 + tx) * c + c0..][..LANES];
+                            for l in 0..LANES {
+                                acc[l] += src[l] * wt[l];
+                            }
+                        }
+                    }
+                    if relu6 {
+                        for a in &mut acc {
+                            *a = a.clamp(0.0, 6.0);
+                        }
+                    }
+                    out[c0..c0 + LANES].copy_from_slice(&acc);
+                    c0 += LANES;
+                }
+                // The channels past the last full block, one at a time.
+                for ch in c0..c {
+                    let mut acc = bias[ch];
+                    for ty in ky.clone() {
+                        for tx in kx.clone() {
+                            acc += x[base(ty, tx) + ch] * weight[(ty * 3 + tx) * c + ch];
+                        }
+                    }
+                    out[ch] = if relu6 { acc.clamp(0.0, 6.0) } else { acc };
+                }
+            }
+        },
+    )
+}
+
+/// Clamps every value to 0..=6.
+pub(crate) fn relu6(values: &mut [f32]) {
+    dispatch(
+        #[inline(always)]
+        || {
+            for v in values.iter_mut() {
+                *v = v.clamp(0.0, 6.0);
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain definition, tap by tap with bounds checks.
+    fn reference(x: &[f32], (h, w): (usize, usize), c: usize, s: usize, wt: &[f32]) -> Vec<f32> {
+        let (oh, ow) = ((h - 1) / s + 1, (w - 1) / s + 1);
+        let mut out = vec![0f32; oh * ow * c];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let mut acc = 0.5 * ch as f32;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = ((oy * s + ky) as isize - 1, (ox * s + kx) as isize - 1);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                let i = (iy as usize * w + ix as usize) * c + ch;
+                                acc += x[i] * wt[(ky * 3 + kx) * c + ch];
+                            }
+                        }
+                    }
+                    out[(oy * ow + ox) * c + ch] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn depthwise_rows_match_the_definition_at_every_edge() {
+        // Channel counts below, at and past a register block; odd and even sides; both strides;
+        // 1×1 and 2×2 maps (every pixel on an edge).
+        for (h, w, c) in [(1, 1, 16), (2, 2, 8), (5, 7, 24), (6, 6, 48), (3, 4, 35)] {
+            for stride in [1, 2] {
+                let x: Vec<f32> = (0..h * w * c)
+                    .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                    .collect();
+                let wt: Vec<f32> = (0..9 * c)
+                    .map(|i| ((i * 53) % 89) as f32 / 44.0 - 1.0)
+                    .collect();
+                let bias: Vec<f32> = (0..c).map(|ch| 0.5 * ch as f32).collect();
+                let want = reference(&x, (h, w), c, stride, &wt);
+                let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+                let mut got = vec![f32::NAN; oh * ow * c];
+                for (oy, row) in got.chunks_mut(ow * c).enumerate() {
+                    depthwise_row(&x, (h, w), c, stride, &wt, &bias, false, oy, row);
+                }
+                for (g, r) in got.iter().zip(&want) {
+                    assert!(
+                        (g - r).abs() < 1e-5,
+                        "{h}x{w}x{c} stride {stride}: {g} vs {r}"
+                    );
+                }
+                let mut clamped = vec![f32::NAN; oh * ow * c];
+                for (oy, row) in clamped.chunks_mut(ow * c).enumerate() {
+                    depthwise_row(&x, (h, w), c, stride, &wt, &bias, true, oy, row);
+                }
+                for (g, r) in clamped.iter().zip(&want) {
+                    assert!((g - r.clamp(0.0, 6.0)).abs() < 1e-5, "relu6 {h}x{w}x{c}");
+                }
+            }
+        }
+    }
+}
