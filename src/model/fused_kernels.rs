@@ -1,6 +1,7 @@
 //! Channels-last kernels of the fused MobileNetV2's inference, each compiled for the widest
 //! vector instructions the CPU has ([`dispatch`], as the training ops are): the depthwise 3×3
-//! with its bias and ReLU6 in one pass, and ReLU6 alone.
+//! with its bias and ReLU6 in one pass, and the bias, residual and ReLU6 after a matrix product
+//! in one pass.
 //!
 //! The depthwise kernel keeps one block of [`LANES`] channels of an output pixel in registers
 //! (a fixed-size array the compiler maps onto them) across all nine taps, so each tap is a load
@@ -82,13 +83,33 @@ pub(crate) fn depthwise_row(
     )
 }
 
-/// Clamps every value to 0..=6.
-pub(crate) fn relu6(values: &mut [f32]) {
+/// The end of a 1×1 or dense conv, after its matrix product into `out` (pixels of
+/// `bias.len()` channels): adds the bias (and `residual`, of the same shape), then clamps to
+/// 0..=6 when `relu6`. One pass, so the product's output is read once while still in cache.
+pub(crate) fn epilogue(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu6: bool) {
+    let c = bias.len();
+    assert!(
+        residual.is_none_or(|r| r.len() == out.len()),
+        "residual shape"
+    );
     dispatch(
         #[inline(always)]
-        || {
-            for v in values.iter_mut() {
-                *v = v.clamp(0.0, 6.0);
+        || match residual {
+            Some(r) => {
+                for (px, rp) in out.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
+                    for ((o, b), r) in px.iter_mut().zip(bias).zip(rp) {
+                        let v = *o + b + r;
+                        *o = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                    }
+                }
+            }
+            None => {
+                for px in out.chunks_exact_mut(c) {
+                    for (o, b) in px.iter_mut().zip(bias) {
+                        let v = *o + b;
+                        *o = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                    }
+                }
             }
         },
     )

@@ -136,14 +136,8 @@ impl FusedConv {
             }
             return (out, oh, ow);
         }
-        let mut out = match residual {
-            Some(r) => r
-                .chunks_exact(self.cout)
-                .flat_map(|px| px.iter().zip(&self.bias).map(|(a, b)| a + b))
-                .collect(),
-            None => self.bias.repeat(m),
-        };
-        assert_eq!(out.len(), m * self.cout, "residual shape");
+        // The product first (not read back), then bias, residual and ReLU6 in one pass.
+        let mut out = vec![0f32; m * self.cout];
         match self.kind {
             Kind::Pointwise => matmul(
                 m,
@@ -152,7 +146,7 @@ impl FusedConv {
                 x,
                 &self.weight,
                 &mut out,
-                true,
+                false,
                 threads,
             ),
             Kind::Dense => {
@@ -164,15 +158,13 @@ impl FusedConv {
                     &patches,
                     &self.weight,
                     &mut out,
-                    true,
+                    false,
                     threads,
                 );
             }
             Kind::Depthwise => unreachable!("handled above"),
         }
-        if self.relu6 {
-            kernels::relu6(&mut out);
-        }
+        kernels::epilogue(&mut out, &self.bias, residual, self.relu6);
         (out, oh, ow)
     }
 }
