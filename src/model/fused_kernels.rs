@@ -62,7 +62,7 @@ pub(crate) fn depthwise_row(
                     }
                     if relu6 {
                         for a in &mut acc {
-                            *a = a.clamp(0.0, 6.0);
+                            *a = a.max(0.0).min(6.0);
                         }
                     }
                     out[c0..c0 + LANES].copy_from_slice(&acc);
