@@ -300,8 +300,7 @@ fn readers_never_see_a_broken_slot_and_kill_9_leaves_slots_loadable() {
                 .resolve(s)
                 .unwrap()
                 .unwrap_or_else(|| panic!("{s} filled after kill {tries}"));
-            ModelBundle::load(&d)
-                .unwrap_or_else(|e| panic!("{s} loads after kill {tries}: {e:#}"));
+            ModelBundle::load(&d).unwrap_or_else(|e| panic!("{s} loads after kill {tries}: {e:#}"));
             assert!(reg.info(s).unwrap().is_some());
         }
     }

@@ -124,6 +124,7 @@ fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
     assert_eq!(bundle.meta.data_fingerprint, fp);
     assert_eq!(bundle.meta.image_size, 28);
     let acc = bundle.meta.metrics["val_accuracy"];
+    eprintln!("measured val_accuracy {acc}");
     assert!(
         acc > 0.5,
         "4 easy classes should be learnt well above chance (0.25): {acc}"
