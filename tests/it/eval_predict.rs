@@ -40,8 +40,8 @@ fn eval_json_is_self_consistent_and_well_above_chance() {
     assert_eq!(n, 100);
     let acc = r["accuracy"].as_f64().unwrap();
     eprintln!("measured eval accuracy {acc}");
-    // Measured about 0.9 for 4 classes after 6 epochs at 28 px; chance is 0.25.
-    assert!(acc > 0.7, "accuracy {acc}");
+    // Measured 0.97 (100 held-out images, 4 classes, 6 epochs at 28 px); chance is 0.25.
+    assert!(acc >= 0.9, "accuracy {acc}");
     let classes: Vec<String> = r["classes"]
         .as_array()
         .unwrap()

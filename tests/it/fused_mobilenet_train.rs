@@ -217,9 +217,10 @@ fn check_batch_norm_relu6() {
             let [want_out, want_dx] = want4;
             // The input gradient is a difference of terms that nearly cancel when a channel has
             // a handful of values (the 1×1 maps of small images), where any f32 computation
-            // drifts from the exact value (measured: 2e-4 for the fused op and 1e-4 for the
-            // composition with 2 values a channel): the engine's largest error against the exact
-            // (f64) value must stay within 3 times the composition's, plus TOL of the scale.
+            // drifts from the exact value (measured with 2 values a channel: up to 2e-4 of the
+            // scale for the fused op, 1e-5 to 1e-4 for the composition): the engine's largest
+            // error against the exact (f64) value must stay within 3 times the composition's,
+            // plus TOL of the scale, or 1e-3 of it with fewer than 8 values a channel.
             let exact = bn_dx_f64(
                 [n, c, h, w],
                 &vec_of(&x),
@@ -249,8 +250,9 @@ fn check_batch_norm_relu6() {
                     got_err / scale,
                     want_err / scale
                 );
+                let tol = if n * h * w < 8 { 1e-3 } else { TOL as f64 };
                 assert!(
-                    got_err <= 3.0 * want_err + TOL as f64 * scale,
+                    got_err <= 3.0 * want_err + tol * scale,
                     "{}: {got_err:e} from the exact value, the composition {want_err:e}",
                     what("dx")
                 );
@@ -522,9 +524,10 @@ fn fused_and_burn_engines_train_mobilenet_alike_and_repeat_exactly() {
     assert_eq!(acc("fused-a"), acc("fused-b"));
     eprintln!("measured fused {} burn {}", acc("fused-a"), acc("burn"));
     // Both engines learn the 4 classes, to within noise of each other (about 80 val images;
-    // over seeds 7, 12 and 13 the two differed by 2 to 7 points).
-    assert!(acc("fused-a") >= 0.75, "fused: {runs:?}");
-    assert!(acc("burn") >= 0.75, "burn: {runs:?}");
+    // over seeds 7, 12 and 13 the two differed by 2 to 7 points; measured 0.862 fused, 0.897
+    // Burn at seed 7).
+    assert!(acc("fused-a") >= 0.8, "fused: {runs:?}");
+    assert!(acc("burn") >= 0.8, "burn: {runs:?}");
     assert!(
         (acc("fused-a") - acc("burn")).abs() <= 0.15,
         "fused vs burn accuracy: {runs:?}"

@@ -214,9 +214,10 @@ fn fused_and_burn_engines_train_to_the_same_accuracy_and_repeat_exactly() {
     };
     assert_eq!(values(&a), values(&b));
     eprintln!("measured fused {} burn {}", acc("fused-a"), acc("burn"));
-    // Both engines learn the 4 classes, to within noise of each other (48 val images).
-    assert!(acc("fused-a") >= 0.7, "fused: {runs:?}");
-    assert!(acc("burn") >= 0.7, "burn: {runs:?}");
+    // Both engines learn the 4 classes, to within noise of each other (48 val images, 2 points
+    // each; measured 0.958 for both).
+    assert!(acc("fused-a") >= 0.875, "fused: {runs:?}");
+    assert!(acc("burn") >= 0.875, "burn: {runs:?}");
     assert!(
         (acc("fused-a") - acc("burn")).abs() <= 0.15,
         "fused vs burn accuracy: {runs:?}"

@@ -8,7 +8,7 @@ use flora::ops::simd::{Kernels, cpu_kernels};
 
 /// Largest val-accuracy difference allowed between a narrower build and the default one (48 val
 /// images: one image is 2 points). The builds round differently, so the runs drift apart over
-/// the epochs; measured on an AVX2 machine (default = AVX2): see the `measured` line.
+/// the epochs; measured on an AVX2 machine (default = AVX2): 0.958 on all three, identical.
 const TOLERANCE: f64 = 0.1;
 
 fn train(dir: &Path, name: &str, kernels: Option<&str>) {
@@ -59,7 +59,8 @@ fn narrower_kernel_builds_train_as_well_and_say_which_build_ran() {
         std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
     };
     let default = acc("default");
-    assert!(default >= 0.7, "default build: {default}");
+    // Measured 0.958 on every build (AVX2 machine).
+    assert!(default >= 0.875, "default build: {default}");
     for (_, name, want) in &builds {
         assert_eq!(param(name, "kernels"), want.name(), "{name} run's kernels");
         let a = acc(name);

@@ -773,7 +773,8 @@ fn merge_while_writing(pause_ms: u64) -> bool {
         runs += 1;
         // Read after the merge finished: uploads still to come, and some already merged.
         let so_far = written.load(std::sync::atomic::Ordering::SeqCst);
-        if so_far < total && !manifest(&p).is_empty() {
+        let merged_some = p.join(INBOX).join("merge.csv").is_file() && !manifest(&p).is_empty();
+        if so_far < total && merged_some {
             mid += 1;
         }
     }
