@@ -57,6 +57,8 @@ pub(super) fn log_inputs(
         ),
         ("train.patience", t.patience.to_string()),
         ("train.threads", t.threads.to_string()),
+        // The SIMD kernels' build the run used (`FLORA_KERNELS` caps it), as `--version` says.
+        ("kernels", crate::ops::simd::kernels().name().into()),
         ("num_classes", data.classes.len().to_string()),
         ("classes", data.classes.join(",")),
         ("num_train", data.train.len().to_string()),

@@ -39,8 +39,9 @@ fn eval_json_is_self_consistent_and_well_above_chance() {
     let n = r["num_images"].as_u64().unwrap();
     assert_eq!(n, 100);
     let acc = r["accuracy"].as_f64().unwrap();
-    // Measured about 0.9 for 4 classes after 6 epochs at 28 px; chance is 0.25.
-    assert!(acc > 0.7, "accuracy {acc}");
+    eprintln!("measured eval accuracy {acc}");
+    // Measured 0.97 (100 held-out images, 4 classes, 6 epochs at 28 px); chance is 0.25.
+    assert!(acc >= 0.9, "accuracy {acc}");
     let classes: Vec<String> = r["classes"]
         .as_array()
         .unwrap()
@@ -208,36 +209,68 @@ fn saved_and_reloaded_bundle_gives_identical_probabilities() {
 
 #[test]
 fn fused_engine_matches_the_burn_forward_pass() {
-    use flora::model::bundle::{Engine, ModelBundle};
-    let (dir, held_out) = trained();
-    // Both engines are set here, whatever FLORA_ENGINE says in the environment.
-    let mut burn = ModelBundle::load(&find_bundle(dir.path())).unwrap();
-    let mut fused = burn.clone();
-    burn.set_engine(Engine::Burn);
-    fused.set_engine(Engine::Fused);
-    assert_eq!(burn.engine(), Engine::Burn);
-    assert_eq!(fused.engine(), Engine::Fused);
-    let images: Vec<image::RgbImage> = std::fs::read_dir(held_out.join("bag"))
-        .unwrap()
-        .chain(std::fs::read_dir(held_out.join("sneaker")).unwrap())
-        .take(24)
-        .map(|e| {
-            flora::data::imaging::prepare_file(&e.unwrap().path(), 28, Default::default()).unwrap()
+    use burn::module::Module;
+    use burn::tensor::{Device, Tensor, TensorData};
+    use flora::data::imaging::Normalization;
+    use flora::model::{Arch, Classifier};
+    use flora::ops::TrainEngine;
+    // Logits, not probabilities (a confident model's saturate), of randomly initialised models
+    // whose BatchNorm running statistics one training pass has moved off 0 and 1 (so folding
+    // them into the fused convs matters), on real images of every test class.
+    let (_, test) = fashion_mnist();
+    let images: Vec<image::RgbImage> = CLASSES
+        .iter()
+        .flat_map(|class| {
+            let mut files: Vec<_> = std::fs::read_dir(test.join(class))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            files.truncate(6);
+            files
         })
+        .map(|f| flora::data::imaging::prepare_file(&f, 28, Default::default()).unwrap())
         .collect();
+    assert_eq!(images.len(), 6 * CLASSES.len());
     let px: Vec<&[u8]> = images.iter().map(|i| i.as_raw().as_slice()).collect();
-    // A batch (images in parallel) and a lone image (rows split across threads).
-    for batch in [&px[..], &px[..1]] {
-        let (a, b) = (fused.predict_pixels(batch), burn.predict_pixels(batch));
-        assert_eq!(a.len(), batch.len());
-        for (pa, pb) in a.iter().zip(&b) {
-            let diff = pa
+    let norm = Normalization::default();
+    let chw = |batch: &[&[u8]]| {
+        let mut input = vec![0f32; batch.len() * 3 * 28 * 28];
+        for (img, out) in batch.iter().zip(input.chunks_mut(3 * 28 * 28)) {
+            norm.write_chw(img, 28, false, out);
+        }
+        TensorData::new(input, [batch.len(), 3, 28, 28])
+    };
+    let train = Device::flex().autodiff();
+    train.seed(17);
+    for (arch, width) in [(Arch::Cnn, 1.0), (Arch::MobilenetV2, 0.35)] {
+        let model = Classifier::with_width(arch, width, 4, 0.0, &train);
+        let _ = model.forward_with(Tensor::from_data(chw(&px), &train), TrainEngine::Burn);
+        let model = model.valid();
+        let fused = model.fused().expect("a fused form");
+        let device = Device::flex();
+        // A batch (images in parallel) and a lone image (rows split across threads).
+        for batch in [&px[..], &px[..1]] {
+            let got = fused.logits(batch, &norm, 28);
+            let want =
+                model.forward_with(Tensor::from_data(chw(batch), &device), TrainEngine::Burn);
+            let want: Vec<f32> = want.into_data().try_to_vec().unwrap();
+            let got: Vec<f32> = got.concat();
+            assert_eq!(got.len(), want.len());
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = got
                 .iter()
-                .zip(pb)
-                .map(|(x, y)| (x - y).abs())
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
                 .fold(0f32, f32::max);
-            assert!(diff < 1e-4, "fused {pa:?} vs burn {pb:?}");
-            assert!((pa.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+            eprintln!(
+                "measured {arch:?} x{}: {diff:e} (scale {scale})",
+                batch.len()
+            );
+            assert!(
+                diff <= 1e-4 * scale,
+                "{arch:?}: fused logits off by {diff:e}\n got {got:?}\nwant {want:?}"
+            );
         }
     }
 }

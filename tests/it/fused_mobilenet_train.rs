@@ -1,31 +1,21 @@
-//! MobileNetV2's fused training ops (depthwise 3×3, pointwise, BatchNorm + ReLU6) against Burn's
-//! own ops: gradients of every input and parameter on random inputs, the whole network through
+//! MobileNetV2's training ops (depthwise 3×3, pointwise, BatchNorm + ReLU6) through both engines
+//! against an independent composition of Burn's elementary ops (`support::compose`): outputs
+//! and the gradients of every input and parameter on random inputs; the whole network through
 //! both engines, freezing, then real training runs with both engines.
 
 use crate::support::common::{self, ok, project, write_config};
+use crate::support::compose;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
 use flora::model::MobileNetV2;
 use flora::ops::{self, TrainEngine};
 
-/// |got - want| ≤ 1e-5 + 1e-4 |want| for every element.
-fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let got = got.into_data().try_to_vec::<f32>().unwrap();
-    let want = want.into_data().try_to_vec::<f32>().unwrap();
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).abs() - (1e-5 + 1e-4 * w.abs()))
-        .fold(f32::NEG_INFINITY, f32::max);
-    assert!(
-        worst <= 0.0,
-        "{what}: off by {worst:e} beyond tolerance\n got {:?}\nwant {:?}",
-        &got[..got.len().min(8)],
-        &want[..want.len().min(8)]
-    );
-}
+/// Scale-relative tolerance of each op's outputs and gradients against the independent
+/// composition (`support::compose`): `max |got - want| <= TOL * max |want|` per tensor.
+/// Measured (both engines, every shape below): at most 7.2e-7 (a depthwise weight gradient
+/// [2, 1, 3, 3] on 91×93 maps); a wrong term is off by far more.
+const TOL: f32 = 1e-5;
 
 fn device() -> Device {
     let device = Device::flex().autodiff();
@@ -75,18 +65,19 @@ fn check_depthwise() {
             let [x, k] = <[_; 2]>::try_from(leaves(&[x.clone(), k.clone()])).unwrap();
             let y = match engine {
                 Some(e) => ops::depthwise3x3_train(x.clone(), k.clone(), stride, e),
-                None => ops::depthwise3x3_reference(x.clone(), k.clone(), stride),
+                None => compose::conv3x3(x.clone(), k.clone(), None, stride),
             };
             let g = (y.clone() * r.clone()).sum().backward();
             [y, x.grad(&g).unwrap(), k.grad(&g).unwrap()]
         };
         let want = run(None);
-        let got = run(Some(TrainEngine::Fused));
-        for ((name, g), w) in ["output", "dx", "dweight"].iter().zip(got).zip(want) {
-            assert_close(&format!("{shape} {name}"), g, w);
+        for engine in [TrainEngine::Fused, TrainEngine::Burn] {
+            let got = run(Some(engine));
+            for ((name, g), w) in ["output", "dx", "dweight"].iter().zip(got).zip(&want) {
+                let what = format!("{engine:?} {shape} {name}");
+                compose::assert_rel_t(&what, g, w.clone(), TOL);
+            }
         }
-        let burn = run(Some(TrainEngine::Burn));
-        assert_close("burn engine", burn[0].clone(), run(None)[0].clone());
     }
 }
 
@@ -113,15 +104,18 @@ fn check_pointwise() {
             let [x, k] = <[_; 2]>::try_from(leaves(&[x.clone(), k.clone()])).unwrap();
             let y = match engine {
                 Some(e) => ops::pointwise_train(x.clone(), k.clone(), e),
-                None => ops::pointwise_reference(x.clone(), k.clone()),
+                None => compose::pointwise(x.clone(), k.clone()),
             };
             let g = (y.clone() * r.clone()).sum().backward();
             [y, x.grad(&g).unwrap(), k.grad(&g).unwrap()]
         };
         let want = run(None);
-        let got = run(Some(TrainEngine::Fused));
-        for ((name, g), w) in ["output", "dx", "dweight"].iter().zip(got).zip(want) {
-            assert_close(&format!("{shape} {name}"), g, w);
+        for engine in [TrainEngine::Fused, TrainEngine::Burn] {
+            let got = run(Some(engine));
+            for ((name, g), w) in ["output", "dx", "dweight"].iter().zip(got).zip(&want) {
+                let what = format!("{engine:?} {shape} {name}");
+                compose::assert_rel_t(&what, g, w.clone(), TOL);
+            }
         }
     }
 }
@@ -201,7 +195,13 @@ fn check_batch_norm_relu6() {
                         ops::bn_act_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu6, e)
                     }
                     None => {
-                        ops::bn_act_reference(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu6)
+                        let (output, s) =
+                            compose::bn_act(x.clone(), gamma.clone(), beta.clone(), relu6);
+                        ops::BnActOutput {
+                            output,
+                            mean: s.mean,
+                            var: s.var,
+                        }
                     }
                 };
                 let g = (o.output.clone() * r.clone()).sum().backward();
@@ -214,14 +214,13 @@ fn check_batch_norm_relu6() {
                 ([o.output, x.grad(&g).unwrap()], vectors)
             };
             let (want4, want1) = run(None);
-            let (got4, got1) = run(Some(TrainEngine::Fused));
-            let [got_out, got_dx] = got4;
             let [want_out, want_dx] = want4;
-            assert_close(&format!("{shape} output"), got_out, want_out);
             // The input gradient is a difference of terms that nearly cancel when a channel has
-            // a handful of values (the 1×1 maps of small images), where Burn's f32 composition
-            // itself drifts from the exact value: each element must match Burn's, or be at
-            // least as close as Burn's to the exact (f64) value.
+            // a handful of values (the 1×1 maps of small images), where any f32 computation
+            // drifts from the exact value (measured with 2 values a channel: up to 2e-4 of the
+            // scale for the fused op, 1e-5 to 1e-4 for the composition): the engine's largest
+            // error against the exact (f64) value must stay within 3 times the composition's,
+            // plus TOL of the scale, or 1e-3 of it with fewer than 8 values a channel.
             let exact = bn_dx_f64(
                 [n, c, h, w],
                 &vec_of(&x),
@@ -230,22 +229,40 @@ fn check_batch_norm_relu6() {
                 &vec_of(&r),
                 relu6,
             );
-            let (gd, wd) = (vec_of(&got_dx), vec_of(&want_dx));
-            for ((&g, &w), &e) in gd.iter().zip(&wd).zip(&exact) {
-                let tol = 1e-5 + 1e-4 * w.abs();
-                let fused_err = (g as f64 - e).abs();
-                let burn_err = (w as f64 - e).abs();
-                assert!(
-                    (g - w).abs() <= tol || fused_err <= burn_err + tol as f64,
-                    "{shape} dx: fused {g}, Burn {w}, exact {e}"
+            let wd = vec_of(&want_dx);
+            let dx_scale = wd.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for engine in [TrainEngine::Fused, TrainEngine::Burn] {
+                let what = |name: &str| format!("{engine:?} {shape} {name}");
+                let (got4, got1) = run(Some(engine));
+                let [got_out, got_dx] = got4;
+                compose::assert_rel_t(&what("output"), got_out, want_out.clone(), TOL);
+                let worst = |v: &[f32]| {
+                    v.iter()
+                        .zip(&exact)
+                        .map(|(&g, &e)| (g as f64 - e).abs())
+                        .fold(0f64, f64::max)
+                };
+                let (got_err, want_err) = (worst(&vec_of(&got_dx)), worst(&wd));
+                let scale = dx_scale as f64;
+                eprintln!(
+                    "measured {}: {:e} of the scale from exact, composition {:e}",
+                    what("dx"),
+                    got_err / scale,
+                    want_err / scale
                 );
-            }
-            for ((name, g), w) in ["mean", "var", "dgamma", "dbeta"]
-                .iter()
-                .zip(got1)
-                .zip(want1)
-            {
-                assert_close(&format!("{shape} {name}"), g, w);
+                let tol = if n * h * w < 8 { 1e-3 } else { TOL as f64 };
+                assert!(
+                    got_err <= 3.0 * want_err + tol * scale,
+                    "{}: {got_err:e} from the exact value, the composition {want_err:e}",
+                    what("dx")
+                );
+                for ((name, g), w) in ["mean", "var", "dgamma", "dbeta"]
+                    .iter()
+                    .zip(got1)
+                    .zip(&want1)
+                {
+                    compose::assert_rel_t(&what(name), g, w.clone(), TOL);
+                }
             }
         }
     }
@@ -279,14 +296,12 @@ fn fused_ops_run_without_autodiff() {
     let x = normal([2, 6, 5, 7], 1.0, &device);
     let k = normal([6, 1, 3, 3], 0.5, &device);
     let got = ops::depthwise3x3_train(x.clone(), k.clone(), 2, TrainEngine::Fused);
-    assert_close(
-        "depthwise",
-        got,
-        ops::depthwise3x3_reference(x.clone(), k, 2),
-    );
+    let want = compose::conv3x3(x.clone(), k, None, 2);
+    compose::assert_rel_t("depthwise", got, want, TOL);
     let k = normal([4, 6, 1, 1], 0.5, &device);
     let got = ops::pointwise_train(x.clone(), k.clone(), TrainEngine::Fused);
-    assert_close("pointwise", got, ops::pointwise_reference(x.clone(), k));
+    let want = compose::pointwise(x.clone(), k);
+    compose::assert_rel_t("pointwise", got, want, TOL);
     let (g, b) = (normal([6], 1.0, &device), normal([6], 1.0, &device));
     let got = ops::bn_act_train(
         x.clone(),
@@ -296,11 +311,8 @@ fn fused_ops_run_without_autodiff() {
         true,
         TrainEngine::Fused,
     );
-    assert_close(
-        "bn",
-        got.output,
-        ops::bn_act_reference(x, g, b, 1e-5, true).output,
-    );
+    let (want, _) = compose::bn_act(x, g, b, true);
+    compose::assert_rel_t("bn", got.output, want, TOL);
 }
 
 /// Every float tensor of a module (parameters and running statistics) in visiting order, and
@@ -412,27 +424,37 @@ fn frozen_units_get_no_update_through_the_fused_engine() {
     let y = burn::tensor::Tensor::<1, burn::tensor::Int>::from_data([0, 1, 2, 0], &device);
     // Two trainable units of 18: the stem, the first 16 blocks and their BatchNorms freeze.
     let model = MobileNetV2::new(0.35, 3, 0.0, &device).with_trainable_tail(2);
-    let before = collect(&model.valid(), None);
+    let before = compose::snapshot(&model.valid(), None);
     let logits = model.forward_with(x, TrainEngine::Fused);
     let loss = burn::nn::loss::CrossEntropyLoss::new(None, &device).forward(logits, y);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let mut optim = AdamConfig::new().init();
     let model = optim.step(1e-2, model, grads);
-    let after = collect(&model.valid(), None);
+    let after = compose::snapshot(&model.valid(), None);
     assert_eq!(before.len(), after.len());
-    let changed: Vec<bool> = before.iter().zip(&after).map(|(a, b)| a.1 != b.1).collect();
-    // Visiting order: stem (conv weight, gamma, beta, running mean, running var), then blocks.
-    let stem_and_early = 5 + 2 * 5; // the stem and block 0 (depthwise + project: 2 convs)
-    assert!(
-        changed[..stem_and_early].iter().all(|c| !c),
-        "frozen stem and first block changed: {changed:?}"
-    );
-    // The last block's project conv + norm, the last conv + norm, the head's weight and bias.
-    let tail = &changed[changed.len() - 12..];
-    assert!(
-        tail.iter().all(|c| *c),
-        "the trainable tail and head changed: {changed:?}"
-    );
+    // Every tensor (weights, BatchNorm parameters and running statistics) by module path: the
+    // stem and blocks 0..=15 are frozen; block 16, the last conv and the head train.
+    let frozen = |path: &str| {
+        path.starts_with("stem.")
+            || path
+                .strip_prefix("blocks.")
+                .and_then(|rest| rest.split('.').next())
+                .is_some_and(|i| i.parse::<usize>().unwrap() < 16)
+    };
+    let (mut still, mut moved) = (0, 0);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.name, a.name);
+        if frozen(&b.name) {
+            assert!(b.values == a.values, "frozen {} changed", b.name);
+            still += 1;
+        } else {
+            assert!(b.values != a.values, "trainable {} did not change", b.name);
+            moved += 1;
+        }
+    }
+    // 5 tensors per conv + norm: the stem, blocks 0..=15 (2 convs in block 0, 3 in the others);
+    // block 16 (3 convs), the last conv, the head's weight and bias.
+    assert_eq!((still, moved), (5 * (1 + 2 + 15 * 3), 5 * 4 + 2));
 }
 
 /// `flora runs --json` of the project in `dir`, parsed.
@@ -500,10 +522,12 @@ fn fused_and_burn_engines_train_mobilenet_alike_and_repeat_exactly() {
         history("fused-b", "train_loss")
     );
     assert_eq!(acc("fused-a"), acc("fused-b"));
+    eprintln!("measured fused {} burn {}", acc("fused-a"), acc("burn"));
     // Both engines learn the 4 classes, to within noise of each other (about 80 val images;
-    // over seeds 7, 12 and 13 the two differed by 2 to 7 points).
-    assert!(acc("fused-a") >= 0.75, "fused: {runs:?}");
-    assert!(acc("burn") >= 0.75, "burn: {runs:?}");
+    // over seeds 7, 12 and 13 the two differed by 2 to 7 points; measured 0.862 fused, 0.897
+    // Burn at seed 7).
+    assert!(acc("fused-a") >= 0.8, "fused: {runs:?}");
+    assert!(acc("burn") >= 0.8, "burn: {runs:?}");
     assert!(
         (acc("fused-a") - acc("burn")).abs() <= 0.15,
         "fused vs burn accuracy: {runs:?}"

@@ -1,31 +1,22 @@
-//! The fused training op of the reference CNN's block against Burn's own ops: gradients of every
-//! input and parameter on random inputs, then real training runs with both engines.
+//! The reference CNN's block through both training engines (the fused op, and Burn's engine,
+//! flora's own composition) against an independent composition of Burn's elementary ops
+//! (`support::compose`): output, statistics and the gradients of every input and parameter on
+//! random inputs; then real training runs with both engines.
 
 use crate::support::common::{self, ok, project};
+use crate::support::compose;
 use burn::tensor::{Device, Distribution, Tensor};
-use flora::ops::{BlockOutput, BlockParams, TrainEngine, conv_block_reference, conv_block_train};
+use flora::ops::{BlockOutput, BlockParams, TrainEngine, conv_block_train};
 
-/// |got - want| ≤ 1e-5 + 1e-4 |want| for every element.
-fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let got = got.into_data().try_to_vec::<f32>().unwrap();
-    let want = want.into_data().try_to_vec::<f32>().unwrap();
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).abs() - (1e-5 + 1e-4 * w.abs()))
-        .fold(f32::NEG_INFINITY, f32::max);
-    assert!(
-        worst <= 0.0,
-        "{what}: off by {worst:e} beyond tolerance\n got {:?}\nwant {:?}",
-        &got[..got.len().min(8)],
-        &want[..want.len().min(8)]
-    );
-}
+/// Scale-relative tolerance of the block's outputs and gradients against the composition:
+/// `max |got - want| <= TOL * max |want|` per tensor. Measured (both engines, every shape
+/// below): see `measured` lines under `--nocapture`; a wrong term is off by far more.
+const TOL: f32 = 1e-5;
 
 /// One block call on fresh leaf tensors (so each engine gets its own gradients), with the loss
-/// `sum(output * r)`. Returns the output, statistics and the gradients of x, weight, bias,
-/// gamma and beta.
+/// `sum(output * r)`: through `engine`, or through the independent composition of Burn's
+/// elementary ops (`support::compose`) when `None`. Returns the output, statistics and the
+/// gradients of x, weight, bias, gamma and beta.
 fn run(
     engine: Option<TrainEngine>,
     inputs: &[Tensor<4>; 2],
@@ -40,11 +31,22 @@ fn run(
         bias: bias.clone(),
         gamma: gamma.clone(),
         beta: beta.clone(),
-        epsilon: 1e-5,
+        epsilon: compose::EPSILON,
     };
     let out = match engine {
         Some(e) => conv_block_train(x.clone(), p, e),
-        None => conv_block_reference(x.clone(), p),
+        None => {
+            let (y, s) = compose::conv_block(
+                x.clone().permute([0, 3, 1, 2]),
+                weight.clone(),
+                [bias.clone(), gamma.clone(), beta.clone()],
+            );
+            BlockOutput {
+                output: y.permute([0, 2, 3, 1]),
+                mean: s.mean,
+                var: s.var,
+            }
+        }
     };
     let grads = (out.output.clone() * r.clone()).sum().backward();
     let g4 = vec![x.grad(&grads).unwrap(), weight.grad(&grads).unwrap()];
@@ -99,22 +101,39 @@ fn check_block_gradients() {
             Tensor::<1>::random([cout], normal, &device),
         ];
         let r = Tensor::<4>::random([n, h / 2, w / 2, cout], normal, &device);
-        let shape = format!("[{n}, {h}, {w}, {cin}] → {cout}");
         let (want, want4, want1) = run(None, &inputs, &vectors, &r);
-        let (got, got4, got1) = run(Some(TrainEngine::Fused), &inputs, &vectors, &r);
-        assert_close(&format!("{shape} output"), got.output, want.output);
-        assert_close(&format!("{shape} mean"), got.mean, want.mean);
-        assert_close(&format!("{shape} var"), got.var, want.var);
-        for ((name, g), w) in ["x", "weight"].iter().zip(got4).zip(want4) {
-            assert_close(&format!("{shape} d{name}"), g, w);
+        // Both engines against the composition: the fused kernels, and Burn's engine (flora's
+        // own `conv_block_reference`).
+        for engine in [TrainEngine::Fused, TrainEngine::Burn] {
+            let shape = format!("{engine:?} [{n}, {h}, {w}, {cin}] → {cout}");
+            let (got, got4, got1) = run(Some(engine), &inputs, &vectors, &r);
+            let check = |what: &str, g: Tensor<1>, w: Tensor<1>| {
+                compose::assert_rel_t(&format!("{shape} {what}"), g, w, TOL)
+            };
+            compose::assert_rel_t(
+                &format!("{shape} output"),
+                got.output,
+                want.output.clone(),
+                TOL,
+            );
+            check("mean", got.mean, want.mean.clone());
+            check("var", got.var, want.var.clone());
+            for ((name, g), w) in ["x", "weight"].iter().zip(got4).zip(&want4) {
+                compose::assert_rel_t(&format!("{shape} d{name}"), g, w.clone(), TOL);
+            }
+            let [dbias, dgamma, dbeta] = <[_; 3]>::try_from(got1).ok().unwrap();
+            check("dgamma", dgamma, want1[1].clone());
+            check("dbeta", dbeta, want1[2].clone());
+            // The conv bias's gradient is zero in exact arithmetic (BatchNorm removes any
+            // per-channel shift): both sides are rounding noise, held to dbeta's scale.
+            let noise = (dbias - want1[0].clone()).abs().max().into_scalar::<f32>();
+            let scale = want1[2].clone().abs().max().into_scalar::<f32>();
+            eprintln!("measured {shape} dbias: {:e} of dbeta", noise / scale);
+            assert!(
+                noise <= TOL * scale,
+                "{shape} dbias: {noise:e}, dbeta {scale:e}"
+            );
         }
-        for ((name, g), w) in ["bias", "gamma", "beta"].iter().zip(got1).zip(want1) {
-            assert_close(&format!("{shape} d{name}"), g, w);
-        }
-        // The Burn engine is the composition itself.
-        let (burn, _, _) = run(Some(TrainEngine::Burn), &inputs, &vectors, &r);
-        let (reference, _, _) = run(None, &inputs, &vectors, &r);
-        assert_close("burn engine", burn.output, reference.output);
     }
 }
 
@@ -131,9 +150,10 @@ fn fused_block_runs_without_autodiff() {
         epsilon: 1e-5,
     };
     let got = conv_block_train(x.clone(), p.clone(), TrainEngine::Fused);
-    let want = conv_block_reference(x, p);
-    assert_close("output", got.output, want.output);
-    assert_close("var", got.var, want.var);
+    let (want, stats) =
+        compose::conv_block(x.permute([0, 3, 1, 2]), p.weight, [p.bias, p.gamma, p.beta]);
+    compose::assert_rel_t("output", got.output, want.permute([0, 2, 3, 1]), TOL);
+    compose::assert_rel_t("var", got.var, stats.var, TOL);
 }
 
 /// `flora runs --json` of the project in `dir`, parsed.
@@ -193,9 +213,11 @@ fn fused_and_burn_engines_train_to_the_same_accuracy_and_repeat_exactly() {
             .collect::<Vec<_>>()
     };
     assert_eq!(values(&a), values(&b));
-    // Both engines learn the 4 classes, to within noise of each other (48 val images).
-    assert!(acc("fused-a") >= 0.7, "fused: {runs:?}");
-    assert!(acc("burn") >= 0.7, "burn: {runs:?}");
+    eprintln!("measured fused {} burn {}", acc("fused-a"), acc("burn"));
+    // Both engines learn the 4 classes, to within noise of each other (48 val images, 2 points
+    // each; measured 0.958 for both).
+    assert!(acc("fused-a") >= 0.875, "fused: {runs:?}");
+    assert!(acc("burn") >= 0.875, "burn: {runs:?}");
     assert!(
         (acc("fused-a") - acc("burn")).abs() <= 0.15,
         "fused vs burn accuracy: {runs:?}"

@@ -731,32 +731,57 @@ fn with_a_model_presorts_like_predict_accepts_confident_ones_and_train_ignores_t
 
 #[test]
 fn merge_while_serve_writes_takes_only_finished_files() {
+    // The merges must overlap the writes: at least one merge has to finish, having taken some
+    // uploads, while the writer still has more to write. On a slow machine the writer is slowed
+    // down and the whole test tried again.
+    for (attempt, pause_ms) in [15u64, 60, 240].into_iter().enumerate() {
+        if merge_while_writing(pause_ms) {
+            return;
+        }
+        eprintln!("attempt {attempt}: no merge finished between uploads; slowing the writer");
+    }
+    panic!("no merge ever finished while uploads were still being written");
+}
+
+/// One round of [`merge_while_serve_writes_takes_only_finished_files`], the writer pausing
+/// `pause_ms` every 10 uploads. Returns whether a merge landed mid-writing (having taken some
+/// files while others were still to come); everything else is asserted.
+fn merge_while_writing(pause_ms: u64) -> bool {
     let dir = project(5, 1);
     let p = dir.path().to_path_buf();
     let collected = p.join("collected_data");
     let imgs = test_images(25, &CLASSES);
+    let total = imgs.len();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (collected, imgs) = (collected.clone(), imgs.clone());
+        let (collected, imgs, written) = (collected.clone(), imgs.clone(), written.clone());
         std::thread::spawn(move || {
             let mut saved = Vec::new();
             for (i, img) in imgs.iter().enumerate() {
                 saved.push(upload(&collected, &std::fs::read(img).unwrap(), "live.png"));
+                written.store(i + 1, std::sync::atomic::Ordering::SeqCst);
                 if i % 10 == 0 {
-                    std::thread::sleep(Duration::from_millis(15));
+                    std::thread::sleep(Duration::from_millis(pause_ms));
                 }
             }
             saved
         })
     };
-    let mut runs = 0;
+    let (mut runs, mut mid) = (0, 0);
     while !writer.is_finished() || runs == 0 {
         ok(&p, &["merge"]);
         runs += 1;
+        // Read after the merge finished: uploads still to come, and some already merged.
+        let so_far = written.load(std::sync::atomic::Ordering::SeqCst);
+        let merged_some = p.join(INBOX).join("merge.csv").is_file() && !manifest(&p).is_empty();
+        if so_far < total && merged_some {
+            mid += 1;
+        }
     }
     let saved = writer.join().unwrap();
     ok(&p, &["merge"]);
     eprintln!(
-        "{runs} merge(s) ran while {} uploads were written",
+        "{runs} merge(s) ran while {} uploads were written, {mid} of them mid-writing",
         saved.len()
     );
     let rows = manifest(&p);
@@ -776,6 +801,7 @@ fn merge_while_serve_writes_takes_only_finished_files() {
             r.source
         );
     }
+    mid > 0
 }
 
 #[test]

@@ -208,6 +208,9 @@ fn pretrained_head_training_learns_and_keeps_the_backbone() {
     let acc = serde_json::from_str::<serde_json::Value>(&out).unwrap()["accuracy"]
         .as_f64()
         .unwrap_or_else(|| panic!("no accuracy in {out}"));
+    eprintln!("measured eval accuracy {acc}");
+    // Measured 0.3 (6 of 20): 3 head-only epochs on 30 images a class barely move off chance,
+    // so this floor cannot rise without a longer run.
     assert!(
         acc > 0.25,
         "no better than chance (4 classes): {acc}\n{out}"

@@ -1,5 +1,6 @@
 //! `flora promote` and `flora status`: blue/green slots, the gate, rollback, safety.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -239,12 +240,31 @@ fn readers_never_see_a_broken_slot_and_kill_9_leaves_slots_loadable() {
     let loads = reader.join().expect("reader saw only whole bundles");
     assert!(loads > 5, "the reader ran ({loads} loads)");
 
-    // kill -9 at varied points of a promote.
-    for i in 0..8u64 {
+    // kill -9 in the middle of promotes: a kill "lands" when it leaves a new `models/.tmp-*`
+    // behind (the bundle copy or the symlink made, not yet renamed into place). The kill time
+    // adapts between the latest kill that found nothing started and the earliest that found
+    // the promote finished, until two kills have landed, whatever the machine's speed.
+    let temps = |p: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(p.join("models"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-"))
+            .collect()
+    };
+    let (mut early, mut late) = (0u64, 3000u64);
+    let (mut landed, mut tries) = (0, 0);
+    while landed < 2 {
+        tries += 1;
+        assert!(
+            tries <= 40,
+            "only {landed} of {tries} kills landed mid-promote (window {early}..{late} ms)"
+        );
+        let before = temps(p.as_path());
         let mut child = flora(&p)
             .args([
                 "promote",
-                if i % 2 == 0 { "weak" } else { "strong" },
+                if tries % 2 == 0 { "weak" } else { "strong" },
                 "--to",
                 "green",
                 "--force",
@@ -253,23 +273,38 @@ fn readers_never_see_a_broken_slot_and_kill_9_leaves_slots_loadable() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(40 + i * 45));
+        let at = (early + late) / 2;
+        std::thread::sleep(Duration::from_millis(at));
+        let finished = child.try_wait().unwrap().is_some();
         let _ = child.kill();
         let _ = child.wait();
+        let left = temps(p.as_path()).difference(&before).count() > 0;
+        if finished {
+            late = at;
+        } else if left {
+            landed += 1;
+        } else {
+            early = at;
+        }
+        if late <= early + 1 {
+            // Converged on a window narrower than the timer: widen it and go on.
+            (early, late) = (early.saturating_sub(50), late + 50);
+        }
         let reg = Registry::new(p.join("models"));
         assert!(
             reg.live().unwrap().is_some(),
-            "LIVE is valid after kill {i}"
+            "LIVE is valid after kill {tries}"
         );
         for s in Slot::ALL {
             let d = reg
                 .resolve(s)
                 .unwrap()
-                .unwrap_or_else(|| panic!("{s} filled after kill {i}"));
-            ModelBundle::load(&d).unwrap_or_else(|e| panic!("{s} loads after kill {i}: {e:#}"));
+                .unwrap_or_else(|| panic!("{s} filled after kill {tries}"));
+            ModelBundle::load(&d).unwrap_or_else(|e| panic!("{s} loads after kill {tries}: {e:#}"));
             assert!(reg.info(s).unwrap().is_some());
         }
     }
+    eprintln!("{landed} of {tries} kills landed mid-promote");
     // And the registry still works afterwards.
     ok(&p, &["promote", "strong", "--to", "green", "--force"]);
     ok(&p, &["status"]);

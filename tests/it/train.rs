@@ -124,8 +124,10 @@ fn train_writes_an_mlflow_run_and_a_loadable_bundle() {
     assert_eq!(bundle.meta.data_fingerprint, fp);
     assert_eq!(bundle.meta.image_size, 28);
     let acc = bundle.meta.metrics["val_accuracy"];
+    eprintln!("measured val_accuracy {acc}");
+    // Measured 0.9 (about 32 val images); chance is 0.25.
     assert!(
-        acc > 0.5,
+        acc >= 0.8,
         "4 easy classes should be learnt well above chance (0.25): {acc}"
     );
     // The bundle predicts real images on its own: five training images of each class; at least

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod common;
+pub mod compose;
 pub mod http;
 pub mod kernels;
 pub mod label;
