@@ -57,6 +57,8 @@ pub(super) fn log_inputs(
         ),
         ("train.patience", t.patience.to_string()),
         ("train.threads", t.threads.to_string()),
+        ("train.device", t.device.to_string()),
+        ("device", crate::util::device::selected().name),
         ("num_classes", data.classes.len().to_string()),
         ("classes", data.classes.join(",")),
         ("num_train", data.train.len().to_string()),
