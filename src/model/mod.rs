@@ -226,8 +226,23 @@ mod tests {
     /// A model initialised by [`Classifier::initialized`] holds the weights that a first
     /// training pass initialises lazily (with dropout 0, which draws nothing), from the same
     /// seed: what a GPU run (initialised on the CPU, then moved) relies on.
+    /// Runs in a child process of its own: the Flex device's random stream is process-wide,
+    /// and tests running beside it in this process draw from it between a seed and an init.
     #[test]
     fn initialized_matches_a_first_training_pass() {
+        const CHILD: &str = "FLORA_TEST_INIT_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let name = "model::tests::initialized_matches_a_first_training_pass";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
         let device = device::cpu_training();
         for (arch, width, size) in [(Arch::Cnn, 1.0, 32), (Arch::MobilenetV2, 0.35, 32)] {
             device.seed(11);

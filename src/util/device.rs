@@ -130,9 +130,10 @@ fn resolve(choice: DeviceChoice) -> Result<Selected> {
     match choice {
         DeviceChoice::Cpu => Ok(Selected::cpu(choice, None)),
         #[cfg(feature = "gpu")]
-        DeviceChoice::Auto => Ok(super::gpu::auto().unwrap_or_else(|why| {
-            Selected::cpu(choice, Some(format!("{why}")))
-        })),
+        DeviceChoice::Auto => {
+            Ok(super::gpu::auto()
+                .unwrap_or_else(|why| Selected::cpu(choice, Some(format!("{why}")))))
+        }
         #[cfg(not(feature = "gpu"))]
         DeviceChoice::Auto => Ok(Selected::cpu(
             choice,
@@ -202,10 +203,7 @@ mod tests {
             ("WGPU-CPU", DeviceChoice::WgpuCpu),
         ] {
             assert_eq!(text.parse::<DeviceChoice>().unwrap(), choice);
-            assert_eq!(
-                choice.to_string().parse::<DeviceChoice>().unwrap(),
-                choice
-            );
+            assert_eq!(choice.to_string().parse::<DeviceChoice>().unwrap(), choice);
         }
         for bad in ["cuda", "gpu:", "gpu:x", "gpu:-1", ""] {
             let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
@@ -225,7 +223,11 @@ mod tests {
     fn without_the_feature_auto_is_the_cpu_and_a_gpu_is_an_error() {
         let s = resolve(DeviceChoice::Auto).unwrap();
         assert!(s.is_cpu());
-        assert!(s.describe().contains("without the `gpu` feature"), "{}", s.describe());
+        assert!(
+            s.describe().contains("without the `gpu` feature"),
+            "{}",
+            s.describe()
+        );
         for c in [DeviceChoice::Gpu(0), DeviceChoice::WgpuCpu] {
             let err = resolve(c).unwrap_err().to_string();
             assert!(err.contains("--features gpu"), "{err}");

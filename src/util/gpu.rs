@@ -44,7 +44,11 @@ fn apis() -> Vec<wgpu::Backend> {
     if cfg!(target_os = "macos") {
         vec![wgpu::Backend::Metal]
     } else {
-        vec![wgpu::Backend::Vulkan, wgpu::Backend::Dx12, wgpu::Backend::Gl]
+        vec![
+            wgpu::Backend::Vulkan,
+            wgpu::Backend::Dx12,
+            wgpu::Backend::Gl,
+        ]
     }
 }
 

@@ -129,11 +129,22 @@ fn cpu_and_wgpu_agree(gpu: &Path, extra: &str) {
     // Dropout 0: its masks come from each device's own random stream.
     write_config(p, 2, &format!("batch_size = 8\ndropout = 0.0\n{extra}"));
     let cpu = flora_bin();
-    ok_with(&cpu, p, &["train", "--no-augment", "--device", "cpu", "--name", "cpu"]);
+    ok_with(
+        &cpu,
+        p,
+        &["train", "--no-augment", "--device", "cpu", "--name", "cpu"],
+    );
     let out = ok_with(
         gpu,
         p,
-        &["train", "--no-augment", "--device", "wgpu-cpu", "--name", "wgpu"],
+        &[
+            "train",
+            "--no-augment",
+            "--device",
+            "wgpu-cpu",
+            "--name",
+            "wgpu",
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("device: wgpu-cpu ("), "{stderr}");
@@ -144,7 +155,11 @@ fn cpu_and_wgpu_agree(gpu: &Path, extra: &str) {
         let (a, b) = (history(p, "cpu", metric), history(p, "wgpu", metric));
         assert_eq!(a.len(), 2, "{metric}: {a:?}");
         assert_eq!(a.len(), b.len(), "{metric}: {a:?} {b:?}");
-        let gap = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let gap = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
         eprintln!("{extra:?} {metric}: cpu {a:?} wgpu-cpu {b:?} largest gap {gap:.2e}");
         assert!(gap <= LOSS_TOLERANCE, "{metric}: cpu {a:?} wgpu-cpu {b:?}");
     }
@@ -220,7 +235,10 @@ fn bad_device_values_are_refused_with_the_valid_list() {
     let p = dir.path();
     write_config(p, 1, "device = \"tpu\"\n");
     let err = fails(p, &["train"]);
-    assert!(err.contains("\"tpu\"") && err.contains(flora::util::device::CHOICES), "{err}");
+    assert!(
+        err.contains("\"tpu\"") && err.contains(flora::util::device::CHOICES),
+        "{err}"
+    );
     write_config(p, 1, "");
     let err = fails(p, &["train", "--device", "gpu:x"]);
     assert!(err.contains(flora::util::device::CHOICES), "{err}");
