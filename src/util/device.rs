@@ -176,7 +176,10 @@ pub fn cpu_training() -> Device {
 
 /// Whether `device` is the CPU (Flex backend, with or without autodiff).
 pub fn on_cpu(device: &Device) -> bool {
-    crate::ops::fused_supported(device)
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
 }
 
 /// Sizes the shared CPU thread pool (decoding and the backend); 0 means one thread per core.
