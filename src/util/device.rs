@@ -127,22 +127,33 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
 }
 
 fn resolve(choice: DeviceChoice) -> Result<Selected> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Selected::cpu(choice, None)),
-        #[cfg(feature = "gpu")]
-        DeviceChoice::Auto => {
-            Ok(super::gpu::auto()
-                .unwrap_or_else(|why| Selected::cpu(choice, Some(format!("{why}")))))
+    if choice == DeviceChoice::Cpu {
+        return Ok(Selected::cpu(choice, None));
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        if choice == DeviceChoice::Auto {
+            let why = "this flora was built without the `gpu` feature";
+            return Ok(Selected::cpu(choice, Some(why.into())));
         }
-        #[cfg(not(feature = "gpu"))]
-        DeviceChoice::Auto => Ok(Selected::cpu(
+        bail!("--device {choice}: {NOT_BUILT}")
+    }
+    #[cfg(feature = "gpu")]
+    {
+        let (device, name) = match choice {
+            DeviceChoice::Auto => match super::gpu::auto() {
+                Ok(found) => found,
+                Err(why) => return Ok(Selected::cpu(choice, Some(format!("{why}")))),
+            },
+            DeviceChoice::Gpu(i) => super::gpu::gpu(i)?,
+            DeviceChoice::WgpuCpu | DeviceChoice::Cpu => super::gpu::wgpu_cpu()?,
+        };
+        Ok(Selected {
             choice,
-            Some("this flora was built without the `gpu` feature".into()),
-        )),
-        #[cfg(feature = "gpu")]
-        DeviceChoice::Gpu(_) | DeviceChoice::WgpuCpu => super::gpu::resolve(choice),
-        #[cfg(not(feature = "gpu"))]
-        DeviceChoice::Gpu(_) | DeviceChoice::WgpuCpu => bail!("--device {choice}: {NOT_BUILT}"),
+            device,
+            name,
+            reason: (choice == DeviceChoice::Auto).then(|| "a hardware GPU was found".into()),
+        })
     }
 }
 

@@ -12,8 +12,6 @@ use anyhow::{Result, bail};
 use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, DeviceKind};
 
-use super::device::{DeviceChoice, Selected};
-
 /// One adapter wgpu reaches.
 struct Adapter {
     info: wgpu::AdapterInfo,
@@ -103,58 +101,55 @@ fn software() -> Option<Adapter> {
         .find_map(|api| probe(api).into_iter().find(Adapter::is_software))
 }
 
-/// `auto`: the first hardware GPU, or why there is none.
-pub fn auto() -> Result<Selected> {
+/// `auto`: the first hardware GPU (the device and its name), or why there is none.
+pub fn auto() -> Result<(Device, String)> {
     let Some((kind, adapter)) = hardware().into_iter().next() else {
         bail!("no hardware GPU found through wgpu (Vulkan, DX12, OpenGL or Metal)");
     };
-    Ok(selected(DeviceChoice::Auto, kind, "gpu:0", &adapter))
+    Ok((
+        Device::wgpu(kind),
+        format!("gpu:0 ({})", adapter.describe()),
+    ))
 }
 
-/// `gpu:N` or `wgpu-cpu`; an error says what this machine has instead.
-pub fn resolve(choice: DeviceChoice) -> Result<Selected> {
-    match choice {
-        DeviceChoice::Gpu(i) => {
-            let mut all = hardware();
-            if i >= all.len() {
-                let have = match all.len() {
-                    0 => "no hardware GPU was found through wgpu (Vulkan, DX12, OpenGL or \
-                          Metal): check the GPU driver (its Vulkan ICD), or use --device cpu"
-                        .to_string(),
-                    n => format!(
-                        "this machine has {n} GPU(s): {}",
-                        all.iter()
-                            .enumerate()
-                            .map(|(k, (_, a))| format!("gpu:{k} ({})", a.describe()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
-                bail!("--device gpu:{i}: {have}");
-            }
-            let (kind, adapter) = all.swap_remove(i);
-            Ok(selected(choice, kind, &format!("gpu:{i}"), &adapter))
-        }
-        DeviceChoice::WgpuCpu => {
-            let Some(adapter) = software() else {
-                bail!(
-                    "--device wgpu-cpu: wgpu found no software adapter; install Mesa's \
-                     lavapipe (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"
-                );
-            };
-            Ok(selected(choice, DeviceKind::Cpu, "wgpu-cpu", &adapter))
-        }
-        DeviceChoice::Cpu | DeviceChoice::Auto => bail!("{choice} is not a wgpu device"),
+/// `gpu:N`: the device and its name; an error says what this machine has instead.
+pub fn gpu(i: usize) -> Result<(Device, String)> {
+    let mut all = hardware();
+    if i >= all.len() {
+        let have = match all.len() {
+            0 => "no hardware GPU was found through wgpu (Vulkan, DX12, OpenGL or Metal): check \
+                  the GPU driver (its Vulkan ICD), or use --device cpu"
+                .to_string(),
+            n => format!(
+                "this machine has {n} GPU(s): {}",
+                all.iter()
+                    .enumerate()
+                    .map(|(k, (_, a))| format!("gpu:{k} ({})", a.describe()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        bail!("--device gpu:{i}: {have}");
     }
+    let (kind, adapter) = all.swap_remove(i);
+    Ok((
+        Device::wgpu(kind),
+        format!("gpu:{i} ({})", adapter.describe()),
+    ))
 }
 
-fn selected(choice: DeviceChoice, kind: DeviceKind, label: &str, adapter: &Adapter) -> Selected {
-    Selected {
-        choice,
-        device: Device::wgpu(kind),
-        name: format!("{label} ({})", adapter.describe()),
-        reason: (choice == DeviceChoice::Auto).then(|| "a hardware GPU was found".into()),
-    }
+/// `wgpu-cpu`: wgpu's software adapter and its name; an error says how to install one.
+pub fn wgpu_cpu() -> Result<(Device, String)> {
+    let Some(adapter) = software() else {
+        bail!(
+            "--device wgpu-cpu: wgpu found no software adapter; install Mesa's lavapipe \
+             (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"
+        );
+    };
+    Ok((
+        Device::wgpu(DeviceKind::Cpu),
+        format!("wgpu-cpu ({})", adapter.describe()),
+    ))
 }
 
 /// Runs a future that wgpu's native backends complete at once (adapter enumeration).
