@@ -20,7 +20,9 @@ use flora::track::store::{RunStore, read_params};
 /// Largest difference allowed between a wgpu-cpu run's per-epoch losses (train and val) and the
 /// CPU run's, from the same initial weights and batches: both compute in f32, in different
 /// orders (Burn's WGSL kernels against flora's fused CPU kernels), and the gaps grow with each
-/// optimizer step. TODO(measure) on lavapipe.
+/// optimizer step. NOT YET MEASURED: the gpu build did not finish in the session that wrote
+/// this test, so 5e-3 is a provisional bound; the test prints each run's largest gap
+/// (`cargo test --release --test it gpu:: -- --nocapture`): set it from that, with margin.
 const LOSS_TOLERANCE: f64 = 5e-3;
 
 /// The `gpu` binary, or None (skipped) when `FLORA_GPU_BIN` is unset or lavapipe is missing.
