@@ -129,7 +129,7 @@ fn cpu_and_wgpu_agree(gpu: &Path, extra: &str) {
     copy_classes(&train, &p.join("dataset"), &CLASSES, 8);
     copy_classes(&test, &p.join("holdout"), &CLASSES, 3);
     // Dropout 0: its masks come from each device's own random stream.
-    write_config(p, 2, &format!("batch_size = 8\ndropout = 0.0\n{extra}"));
+    write_config(p, 2, &format!("dropout = 0.0\n{extra}"));
     let cpu = flora_bin();
     ok_with(
         &cpu,
