@@ -134,7 +134,16 @@ fn cpu_and_wgpu_agree(gpu: &Path, extra: &str) {
     ok_with(
         &cpu,
         p,
-        &["train", "--no-augment", "--device", "cpu", "--name", "cpu"],
+        &[
+            "train",
+            "--no-augment",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--name",
+            "cpu",
+        ],
     );
     let out = ok_with(
         gpu,
@@ -142,6 +151,8 @@ fn cpu_and_wgpu_agree(gpu: &Path, extra: &str) {
         &[
             "train",
             "--no-augment",
+            "--batch-size",
+            "8",
             "--device",
             "wgpu-cpu",
             "--name",
