@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use flora::data::class_weights::ClassWeights;
 use flora::track::select::{ModelChoice, SlotChoice};
+use flora::util::device::DeviceChoice;
 pub use runs::*;
 pub use values::*;
 
@@ -262,6 +263,10 @@ pub struct TrainArgs {
     /// Neither use nor fill the pixel cache in this run (cache.enabled = false).
     #[arg(long)]
     pub no_cache: bool,
+    /// Where to train: auto, cpu, gpu, gpu:N or wgpu-cpu (train.device; GPUs need a flora built
+    /// with the `gpu` feature). With --resume it overrides the run's own.
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
 }
 
 /// `flora cv`: k-fold cross-validation with a label-error audit; the [`TrainArgs`] flags
@@ -308,6 +313,10 @@ pub struct EvalArgs {
     /// Neither use nor fill the pixel cache (cache.enabled = false).
     #[arg(long)]
     pub no_cache: bool,
+    /// Where the model runs: cpu (the default: flora's fused CPU path), auto, gpu, gpu:N or
+    /// wgpu-cpu (GPUs need a flora built with the `gpu` feature).
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
 }
 
 /// `flora predict`
@@ -336,6 +345,10 @@ pub struct PredictArgs {
         requires = "explain"
     )]
     pub explain_dir: PathBuf,
+    /// Where the model runs: cpu (the default: flora's fused CPU path), auto, gpu, gpu:N or
+    /// wgpu-cpu (GPUs need a flora built with the `gpu` feature).
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
 }
 
 /// `flora serve`: flags override the `[serve]` keys of the same name.
@@ -350,6 +363,10 @@ pub struct ServeArgs {
     /// Do not save uploads under collected_data/ (serve.collect = false).
     #[arg(long)]
     pub no_collect: bool,
+    /// Where the model runs: cpu (the default: flora's fused CPU path), auto, gpu, gpu:N or
+    /// wgpu-cpu (GPUs need a flora built with the `gpu` feature).
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
 }
 
 /// `flora promote`
@@ -414,6 +431,10 @@ fn parse_class_weights(s: &str) -> Result<ClassWeights, String> {
     let w = ClassWeights::parse(s).map_err(|e| e.to_string())?;
     w.validate().map_err(|e| e.to_string())?;
     Ok(w)
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 fn parse_probability(s: &str) -> Result<f32, String> {

@@ -15,6 +15,7 @@ pub const EXIT_BELOW_GATE: u8 = 3;
 
 /// Prints the report (or JSON), saves the files, logs into the run; exits 3 below the gate.
 pub fn run(settings: &Settings, args: &EvalArgs) -> Result<ExitCode> {
+    super::select_inference_device(args.device)?;
     let chosen = select::choose(settings, &args.model.choice())?;
     eprintln!("model: {}", chosen.describe());
     let bundle = chosen.load()?;

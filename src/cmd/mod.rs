@@ -23,9 +23,25 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 use flora::config::Settings;
+use flora::util::device::DeviceChoice;
 
 /// Exit code of a run stopped by Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Picks the process's device (see [`flora::util::device::select`]); prints it when `announce`.
+pub fn select_device(choice: DeviceChoice, announce: bool) -> Result<()> {
+    let selected = flora::util::device::select(choice)?;
+    if announce {
+        eprintln!("{}", selected.describe());
+    }
+    Ok(())
+}
+
+/// The device of eval, predict and serve: the CPU (the fused path) unless `--device` asks for
+/// another, which is then printed.
+pub fn select_inference_device(flag: Option<DeviceChoice>) -> Result<()> {
+    select_device(flag.unwrap_or(DeviceChoice::Cpu), flag.is_some())
+}
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {

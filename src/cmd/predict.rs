@@ -18,6 +18,7 @@ use flora::util::fsutil;
 
 /// Predicts every image named or found in the folders; exits 1 if any named file failed.
 pub fn run(settings: &Settings, args: &PredictArgs) -> Result<ExitCode> {
+    super::select_inference_device(args.device)?;
     let chosen = select::choose(settings, &args.model.choice())?;
     eprintln!("model: {}", chosen.describe());
     let bundle = chosen.load()?;

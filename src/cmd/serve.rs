@@ -10,6 +10,7 @@ use flora::serving::serve::{self, Options};
 
 /// Serves until SIGINT/SIGTERM.
 pub fn run(settings: &Settings, args: &ServeArgs) -> Result<ExitCode> {
+    super::select_inference_device(args.device)?;
     let cfg = &settings.config.serve;
     serve::run(
         settings,

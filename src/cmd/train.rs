@@ -28,6 +28,11 @@ pub fn run(settings: &Settings, args: &TrainArgs) -> Result<ExitCode> {
         None => None,
     };
     let settings = apply(settings, args)?;
+    let device = match &resume {
+        Some(r) => args.device.unwrap_or(r.settings.config.train.device),
+        None => settings.config.train.device,
+    };
+    super::select_device(device, true)?;
     let plan = match &args.sweep {
         Some(spec) => Some(Plan::new(&settings.config, spec, args.trials)?),
         None => None,
@@ -171,6 +176,9 @@ pub fn apply(settings: &Settings, args: &TrainArgs) -> Result<Settings> {
     }
     if let Some(v) = args.sampler {
         t.sampler = v.into();
+    }
+    if let Some(v) = args.device {
+        t.device = v;
     }
     if let Some((value, weights)) = pretrained {
         if let Some(w) = weights {

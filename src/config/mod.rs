@@ -59,6 +59,16 @@ mod tests {
     }
 
     #[test]
+    fn device_values_are_checked() {
+        let err = Config::parse("[train]\ndevice = \"tpu\"\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("tpu"), "{msg}");
+        assert!(msg.contains(crate::util::device::CHOICES), "{msg}");
+        let ok = Config::parse("[train]\ndevice = \"gpu:1\"\n").unwrap();
+        assert_eq!(ok.train.device, crate::util::device::DeviceChoice::Gpu(1));
+    }
+
+    #[test]
     fn cosine_schedule_ends_low() {
         let s = LrSchedule::Cosine;
         assert!((s.at(1.0, 0, 100) - 1.0).abs() < 1e-9);

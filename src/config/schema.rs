@@ -97,6 +97,9 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Worker threads for the CPU backend and decoding (0: one per core).
     pub threads: usize,
+    /// Where train and cv run: `auto` (a hardware GPU when this flora has the `gpu` feature and
+    /// the machine has one, else the CPU), `cpu`, `gpu`, `gpu:N` or `wgpu-cpu`.
+    pub device: crate::util::device::DeviceChoice,
     /// MobileNetV2's width multiplier: 0.35, 0.5, 0.75 or 1.0.
     pub width: f64,
     /// ImageNet weights to start from (`mobilenet_v2` only): a name flora downloads into the
@@ -140,6 +143,7 @@ impl Default for TrainConfig {
             dropout: None,
             patience: 5,
             threads: 0,
+            device: Default::default(),
             width: 1.0,
             pretrained: None,
             pretrained_mirror: None,

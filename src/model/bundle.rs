@@ -146,14 +146,17 @@ pub struct ModelBundle {
 pub enum Engine {
     /// The fused channels-last path ([`Fused`]: the reference CNN and MobileNetV2). The default.
     Fused,
-    /// Burn's forward pass on the Flex backend, for every architecture.
+    /// Burn's forward pass on the selected device, for every architecture.
     Burn,
 }
 
 impl Engine {
-    /// `FLORA_ENGINE=burn` selects [`Engine::Burn`] (to compare the two); anything else, or
-    /// nothing, [`Engine::Fused`].
+    /// [`Engine::Burn`] on a GPU (the fused path is CPU-only) or with `FLORA_ENGINE=burn` (to
+    /// compare the two); else [`Engine::Fused`].
     pub fn from_env() -> Self {
+        if !device::selected().is_cpu() {
+            return Engine::Burn;
+        }
         match std::env::var("FLORA_ENGINE").as_deref() {
             Ok("burn") => Engine::Burn,
             _ => Engine::Fused,

@@ -135,13 +135,31 @@ impl Classifier {
         }
     }
 
+    /// Initialises every parameter not yet initialised, now, in the order a first forward pass
+    /// does (Burn initialises lazily, on first use, drawing from the device's random stream).
+    pub fn initialized(self) -> Self {
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        self.visit(&mut Touch);
+        self
+    }
+
     /// Logits `[batch, classes]` for images `[batch, 3, size, size]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, crate::ops::TrainEngine::from_env())
     }
 
     /// [`Self::forward`] with the training engine given (benchmarks compare the two).
+    /// Off the CPU, Burn's ops run whatever the engine: the fused kernels are CPU-only.
     pub fn forward_with(&self, images: Tensor<4>, engine: crate::ops::TrainEngine) -> Tensor<2> {
+        let engine = match crate::ops::fused_supported(&images.device()) {
+            true => engine,
+            false => crate::ops::TrainEngine::Burn,
+        };
         match self {
             Classifier::Cnn(m) => m.forward_with(images, engine),
             Classifier::MobileNetV2(m) => m.forward_with(images, engine),
@@ -182,5 +200,61 @@ pub(crate) fn conv_bn_weights(
         running_mean: values(norm.running_mean.value()),
         running_var: values(norm.running_var.value()),
         epsilon: norm.epsilon,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::device;
+
+    /// The values of the trainable parameters, in visiting order.
+    fn trainable(model: &Classifier) -> Vec<Vec<f32>> {
+        struct Collect(Vec<Vec<f32>>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let t = param.val();
+                if t.is_require_grad() {
+                    self.0.push(values(t));
+                }
+            }
+        }
+        let mut c = Collect(Vec::new());
+        model.visit(&mut c);
+        c.0
+    }
+
+    /// A model initialised by [`Classifier::initialized`] holds the weights that a first
+    /// training pass initialises lazily (with dropout 0, which draws nothing), from the same
+    /// seed: what a GPU run (initialised on the CPU, then moved) relies on.
+    /// Runs in a child process of its own: the Flex device's random stream is process-wide,
+    /// and tests running beside it in this process draw from it between a seed and an init.
+    #[test]
+    fn initialized_matches_a_first_training_pass() {
+        const CHILD: &str = "FLORA_TEST_INIT_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let name = "model::tests::initialized_matches_a_first_training_pass";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
+        let device = device::cpu_training();
+        for (arch, width, size) in [(Arch::Cnn, 1.0, 32), (Arch::MobilenetV2, 0.35, 32)] {
+            device.seed(11);
+            let eager = Classifier::with_width(arch, width, 3, 0.0, &device).initialized();
+            device.seed(11);
+            let lazy = Classifier::with_width(arch, width, 3, 0.0, &device);
+            let x = Tensor::<4>::ones([2, 3, size, size], &device);
+            let _ = lazy.forward(x);
+            let (a, b) = (trainable(&eager), trainable(&lazy));
+            assert!(!a.is_empty());
+            assert_eq!(a, b, "{}", arch.as_str());
+        }
     }
 }

@@ -24,7 +24,7 @@ mod planes;
 mod pointwise;
 pub mod simd;
 
-use burn::backend::{Dispatch, DispatchDevice};
+use burn::backend::Dispatch;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm_train, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
@@ -59,10 +59,7 @@ impl TrainEngine {
 
 /// Whether the fused kernels run on `device` (the Flex CPU backend, with or without autodiff).
 pub fn fused_supported(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
+    crate::util::device::on_cpu(device)
 }
 
 /// The result of [`conv_block_train`].

@@ -59,6 +59,8 @@ pub(super) fn log_inputs(
         ("train.threads", t.threads.to_string()),
         // The SIMD kernels' build the run used (`FLORA_KERNELS` caps it), as `--version` says.
         ("kernels", crate::ops::simd::kernels().name().into()),
+        ("train.device", t.device.to_string()),
+        ("device", crate::util::device::selected().name),
         ("num_classes", data.classes.len().to_string()),
         ("classes", data.classes.join(",")),
         ("num_train", data.train.len().to_string()),

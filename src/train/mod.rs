@@ -203,9 +203,16 @@ fn fit(
     let t = &cfg.train;
     let started = Instant::now();
     let device = device::training();
-    device.seed(cfg.data.seed);
+    // On a GPU the model is built and initialised on the CPU, then moved (at the start of the
+    // first epoch, where the CPU initialises it): a GPU run starts from a CPU run's weights.
+    let build = match device::on_cpu(&device) {
+        true => device.clone(),
+        false => device::cpu_training(),
+    };
+    let mut on_device = device::on_cpu(&device);
+    build.seed(cfg.data.seed);
     let mut model =
-        Classifier::with_width(t.arch, t.width, data.classes.len(), t.dropout(), &device);
+        Classifier::with_width(t.arch, t.width, data.classes.len(), t.dropout(), &build);
     let mut pretrained = None;
     if let Some(p) = pretrained_weights {
         let (loaded, source) =
@@ -254,10 +261,17 @@ fn fit(
         // uninterrupted one does.
         let epoch_seed = cfg.data.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         device.seed(epoch_seed ^ 0xD1B5_4A32_D192_ED03);
+        if !on_device {
+            build.seed(epoch_seed ^ 0xD1B5_4A32_D192_ED03);
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
         let mut order = data.train.clone();
         data.weighting.order(&mut order, &data.train, &mut rng);
         model = schedule.begin_epoch(epoch, model);
+        if !on_device {
+            model = model.initialized().fork(&device);
+            on_device = true;
+        }
         let bar = progress::epoch_bar(batches_per_epoch as u64, epoch, t.epochs);
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);

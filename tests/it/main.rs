@@ -20,6 +20,7 @@ mod explain;
 mod export;
 mod fused_mobilenet_train;
 mod fused_train;
+mod gpu;
 mod indexed;
 mod kernel_builds;
 mod label_hardening;
