@@ -25,7 +25,8 @@ fn taps(o: usize, stride: usize, n: usize) -> std::ops::Range<usize> {
 /// Output row `oy` of a depthwise 3×3 conv (padding 1) on an `h`×`w`×`c` channels-last input
 /// `x`: `bias` plus the taps of `weight` (`[ky * 3 + kx][c]`), clamped to 0..=6 when `relu6`,
 /// written over `dst` (`ow`×`c`).
-#[allow(clippy::too_many_arguments)]
+// max/min rather than clamp: clamp keeps NaN, which costs a blend per register.
+#[allow(clippy::too_many_arguments, clippy::manual_clamp)]
 pub(crate) fn depthwise_row(
     x: &[f32],
     (h, w): (usize, usize),
