@@ -239,14 +239,7 @@ fn int8_export_agrees_with_the_float_model_under_onnx_runtime() {
     let Some(python) = onnx_python() else { return };
     let dir = project(40, 4);
     let p = dir.path();
-    ok(p, &["train", "--name", "q"]);
-    let images = p.join("images");
-    let n = test_set_at(28, &images);
-    ok(p, &["export", "--out", "f.onnx"]);
-    let printed = ok(p, &["export", "--int8", "--out", "q.onnx"]);
-    assert!(printed.contains("INT8 QDQ"), "{printed}");
-    let float = onnx_runtime(&python, &p.join("f.onnx"), &images);
-    let int8 = onnx_runtime(&python, &p.join("q.onnx"), &images);
+    let (float, int8, n) = float_and_int8(&python, p, 28);
     assert!(
         int8["metadata"]["flora.precision"]
             .as_str()
@@ -265,6 +258,20 @@ fn int8_export_agrees_with_the_float_model_under_onnx_runtime() {
         size("q.onnx") * 3 < size("f.onnx"),
         "int8 weights are a quarter of the size"
     );
+}
+
+/// Trains the project at `p` (images of `side` pixels), exports it as float (`f.onnx`) and as
+/// INT8 (`q.onnx`), and returns ONNX Runtime's answers of both on the test set, and its size.
+fn float_and_int8(python: &Path, p: &Path, side: u32) -> (Value, Value, usize) {
+    ok(p, &["train", "--name", "q"]);
+    let images = p.join("images");
+    let n = test_set_at(side, &images);
+    ok(p, &["export", "--out", "f.onnx"]);
+    let printed = ok(p, &["export", "--int8", "--out", "q.onnx"]);
+    assert!(printed.contains("INT8 QDQ"), "{printed}");
+    let float = onnx_runtime(python, &p.join("f.onnx"), &images);
+    let int8 = onnx_runtime(python, &p.join("q.onnx"), &images);
+    (float, int8, n)
 }
 
 /// On how many images the top-1 class of two ONNX Runtime answers agrees.
@@ -304,14 +311,7 @@ fn int8_mobilenet_agrees_with_the_float_model_under_onnx_runtime() {
         toml.replace("image_size = 28", "image_size = 32"),
     )
     .unwrap();
-    ok(p, &["train", "--name", "m"]);
-    let images = p.join("images");
-    let n = test_set_at(32, &images);
-    ok(p, &["export", "--out", "f.onnx"]);
-    let printed = ok(p, &["export", "--int8", "--out", "q.onnx"]);
-    assert!(printed.contains("INT8 QDQ"), "{printed}");
-    let float = onnx_runtime(&python, &p.join("f.onnx"), &images);
-    let int8 = onnx_runtime(&python, &p.join("q.onnx"), &images);
+    let (float, int8, n) = float_and_int8(&python, p, 32);
     let agree = agreement(&float, &int8);
     // Measured: 100 of 100 (MobileNetV2 w0.35, 32 px, 3 epochs on 120 images).
     assert!(
