@@ -22,13 +22,15 @@ fn taps(o: usize, stride: usize, n: usize) -> std::ops::Range<usize> {
     first..last
 }
 
-/// Output row `oy` of a depthwise 3×3 conv (padding 1) on an `h`×`w`×`c` channels-last input
-/// `x`: `bias` plus the taps of `weight` (`[ky * 3 + kx][c]`), clamped to 0..=6 when `relu6`,
-/// written over `dst` (`ow`×`c`).
+/// Output row `oy` of a depthwise 3×3 conv (padding 1) on an `h`×`w`×`c` channels-last input,
+/// of which `x` holds the rows from `first` on (the rows that `oy` reads, at least): `bias` plus
+/// the taps of `weight` (`[ky * 3 + kx][c]`), clamped to 0..=6 when `relu6`, written over `dst`
+/// (`ow`×`c`).
 // max/min rather than clamp: clamp keeps NaN, which costs a blend per register.
 #[allow(clippy::too_many_arguments, clippy::manual_clamp)]
 pub(crate) fn depthwise_row(
     x: &[f32],
+    first: usize,
     (h, w): (usize, usize),
     c: usize,
     stride: usize,
@@ -38,16 +40,22 @@ pub(crate) fn depthwise_row(
     oy: usize,
     dst: &mut [f32],
 ) {
-    assert!(x.len() >= h * w * c && weight.len() >= 9 * c && bias.len() >= c);
+    assert!(weight.len() >= 9 * c && bias.len() >= c);
+    let ky = taps(oy, stride, h);
+    assert!(
+        oy * stride + ky.start >= first + 1
+            && (oy * stride + ky.end - 1 - first) * w * c <= x.len(),
+        "depthwise row {oy}: its input rows are not all in `x`"
+    );
     dispatch(
         #[inline(always)]
         || {
-            let ky = taps(oy, stride, h);
             for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
                 let kx = taps(ox, stride, w);
                 // Input pixel of tap (ky, kx) is (oy * stride + ky - 1, ox * stride + kx - 1).
-                let base =
-                    |ky: usize, kx: usize| ((oy * stride + ky - 1) * w + ox * stride + kx - 1) * c;
+                let base = |ky: usize, kx: usize| {
+                    ((oy * stride + ky - 1 - first) * w + ox * stride + kx - 1) * c
+                };
                 let mut c0 = 0;
                 while c0 + LANES <= c {
                     let mut acc = [0f32; LANES];
@@ -161,7 +169,7 @@ mod tests {
                 let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
                 let mut got = vec![f32::NAN; oh * ow * c];
                 for (oy, row) in got.chunks_mut(ow * c).enumerate() {
-                    depthwise_row(&x, (h, w), c, stride, &wt, &bias, false, oy, row);
+                    depthwise_row(&x, 0, (h, w), c, stride, &wt, &bias, false, oy, row);
                 }
                 for (g, r) in got.iter().zip(&want) {
                     assert!(
@@ -171,7 +179,7 @@ mod tests {
                 }
                 let mut clamped = vec![f32::NAN; oh * ow * c];
                 for (oy, row) in clamped.chunks_mut(ow * c).enumerate() {
-                    depthwise_row(&x, (h, w), c, stride, &wt, &bias, true, oy, row);
+                    depthwise_row(&x, 0, (h, w), c, stride, &wt, &bias, true, oy, row);
                 }
                 for (g, r) in clamped.iter().zip(&want) {
                     assert!((g - r.clamp(0.0, 6.0)).abs() < 1e-5, "relu6 {h}x{w}x{c}");

@@ -2,22 +2,21 @@
 //! in the manner of [`FusedCnn`](super::FusedCnn).
 //!
 //! BatchNorm is folded into each convolution; activations are channels-last (HWC). A 1×1
-//! (pointwise) convolution is one matrix product over the image's pixels (the `gemm` crate),
-//! written onto the bias (and the block's input, for a residual block) so the adds cost
-//! nothing; a depthwise 3×3 is a direct kernel whose inner loop runs over the contiguous
-//! channels; the dense 3×3 stem is one im2col copy and one product. ReLU6 is one pass over the
-//! layer's output. Images of a batch run in parallel; a lone image splits its rows and products
-//! across threads. Training always uses the Burn model.
-
-use rayon::prelude::*;
+//! (pointwise) convolution is one matrix product over pixels (the `gemm` crate), followed by
+//! one pass for its bias, residual and ReLU6; a depthwise 3×3 is a direct kernel whose inner
+//! loop runs over the contiguous channels; the dense 3×3 stem is one im2col copy and one
+//! product. The inverted residual blocks run band by band of rows ([`super::fused_unit`]).
+//! Images of a batch run in parallel; a lone image splits its rows and products across threads.
+//! Training always uses the Burn model.
 
 use super::fused::{ConvBnWeights, matmul, per_image, pool_and_classify};
 use super::fused_kernels as kernels;
+pub use super::fused_unit::FusedUnit;
 use crate::data::imaging::Normalization;
 
 /// Which kernel a [`FusedConv`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     /// 1×1, stride 1: weight `[cin][cout]`.
     Pointwise,
     /// 3×3, one group per channel: weight `[tap][channel]`.
@@ -29,20 +28,13 @@ enum Kind {
 /// One conv (padding `k / 2`) with its BatchNorm folded in and an optional ReLU6.
 #[derive(Debug, Clone)]
 pub struct FusedConv {
-    kind: Kind,
-    cin: usize,
-    cout: usize,
-    stride: usize,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    relu6: bool,
-}
-
-/// One inverted residual block: its convs in order, and whether the input is added at the end.
-#[derive(Debug, Clone)]
-pub struct FusedUnit {
-    pub convs: Vec<FusedConv>,
-    pub residual: bool,
+    pub(super) kind: Kind,
+    pub(super) cin: usize,
+    pub(super) cout: usize,
+    pub(super) stride: usize,
+    pub(super) weight: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+    pub(super) relu6: bool,
 }
 
 /// A MobileNetV2 as plain arrays, ready for [`FusedMobileNet::logits`].
@@ -101,42 +93,21 @@ impl FusedConv {
     }
 
     /// Output side for an input side `n` (padding 1 for 3×3 kernels).
-    fn out_side(&self, n: usize) -> usize {
+    pub(super) fn out_side(&self, n: usize) -> usize {
         match self.kind {
             Kind::Pointwise => n,
             Kind::Depthwise | Kind::Dense => (n - 1) / self.stride + 1,
         }
     }
 
-    /// This conv on an `h`×`w`×`cin` input: the output and its height and width. `residual`
-    /// (same shape as the output) is added before the activation. `threads` > 1 splits the work.
-    fn run(
-        &self,
-        x: &[f32],
-        (h, w): (usize, usize),
-        residual: Option<&[f32]>,
-        threads: usize,
-    ) -> (Vec<f32>, usize, usize) {
+    /// This conv (pointwise or dense; the blocks' depthwise convs run inside
+    /// [`FusedUnit::run`]) on an `h`×`w`×`cin` input: the output and its height and width.
+    /// `threads` > 1 splits the product.
+    fn run(&self, x: &[f32], (h, w): (usize, usize), threads: usize) -> (Vec<f32>, usize, usize) {
         debug_assert_eq!(x.len(), h * w * self.cin);
         let (oh, ow) = (self.out_side(h), self.out_side(w));
         let m = oh * ow;
-        if self.kind == Kind::Depthwise {
-            // Bias and ReLU6 inside the kernel; MobileNetV2 adds no residual here.
-            assert!(residual.is_none(), "a residual after a depthwise conv");
-            let mut out = vec![0f32; m * self.cout];
-            let row = |(oy, dst): (usize, &mut [f32])| {
-                let (c, s) = (self.cout, self.stride);
-                let (weight, bias) = (&self.weight, &self.bias);
-                kernels::depthwise_row(x, (h, w), c, s, weight, bias, self.relu6, oy, dst)
-            };
-            if threads > 1 && oh > 1 {
-                out.par_chunks_mut(ow * self.cout).enumerate().for_each(row);
-            } else {
-                out.chunks_mut(ow * self.cout).enumerate().for_each(row);
-            }
-            return (out, oh, ow);
-        }
-        // The product first (not read back), then bias, residual and ReLU6 in one pass.
+        // The product first (not read back), then bias and ReLU6 in one pass.
         let mut out = vec![0f32; m * self.cout];
         match self.kind {
             Kind::Pointwise => matmul(
@@ -151,10 +122,11 @@ impl FusedConv {
             ),
             Kind::Dense => {
                 let patches = im2col3x3(x, (h, w), self.cin, self.stride, (oh, ow));
+                let k = 9 * self.cin;
                 matmul(
                     m,
                     self.cout,
-                    9 * self.cin,
+                    k,
                     &patches,
                     &self.weight,
                     &mut out,
@@ -162,9 +134,9 @@ impl FusedConv {
                     threads,
                 );
             }
-            Kind::Depthwise => unreachable!("handled above"),
+            Kind::Depthwise => panic!("a depthwise conv runs inside its block"),
         }
-        kernels::epilogue(&mut out, &self.bias, residual, self.relu6);
+        kernels::epilogue(&mut out, &self.bias, None, self.relu6);
         (out, oh, ow)
     }
 }
@@ -242,21 +214,11 @@ impl FusedMobileNet {
 
     /// Logits of one normalised HWC image.
     fn forward_one(&self, x: &[f32], side: usize, threads: usize) -> Vec<f32> {
-        let (mut x, mut h, mut w) = self.stem.run(x, (side, side), None, threads);
+        let (mut x, mut h, mut w) = self.stem.run(x, (side, side), threads);
         for unit in &self.units {
-            let n = unit.convs.len();
-            let mut y: Option<(Vec<f32>, usize, usize)> = None;
-            for (i, conv) in unit.convs.iter().enumerate() {
-                let (src, shape) = match &y {
-                    Some((v, a, b)) => (v.as_slice(), (*a, *b)),
-                    None => (x.as_slice(), (h, w)),
-                };
-                let residual = (unit.residual && i + 1 == n).then_some(x.as_slice());
-                y = Some(conv.run(src, shape, residual, threads));
-            }
-            (x, h, w) = y.expect("a block has convs");
+            (x, h, w) = unit.run(&x, (h, w), threads);
         }
-        let (x, h, w) = self.last.run(&x, (h, w), None, threads);
+        let (x, h, w) = self.last.run(&x, (h, w), threads);
         pool_and_classify(&x, h * w, &self.head_weight, &self.head_bias)
     }
 }

@@ -346,10 +346,7 @@ impl MobileNetV2 {
         let units = self
             .blocks
             .iter()
-            .map(|b| FusedUnit {
-                convs: b.layers.iter().map(ConvBn::fused).collect(),
-                residual: b.residual,
-            })
+            .map(|b| FusedUnit::new(b.layers.iter().map(ConvBn::fused).collect(), b.residual))
             .collect();
         let head_bias = match &self.head.bias {
             Some(b) => values(b.val()),

@@ -7,6 +7,7 @@ pub mod cnn;
 pub mod fused;
 pub mod fused_kernels;
 pub mod fused_mobilenet;
+mod fused_unit;
 pub mod infer;
 pub mod layers;
 pub mod mobilenet;

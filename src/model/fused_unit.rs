@@ -1,0 +1,324 @@
+//! One inverted residual block of the fused MobileNetV2 (1×1 expand → depthwise 3×3 → 1×1
+//! project), run band by band of output rows, so its expanded map (six times the block's
+//! channels) only ever lives in a buffer small enough to stay in cache.
+//!
+//! A band expands just the input rows its depthwise taps read (rows it shares with the band
+//! before are kept, not recomputed), runs its depthwise rows into a second small buffer, and
+//! projects those straight into the block's output, then adds the bias and the residual. A lone
+//! image splits its output rows across threads, each part with its own buffers.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::fused::matmul;
+use super::fused_kernels as kernels;
+use super::fused_mobilenet::{FusedConv, Kind};
+
+/// Bytes of expanded rows one band aims for: well inside a core's L2 cache.
+const BAND_BYTES: usize = 96 * 1024;
+
+/// One inverted residual block: an optional 1×1 expansion, the depthwise 3×3, the 1×1
+/// projection, and whether the block's input is added at the end.
+#[derive(Debug, Clone)]
+pub struct FusedUnit {
+    expand: Option<FusedConv>,
+    depthwise: FusedConv,
+    project: FusedConv,
+    residual: bool,
+}
+
+impl FusedUnit {
+    /// The block from its convs in order: `[depthwise, project]` or `[expand, depthwise,
+    /// project]`. A residual block keeps its shape (stride 1, as many channels out as in).
+    pub fn new(convs: Vec<FusedConv>, residual: bool) -> Self {
+        let mut convs = convs.into_iter();
+        let (expand, depthwise, project) = match (convs.next(), convs.next(), convs.next()) {
+            (Some(d), Some(p), None) => (None, d, p),
+            (Some(e), Some(d), Some(p)) if convs.next().is_none() => (Some(e), d, p),
+            _ => panic!("an inverted residual block has 2 or 3 convs"),
+        };
+        let hidden = depthwise.cin;
+        assert!(
+            expand
+                .as_ref()
+                .is_none_or(|e| e.kind == Kind::Pointwise && e.cout == hidden)
+                && depthwise.kind == Kind::Depthwise
+                && project.kind == Kind::Pointwise
+                && project.cin == hidden,
+            "an inverted residual block is [1×1] → depthwise 3×3 → 1×1"
+        );
+        let cin = expand.as_ref().map_or(hidden, |e| e.cin);
+        assert!(
+            !residual || (depthwise.stride == 1 && cin == project.cout),
+            "a residual block keeps its shape"
+        );
+        Self {
+            expand,
+            depthwise,
+            project,
+            residual,
+        }
+    }
+
+    /// The block on an `h`×`w` channels-last input: its output and the output's height and
+    /// width. `threads` > 1 splits the output rows over that many threads.
+    pub(super) fn run(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        threads: usize,
+    ) -> (Vec<f32>, usize, usize) {
+        // Output rows per band, so that the expanded rows a band reads come near BAND_BYTES.
+        let band = BAND_BYTES / (4 * w * self.depthwise.cin * self.depthwise.stride);
+        self.run_in_bands(x, (h, w), threads, band.max(1))
+    }
+
+    /// [`Self::run`] with `band` output rows per band.
+    fn run_in_bands(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        threads: usize,
+        band: usize,
+    ) -> (Vec<f32>, usize, usize) {
+        let (oh, ow) = (self.depthwise.out_side(h), self.depthwise.out_side(w));
+        let row = ow * self.project.cout;
+        let mut out = vec![0f32; oh * row];
+        let per_part = oh.div_ceil(threads.max(1));
+        let part = |(i, dst): (usize, &mut [f32])| {
+            let first = i * per_part;
+            self.rows(x, (h, w), first..first + dst.len() / row, band, dst);
+        };
+        if threads > 1 && oh > 1 {
+            out.par_chunks_mut(per_part * row)
+                .enumerate()
+                .for_each(part);
+        } else {
+            part((0, &mut out));
+        }
+        (out, oh, ow)
+    }
+
+    /// Output rows `rows` of the block into `dst`, `band` rows at a time.
+    fn rows(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        rows: Range<usize>,
+        band: usize,
+        dst: &mut [f32],
+    ) {
+        let (dw, project) = (&self.depthwise, &self.project);
+        let (hidden, stride, cout) = (dw.cin, dw.stride, project.cout);
+        let ow = dw.out_side(w);
+        let band = band.clamp(1, rows.len().max(1));
+        // The input rows that output rows a..b read (padding 1).
+        let reads =
+            |a: usize, b: usize| (a * stride).saturating_sub(1)..((b - 1) * stride + 2).min(h);
+        let hidden_row = w * hidden;
+        // Expanded rows `held` of the input, in order, from the start of `expanded`.
+        let mut expanded: Vec<f32> = Vec::new();
+        let mut held = 0..0;
+        let mut mid = vec![0f32; band * ow * hidden];
+        let mut a = rows.start;
+        while a < rows.end {
+            let b = (a + band).min(rows.end);
+            let need = reads(a, b);
+            let input: &[f32] = match &self.expand {
+                None => &x[need.start * hidden_row..need.end * hidden_row],
+                Some(e) => {
+                    // Keep the rows this band shares with the last, then expand the new ones.
+                    let (from, kept) = if held.contains(&need.start) {
+                        (
+                            (need.start - held.start) * hidden_row,
+                            held.end - need.start,
+                        )
+                    } else {
+                        (0, 0)
+                    };
+                    expanded.copy_within(from..from + kept * hidden_row, 0);
+                    expanded.resize(need.len() * hidden_row, 0.0);
+                    let fresh = need.start + kept..need.end;
+                    let out = &mut expanded[kept * hidden_row..];
+                    let src = &x[fresh.start * w * e.cin..fresh.end * w * e.cin];
+                    matmul(
+                        fresh.len() * w,
+                        hidden,
+                        e.cin,
+                        src,
+                        &e.weight,
+                        out,
+                        false,
+                        1,
+                    );
+                    kernels::epilogue(out, &e.bias, None, e.relu6);
+                    held = need.clone();
+                    &expanded
+                }
+            };
+            let mid = &mut mid[..(b - a) * ow * hidden];
+            for (oy, out) in (a..b).zip(mid.chunks_exact_mut(ow * hidden)) {
+                let (weight, bias) = (&dw.weight, &dw.bias);
+                let (first, relu6) = (need.start, dw.relu6);
+                kernels::depthwise_row(
+                    input,
+                    first,
+                    (h, w),
+                    hidden,
+                    stride,
+                    weight,
+                    bias,
+                    relu6,
+                    oy,
+                    out,
+                );
+            }
+            let out = &mut dst[(a - rows.start) * ow * cout..(b - rows.start) * ow * cout];
+            matmul(
+                (b - a) * ow,
+                cout,
+                hidden,
+                mid,
+                &project.weight,
+                out,
+                false,
+                1,
+            );
+            let residual = self.residual.then(|| &x[a * ow * cout..b * ow * cout]);
+            kernels::epilogue(out, &project.bias, residual, project.relu6);
+            a = b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fused::ConvBnWeights;
+
+    /// Values in -1..1 from a seed, the same on every run.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    /// A conv + BatchNorm with made-up weights and statistics, folded.
+    fn conv(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        seed: usize,
+    ) -> FusedConv {
+        let w = ConvBnWeights {
+            // Scaled to the fan-in, so that ReLU6 leaves most values unclamped.
+            conv_weight: values(cout * cin / groups * k * k, seed)
+                .iter()
+                .map(|v| v / ((cin / groups * k * k) as f32).sqrt())
+                .collect(),
+            conv_bias: None,
+            gamma: values(cout, seed + 1)
+                .iter()
+                .map(|v| 1.0 + 0.5 * v)
+                .collect(),
+            beta: values(cout, seed + 2),
+            running_mean: values(cout, seed + 3),
+            running_var: values(cout, seed + 4).iter().map(|v| 1.5 + v).collect(),
+            epsilon: 1e-5,
+        };
+        FusedConv::fold(&w, [cin, cout], k, stride, groups, true)
+    }
+
+    /// The block by its definition: each conv over the whole map, tap by tap.
+    fn reference(unit: &FusedUnit, x: &[f32], (h, w): (usize, usize)) -> Vec<f32> {
+        let pointwise = |c: &FusedConv, x: &[f32], act: bool| -> Vec<f32> {
+            let mut out = Vec::new();
+            for px in x.chunks_exact(c.cin) {
+                for o in 0..c.cout {
+                    let v = c.bias[o]
+                        + (0..c.cin)
+                            .map(|i| px[i] * c.weight[i * c.cout + o])
+                            .sum::<f32>();
+                    out.push(if act { v.clamp(0.0, 6.0) } else { v });
+                }
+            }
+            out
+        };
+        let hidden = match &unit.expand {
+            Some(e) => pointwise(e, x, e.relu6),
+            None => x.to_vec(),
+        };
+        let d = &unit.depthwise;
+        let (oh, ow) = (d.out_side(h), d.out_side(w));
+        let mut mid = vec![0f32; oh * ow * d.cout];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..d.cout {
+                    let mut acc = d.bias[ch];
+                    for t in 0..9 {
+                        let (iy, ix) = (
+                            (oy * d.stride + t / 3) as isize - 1,
+                            (ox * d.stride + t % 3) as isize - 1,
+                        );
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            let i = (iy as usize * w + ix as usize) * d.cout + ch;
+                            acc += hidden[i] * d.weight[t * d.cout + ch];
+                        }
+                    }
+                    mid[(oy * ow + ox) * d.cout + ch] =
+                        if d.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+                }
+            }
+        }
+        let mut out = pointwise(&unit.project, &mid, false);
+        if unit.residual {
+            for (o, r) in out.iter_mut().zip(x) {
+                *o += r;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_band_size_and_split_gives_the_definition() {
+        // (cin, expansion, cout, stride, residual, side): a block without expansion, residual
+        // blocks, stride-2 blocks on odd and even sides, channels past a register block.
+        let cases = [
+            (16, 1, 8, 1, false, 9),
+            (8, 6, 8, 1, true, 7),
+            (8, 6, 16, 2, false, 9),
+            (16, 6, 16, 2, false, 8),
+            (24, 6, 24, 1, true, 5),
+        ];
+        for (seed, &(cin, t, cout, stride, residual, side)) in cases.iter().enumerate() {
+            let hidden = cin * t;
+            let mut convs = Vec::new();
+            if t > 1 {
+                convs.push(conv(cin, hidden, 1, 1, 1, 10 * seed));
+            }
+            convs.push(conv(hidden, hidden, 3, stride, hidden, 10 * seed + 5));
+            let mut project = conv(hidden, cout, 1, 1, 1, 10 * seed + 7);
+            project.relu6 = false;
+            convs.push(project);
+            let unit = FusedUnit::new(convs, residual);
+            let x = values(side * side * cin, seed);
+            let want = reference(&unit, &x, (side, side));
+            for band in [1, 2, 3, 100] {
+                for threads in [1, 2, 3] {
+                    let (got, oh, ow) = unit.run_in_bands(&x, (side, side), threads, band);
+                    assert_eq!((oh, ow), ((side - 1) / stride + 1, (side - 1) / stride + 1));
+                    let max = |v: &mut dyn Iterator<Item = f32>| v.fold(0f32, f32::max);
+                    let scale = max(&mut want.iter().map(|r| r.abs()));
+                    let worst = max(&mut got.iter().zip(&want).map(|(g, r)| (g - r).abs()));
+                    assert!(
+                        got.len() == want.len() && worst < 1e-5 * scale,
+                        "case {seed}, band {band}, {threads} threads: off by {worst}"
+                    );
+                }
+            }
+        }
+    }
+}
