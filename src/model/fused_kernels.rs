@@ -3,15 +3,17 @@
 //! with its bias and ReLU6 in one pass, and the bias, residual and ReLU6 after a matrix product
 //! in one pass.
 //!
-//! The depthwise kernel keeps one block of [`LANES`] channels of an output pixel in registers
-//! (a fixed-size array the compiler maps onto them) across all nine taps, so each tap is a load
-//! of the input and the weight, a multiply and an add; taps outside the image are skipped by
-//! precomputed ranges, not by a test in the inner loop.
+//! The depthwise kernel walks a row's interior pixels one block of [`LANES`] channels at a
+//! time, with the block's nine weight vectors and its accumulator in registers (fixed-size
+//! arrays the compiler maps onto them), so each tap is one load of the input, a multiply and an
+//! add. A tap row outside the image reads the centre row with zero weights rather than being
+//! tested for; the edge columns and leftover channels go tap by tap over precomputed ranges.
 
 use crate::ops::simd::dispatch;
 
-/// Channels per register block: two AVX2 registers, or one AVX-512 register.
-const LANES: usize = 16;
+/// Channels per register block: one AVX2 register, so that the block's nine weights, its
+/// accumulator and an input fit in AVX2's sixteen registers.
+const LANES: usize = 8;
 
 /// The valid taps (0..3) along one axis for output coordinate `o` (padding 1): those whose
 /// input coordinate `o * stride + t - 1` lies in `0..n`.
@@ -47,23 +49,36 @@ pub(crate) fn depthwise_row(
             && (oy * stride + ky.end - 1 - first) * w * c <= x.len(),
         "depthwise row {oy}: its input rows are not all in `x`"
     );
+    let (oh_row, s) = (oy * stride, stride);
+    // Interior columns: all three taps of a row inside the image.
+    let interior = 1..if w >= 2 { (w - 2) / s + 1 } else { 1 };
+    // Offset in `x` of input row `t` (0..3) of this output row; a tap row outside the image
+    // reads the centre row (always inside) and gets zero weights in the fast path.
+    let row = |t: usize| (if ky.contains(&t) { oh_row + t - 1 } else { oh_row } - first) * w * c;
+    let rows = [row(0), row(1), row(2)];
     dispatch(
         #[inline(always)]
         || {
-            for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
-                let kx = taps(ox, stride, w);
-                // Input pixel of tap (ky, kx) is (oy * stride + ky - 1, ox * stride + kx - 1).
-                let base = |ky: usize, kx: usize| {
-                    ((oy * stride + ky - 1 - first) * w + ox * stride + kx - 1) * c
-                };
-                let mut c0 = 0;
-                while c0 + LANES <= c {
-                    let mut acc = [0f32; LANES];
-                    acc.copy_from_slice(&bias[c0..c0 + LANES]);
-                    for ty in ky.clone() {
-                        for tx in kx.clone() {
-                            let src = &x[base(ty, tx) + c0..][..LANES];
-                            let wt = &weight[(ty * 3 + tx) * c + c0..][..LANES];
+            // Fast path: interior columns in blocks of LANES channels, the block's nine weight
+            // vectors held in registers across the row, no tap tests.
+            let mut c0 = 0;
+            while c0 + LANES <= c {
+                let mut wt = [[0f32; LANES]; 9];
+                for (t, wt) in wt.iter_mut().enumerate() {
+                    if ky.contains(&(t / 3)) {
+                        wt.copy_from_slice(&weight[t * c + c0..][..LANES]);
+                    }
+                }
+                let mut b = [0f32; LANES];
+                b.copy_from_slice(&bias[c0..c0 + LANES]);
+                for ox in interior.clone() {
+                    let mut acc = b;
+                    let left = (ox * s - 1) * c + c0;
+                    for (ty, &row) in rows.iter().enumerate() {
+                        // The row's three taps in one bounds check.
+                        let seg = &x[row + left..][..2 * c + LANES];
+                        for tx in 0..3 {
+                            let (src, wt) = (&seg[tx * c..][..LANES], &wt[ty * 3 + tx]);
                             for l in 0..LANES {
                                 acc[l] += src[l] * wt[l];
                             }
@@ -74,18 +89,45 @@ pub(crate) fn depthwise_row(
                             *a = a.max(0.0).min(6.0);
                         }
                     }
-                    out[c0..c0 + LANES].copy_from_slice(&acc);
-                    c0 += LANES;
+                    dst[ox * c + c0..][..LANES].copy_from_slice(&acc);
                 }
-                // The channels past the last full block, one at a time.
-                for ch in c0..c {
+                c0 += LANES;
+            }
+            // Everything else, tap by tap over the valid ranges: the edge columns (all
+            // channels) and the interior columns' channels past the last full block.
+            let fast_end = c0;
+            for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
+                let mut ch = if interior.contains(&ox) { fast_end } else { 0 };
+                let kx = taps(ox, s, w);
+                let at = |ty: usize, tx: usize| rows[ty] + (ox * s + tx - 1) * c;
+                while ch + LANES <= c {
+                    let mut acc = [0f32; LANES];
+                    acc.copy_from_slice(&bias[ch..ch + LANES]);
+                    for ty in ky.clone() {
+                        for tx in kx.clone() {
+                            let src = &x[at(ty, tx) + ch..][..LANES];
+                            let wt = &weight[(ty * 3 + tx) * c + ch..][..LANES];
+                            for l in 0..LANES {
+                                acc[l] += src[l] * wt[l];
+                            }
+                        }
+                    }
+                    if relu6 {
+                        for a in &mut acc {
+                            *a = a.max(0.0).min(6.0);
+                        }
+                    }
+                    out[ch..ch + LANES].copy_from_slice(&acc);
+                    ch += LANES;
+                }
+                for ch in ch..c {
                     let mut acc = bias[ch];
                     for ty in ky.clone() {
                         for tx in kx.clone() {
-                            acc += x[base(ty, tx) + ch] * weight[(ty * 3 + tx) * c + ch];
+                            acc += x[at(ty, tx) + ch] * weight[(ty * 3 + tx) * c + ch];
                         }
                     }
-                    out[ch] = if relu6 { acc.clamp(0.0, 6.0) } else { acc };
+                    out[ch] = if relu6 { acc.max(0.0).min(6.0) } else { acc };
                 }
             }
         },
@@ -95,6 +137,7 @@ pub(crate) fn depthwise_row(
 /// The end of a 1×1 or dense conv, after its matrix product into `out` (pixels of
 /// `bias.len()` channels): adds the bias (and `residual`, of the same shape), then clamps to
 /// 0..=6 when `relu6`. One pass, so the product's output is read once while still in cache.
+#[allow(clippy::manual_clamp)] // max/min: see depthwise_row
 pub(crate) fn epilogue(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu6: bool) {
     let c = bias.len();
     assert!(
@@ -108,7 +151,7 @@ pub(crate) fn epilogue(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, 
                 for (px, rp) in out.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
                     for ((o, b), r) in px.iter_mut().zip(bias).zip(rp) {
                         let v = *o + b + r;
-                        *o = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                        *o = if relu6 { v.max(0.0).min(6.0) } else { v };
                     }
                 }
             }
@@ -116,7 +159,7 @@ pub(crate) fn epilogue(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, 
                 for px in out.chunks_exact_mut(c) {
                     for (o, b) in px.iter_mut().zip(bias) {
                         let v = *o + b;
-                        *o = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                        *o = if relu6 { v.max(0.0).min(6.0) } else { v };
                     }
                 }
             }
