@@ -54,7 +54,15 @@ pub(crate) fn depthwise_row(
     let interior = 1..if w >= 2 { (w - 2) / s + 1 } else { 1 };
     // Offset in `x` of input row `t` (0..3) of this output row; a tap row outside the image
     // reads the centre row (always inside) and gets zero weights in the fast path.
-    let row = |t: usize| (if ky.contains(&t) { oh_row + t - 1 } else { oh_row } - first) * w * c;
+    let row = |t: usize| {
+        (if ky.contains(&t) {
+            oh_row + t - 1
+        } else {
+            oh_row
+        } - first)
+            * w
+            * c
+    };
     let rows = [row(0), row(1), row(2)];
     dispatch(
         #[inline(always)]

@@ -7,6 +7,7 @@
 //! projects those straight into the block's output, then adds the bias and the residual. A lone
 //! image splits its output rows across threads, each part with its own buffers.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -17,6 +18,11 @@ use super::fused_mobilenet::{FusedConv, Kind};
 
 /// Bytes of expanded rows one band aims for: well inside a core's L2 cache.
 const BAND_BYTES: usize = 96 * 1024;
+
+thread_local! {
+    /// Each thread's buffers for a band's expanded rows and depthwise output.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
 
 /// One inverted residual block: an optional 1×1 expansion, the depthwise 3×3, the 1×1
 /// projection, and whether the block's input is added at the end.
@@ -109,18 +115,46 @@ impl FusedUnit {
         band: usize,
         dst: &mut [f32],
     ) {
+        let dw = &self.depthwise;
+        let (hidden, stride) = (dw.cin, dw.stride);
+        let (ow, hidden_row) = (dw.out_side(w), w * hidden);
+        let band = band.clamp(1, rows.len().max(1));
+        // This thread's buffers, grown (never shrunk) to the largest band so far: every value a
+        // band reads is written first, so old contents do no harm and nothing is zeroed twice.
+        SCRATCH.with_borrow_mut(|(expanded, mid)| {
+            let most = (band * stride + 2).min(h) * hidden_row;
+            if expanded.len() < most {
+                expanded.resize(most, 0.0);
+            }
+            if mid.len() < band * ow * hidden {
+                mid.resize(band * ow * hidden, 0.0);
+            }
+            self.bands(x, (h, w), rows, band, expanded, mid, dst);
+        });
+    }
+
+    /// [`Self::rows`] with this thread's buffers for the expanded rows (as many as a band reads)
+    /// and the depthwise output (`band` rows).
+    #[allow(clippy::too_many_arguments)]
+    fn bands(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        rows: Range<usize>,
+        band: usize,
+        expanded: &mut [f32],
+        mid: &mut [f32],
+        dst: &mut [f32],
+    ) {
         let (dw, project) = (&self.depthwise, &self.project);
         let (hidden, stride, cout) = (dw.cin, dw.stride, project.cout);
         let ow = dw.out_side(w);
-        let band = band.clamp(1, rows.len().max(1));
         // The input rows that output rows a..b read (padding 1).
         let reads =
             |a: usize, b: usize| (a * stride).saturating_sub(1)..((b - 1) * stride + 2).min(h);
         let hidden_row = w * hidden;
         // Expanded rows `held` of the input, in order, from the start of `expanded`.
-        let mut expanded: Vec<f32> = Vec::new();
         let mut held = 0..0;
-        let mut mid = vec![0f32; band * ow * hidden];
         let mut a = rows.start;
         while a < rows.end {
             let b = (a + band).min(rows.end);
@@ -138,9 +172,8 @@ impl FusedUnit {
                         (0, 0)
                     };
                     expanded.copy_within(from..from + kept * hidden_row, 0);
-                    expanded.resize(need.len() * hidden_row, 0.0);
                     let fresh = need.start + kept..need.end;
-                    let out = &mut expanded[kept * hidden_row..];
+                    let out = &mut expanded[kept * hidden_row..need.len() * hidden_row];
                     let src = &x[fresh.start * w * e.cin..fresh.end * w * e.cin];
                     matmul(
                         fresh.len() * w,
@@ -154,7 +187,7 @@ impl FusedUnit {
                     );
                     kernels::epilogue(out, &e.bias, None, e.relu6);
                     held = need.clone();
-                    &expanded
+                    &expanded[..need.len() * hidden_row]
                 }
             };
             let mid = &mut mid[..(b - a) * ow * hidden];
