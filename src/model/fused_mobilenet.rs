@@ -173,9 +173,13 @@ fn im2col3x3(
                 let Some(ix) = (ox * stride + kx).checked_sub(1).filter(|&v| v < w) else {
                     continue;
                 };
-                let src = (iy * w + ix) * cin;
-                let dst = (ky * 3 + kx) * cin;
-                row[dst..dst + cin].copy_from_slice(&x[src..src + cin]);
+                let (src, dst) = ((iy * w + ix) * cin, (ky * 3 + kx) * cin);
+                if cin == 3 {
+                    // RGB, the stem's input: a copy of known length, not a call to memcpy.
+                    row[dst..dst + 3].copy_from_slice(&x[src..src + 3]);
+                } else {
+                    row[dst..dst + cin].copy_from_slice(&x[src..src + cin]);
+                }
             }
         }
     }
