@@ -13,8 +13,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::fused::matmul;
+use super::fused_conv::{FusedConv, Kind};
 use super::fused_kernels as kernels;
-use super::fused_mobilenet::{FusedConv, Kind};
 
 /// Bytes of expanded rows one band aims for: well inside a core's L2 cache.
 const BAND_BYTES: usize = 96 * 1024;

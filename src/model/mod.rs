@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod cnn;
 pub mod fused;
+mod fused_conv;
 pub mod fused_kernels;
 pub mod fused_mobilenet;
 mod fused_unit;

@@ -209,6 +209,20 @@ fn saved_and_reloaded_bundle_gives_identical_probabilities() {
 
 #[test]
 fn fused_engine_matches_the_burn_forward_pass() {
+    check_fused_logits();
+}
+
+#[test]
+fn narrower_kernel_builds_give_the_burn_forward_pass_too() {
+    // The fused inference kernels (depthwise rows, epilogues, gemm) as an AVX2-only CPU and a
+    // CPU the dispatch does not know (aarch64...) run them, each in a child process.
+    crate::support::kernels::check_narrower_builds(
+        "eval_predict::narrower_kernel_builds_give_the_burn_forward_pass_too",
+        check_fused_logits,
+    );
+}
+
+fn check_fused_logits() {
     use burn::module::Module;
     use burn::tensor::{Device, Tensor, TensorData};
     use flora::data::imaging::Normalization;
