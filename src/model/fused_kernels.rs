@@ -45,8 +45,7 @@ pub(crate) fn depthwise_row(
     assert!(weight.len() >= 9 * c && bias.len() >= c);
     let ky = taps(oy, stride, h);
     assert!(
-        oy * stride + ky.start >= first + 1
-            && (oy * stride + ky.end - 1 - first) * w * c <= x.len(),
+        oy * stride + ky.start > first && (oy * stride + ky.end - 1 - first) * w * c <= x.len(),
         "depthwise row {oy}: its input rows are not all in `x`"
     );
     let (oh_row, s) = (oy * stride, stride);
