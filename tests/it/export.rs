@@ -43,7 +43,7 @@ fn onnx_runtime(python: &Path, model: &Path, images: &Path) -> Value {
 
 /// Real test images as RGB PNGs of exactly `side` pixels (so neither side resizes): Fashion-MNIST
 /// test images of three classes and the real photographs under tests/data/photos.
-fn images_at(side: u32, dir: &Path) {
+pub(crate) fn images_at(side: u32, dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let (_, test) = fashion_mnist();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/photos/upright");
@@ -89,7 +89,7 @@ fn test_set_at(side: u32, dir: &Path) -> usize {
 }
 
 /// flora's probabilities per image file name, in class-index order.
-fn flora_probs(
+pub(crate) fn flora_probs(
     dir: &Path,
     model: &Path,
     images: &Path,

@@ -18,6 +18,7 @@ mod deploy;
 mod eval_predict;
 mod explain;
 mod export;
+mod export_tract;
 mod fused_mobilenet_train;
 mod fused_train;
 mod gpu;
