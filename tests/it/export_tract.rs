@@ -87,7 +87,13 @@ fn exported_models_give_floras_probabilities_under_tract() {
         assert_eq!(want.len(), 18, "{case}: flora predicted every image");
         for inside in [false, true] {
             let file = p.join(format!("m{inside}.onnx"));
-            let mut args = vec!["export", "--run", "exported", "--out", file.to_str().unwrap()];
+            let mut args = vec![
+                "export",
+                "--run",
+                "exported",
+                "--out",
+                file.to_str().unwrap(),
+            ];
             if inside {
                 args.push("--with-preprocess");
             }
