@@ -5,11 +5,17 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The package folder, read when the script runs: `env!` would bake in the folder the script
+/// was compiled in, which is gone when a target folder is copied from another checkout.
+fn package_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
+
 /// Runs git in the package folder; its trimmed stdout when it succeeds.
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(package_dir())
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
@@ -18,7 +24,7 @@ fn git(args: &[&str]) -> Option<String> {
 
 /// Asks cargo to run this again when `path` (relative to the package, as git prints it) changes.
 fn rerun_if_exists(path: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    let path = package_dir().join(path);
     if path.exists() {
         println!("cargo:rerun-if-changed={}", path.display());
     }
@@ -49,6 +55,10 @@ fn main() {
         if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"]) {
             rerun_if_exists(&packed);
         }
+    } else if given.is_none() {
+        // git failed (not installed, a locked or odd repository): try again once .git changes,
+        // rather than keeping "unknown" until build.rs itself changes.
+        rerun_if_exists(".git");
     }
     println!("cargo:rustc-env=FLORA_GIT_COMMIT={commit}");
 
