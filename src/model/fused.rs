@@ -276,14 +276,32 @@ pub(crate) fn matmul(
     read_dst: bool,
     threads: usize,
 ) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+    matmul_strided(m, n, k, lhs, (rhs, n), dst, read_dst, threads);
+}
+
+/// [`matmul`] with the rows of `rhs` `rhs_row` values apart (≥ `n`): the product with some
+/// consecutive columns of a wider matrix.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    (rhs, rhs_row): (&[f32], usize),
+    dst: &mut [f32],
+    read_dst: bool,
+    threads: usize,
+) {
+    assert!(lhs.len() >= m * k && dst.len() >= m * n && rhs_row >= n);
+    assert!(k == 0 || rhs.len() >= (k - 1) * rhs_row + n);
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above make the slices hold m×k, k×n and m×n row-major matrices, as
-    // described by the sizes and strides passed; `dst` is only read when `read_dst` is set.
+    // SAFETY: the asserts above make the slices hold an m×k and an m×n row-major matrix and a
+    // k×n one with rows `rhs_row` apart, as described by the sizes and strides passed; `dst`
+    // is only read when `read_dst` is set.
     unsafe {
         gemm::gemm(
             m,
@@ -298,7 +316,7 @@ pub(crate) fn matmul(
             k as isize,
             rhs.as_ptr(),
             1,
-            n as isize,
+            rhs_row as isize,
             1.0,
             1.0,
             false,

@@ -26,8 +26,9 @@ fn taps(o: usize, stride: usize, n: usize) -> std::ops::Range<usize> {
 
 /// Output row `oy` of a depthwise 3×3 conv (padding 1) on an `h`×`w`×`c` channels-last input,
 /// of which `x` holds the rows from `first` on (the rows that `oy` reads, at least): `bias` plus
-/// the taps of `weight` (`[ky * 3 + kx][c]`), clamped to 0..=6 when `relu6`, written over `dst`
-/// (`ow`×`c`).
+/// the taps of `weight` (`[ky * 3 + kx][ws]`, of which the first `c` of each tap are used: a
+/// group of channels can pass the whole layer's weights from its first channel on), clamped to
+/// 0..=6 when `relu6`, written over `dst` (`ow`×`c`).
 // max/min rather than clamp: clamp keeps NaN, which costs a blend per register.
 #[allow(clippy::too_many_arguments, clippy::manual_clamp)]
 pub(crate) fn depthwise_row(
@@ -36,13 +37,13 @@ pub(crate) fn depthwise_row(
     (h, w): (usize, usize),
     c: usize,
     stride: usize,
-    weight: &[f32],
+    (weight, ws): (&[f32], usize),
     bias: &[f32],
     relu6: bool,
     oy: usize,
     dst: &mut [f32],
 ) {
-    assert!(weight.len() >= 9 * c && bias.len() >= c);
+    assert!(ws >= c && weight.len() >= 8 * ws + c && bias.len() >= c);
     let ky = taps(oy, stride, h);
     assert!(
         oy * stride + ky.start > first && (oy * stride + ky.end - 1 - first) * w * c <= x.len(),
@@ -73,7 +74,7 @@ pub(crate) fn depthwise_row(
                 let mut wt = [[0f32; LANES]; 9];
                 for (t, wt) in wt.iter_mut().enumerate() {
                     if ky.contains(&(t / 3)) {
-                        wt.copy_from_slice(&weight[t * c + c0..][..LANES]);
+                        wt.copy_from_slice(&weight[t * ws + c0..][..LANES]);
                     }
                 }
                 let mut b = [0f32; LANES];
@@ -113,7 +114,7 @@ pub(crate) fn depthwise_row(
                     for ty in ky.clone() {
                         for tx in kx.clone() {
                             let src = &x[at(ty, tx) + ch..][..LANES];
-                            let wt = &weight[(ty * 3 + tx) * c + ch..][..LANES];
+                            let wt = &weight[(ty * 3 + tx) * ws + ch..][..LANES];
                             for l in 0..LANES {
                                 acc[l] += src[l] * wt[l];
                             }
@@ -131,7 +132,7 @@ pub(crate) fn depthwise_row(
                     let mut acc = bias[ch];
                     for ty in ky.clone() {
                         for tx in kx.clone() {
-                            acc += x[at(ty, tx) + ch] * weight[(ty * 3 + tx) * c + ch];
+                            acc += x[at(ty, tx) + ch] * weight[(ty * 3 + tx) * ws + ch];
                         }
                     }
                     out[ch] = if relu6 { acc.max(0.0).min(6.0) } else { acc };
@@ -219,7 +220,7 @@ mod tests {
                 let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
                 let mut got = vec![f32::NAN; oh * ow * c];
                 for (oy, row) in got.chunks_mut(ow * c).enumerate() {
-                    depthwise_row(&x, 0, (h, w), c, stride, &wt, &bias, false, oy, row);
+                    depthwise_row(&x, 0, (h, w), c, stride, (&wt, c), &bias, false, oy, row);
                 }
                 for (g, r) in got.iter().zip(&want) {
                     assert!(
@@ -229,7 +230,7 @@ mod tests {
                 }
                 let mut clamped = vec![f32::NAN; oh * ow * c];
                 for (oy, row) in clamped.chunks_mut(ow * c).enumerate() {
-                    depthwise_row(&x, 0, (h, w), c, stride, &wt, &bias, true, oy, row);
+                    depthwise_row(&x, 0, (h, w), c, stride, (&wt, c), &bias, true, oy, row);
                 }
                 for (g, r) in clamped.iter().zip(&want) {
                     assert!((g - r.clamp(0.0, 6.0)).abs() < 1e-5, "relu6 {h}x{w}x{c}");
